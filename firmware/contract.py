@@ -1,0 +1,345 @@
+# camfleet wire contract: topics, payloads, limits, protocol version.
+#
+# This one module is the contract every part speaks: the MicroPython node runs it as is,
+# the agent and the fleet server import it as ``firmware.contract``. It therefore stays in
+# the subset MicroPython runs: no typing, dataclasses or enum at run time, only json and
+# plain dicts. docs/protocol.md describes the same contract for people.
+#
+# Functions raise ProtocolError(reason, detail). ``reason`` is one of the R_* constants
+# (used as a metric label); ``detail`` says what was wrong, for the log.
+
+import json
+
+PROTOCOL_VERSION = 1
+TOPIC_ROOT = "camfleet/v1"
+# Shared-subscription group the fleet server workers join (MQTT v5).
+SERVER_SHARE_GROUP = "fleet-ingest"
+# Certificate CN of the fleet server. "_" is not allowed in device ids, so no device
+# certificate can ever carry this identity.
+SERVER_IDENTITY = "_fleet-server"
+
+# Largest payload the broker accepts at all (mosquitto message_size_limit).
+MAX_MESSAGE = 262144
+
+# Directions
+UP = "up"  # device -> server
+DOWN = "down"  # server -> device
+
+# Message kinds: name -> (topic suffix, direction, qos, retain, max payload bytes)
+KINDS = {
+    "status": ("status", UP, 1, True, 1024),
+    "heartbeat": ("heartbeat", UP, 1, False, 8192),
+    "event": ("event", UP, 1, False, 65536),
+    "cmd_res": ("cmd/res", UP, 1, False, 65536),
+    "config_reported": ("config/reported", UP, 1, True, 4096),
+    "cmd_req": ("cmd/req", DOWN, 1, False, 8192),
+    "config_desired": ("config/desired", DOWN, 1, True, 16384),
+}
+
+_SUFFIX_TO_KIND = {}
+for _k in KINDS:
+    _SUFFIX_TO_KIND[KINDS[_k][0]] = _k
+
+DEVICE_KINDS = ("agent", "node")
+STATUS_STATES = ("online", "offline")
+
+# Rejection reasons (metric labels).
+R_TOPIC = "bad_topic"
+R_SIZE = "oversized"
+R_JSON = "bad_json"
+R_VERSION = "bad_version"
+R_IDENTITY = "identity_mismatch"
+R_SCHEMA = "bad_schema"
+REASONS = (R_TOPIC, R_SIZE, R_JSON, R_VERSION, R_IDENTITY, R_SCHEMA)
+
+# Device ids: 3..64 chars of [a-z0-9-], starting and ending with a letter or digit.
+ID_MIN = 3
+ID_MAX = 64
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
+
+
+class ProtocolError(Exception):
+    def __init__(self, reason, detail):
+        Exception.__init__(self, reason + ": " + detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def valid_device_id(device_id):
+    if not isinstance(device_id, str):
+        return False
+    n = len(device_id)
+    if n < ID_MIN or n > ID_MAX:
+        return False
+    for ch in device_id:
+        if ch not in _ID_CHARS:
+            return False
+    return device_id[0] != "-" and device_id[-1] != "-"
+
+
+def check_device_id(device_id):
+    if not valid_device_id(device_id):
+        raise ProtocolError(R_IDENTITY, "invalid device id %r" % (device_id,))
+    return device_id
+
+
+# ---------------------------------------------------------------- topics
+
+
+def topic(device_id, kind):
+    """The topic a message of ``kind`` for ``device_id`` travels on."""
+    check_device_id(device_id)
+    if kind not in KINDS:
+        raise ProtocolError(R_TOPIC, "unknown kind %r" % (kind,))
+    return TOPIC_ROOT + "/" + device_id + "/" + KINDS[kind][0]
+
+
+def parse_topic(topic_name):
+    """Split a topic into (device_id, kind); ProtocolError when it is not ours."""
+    if not isinstance(topic_name, str) or not topic_name.startswith(TOPIC_ROOT + "/"):
+        raise ProtocolError(R_TOPIC, "not under %s" % TOPIC_ROOT)
+    rest = topic_name[len(TOPIC_ROOT) + 1 :]
+    slash = rest.find("/")
+    if slash < 0:
+        raise ProtocolError(R_TOPIC, "no kind in topic")
+    device_id = rest[:slash]
+    kind = _SUFFIX_TO_KIND.get(rest[slash + 1 :])
+    if kind is None:
+        raise ProtocolError(R_TOPIC, "unknown topic suffix %r" % (rest[slash + 1 :],))
+    if not valid_device_id(device_id):
+        raise ProtocolError(R_TOPIC, "invalid device id in topic")
+    return device_id, kind
+
+
+def server_subscriptions(shared=True):
+    """Topic filters the fleet server subscribes to: every up-kind of every device."""
+    out = []
+    for kind in KINDS:
+        suffix, direction, qos, _retain, _max = KINDS[kind]
+        if direction != UP:
+            continue
+        filt = TOPIC_ROOT + "/+/" + suffix
+        if shared:
+            filt = "$share/" + SERVER_SHARE_GROUP + "/" + filt
+        out.append((filt, qos))
+    return out
+
+
+def device_acl_patterns():
+    """(access, pattern) pairs for a mosquitto ACL file; %u is the certificate CN."""
+    out = []
+    for kind in KINDS:
+        suffix, direction, _q, _r, _m = KINDS[kind]
+        access = "write" if direction == UP else "read"
+        out.append((access, TOPIC_ROOT + "/%u/" + suffix))
+    return out
+
+
+# ---------------------------------------------------------------- schemas
+# field -> (type, required). Types: str, int, num (int or float), bool, dict, list.
+# Unknown fields are ignored (additive changes stay within a major version), but a known
+# field must have its type and range.
+
+_T_STR = "str"
+_T_INT = "int"
+_T_NUM = "num"
+_T_BOOL = "bool"
+_T_DICT = "dict"
+_T_LIST = "list"
+
+_COMMON = {"v": (_T_INT, True), "id": (_T_STR, True), "ts": (_T_NUM, True)}
+
+SCHEMAS = {
+    "status": {
+        "state": (_T_STR, True),
+        "kind": (_T_STR, True),
+        "reason": (_T_STR, False),
+    },
+    "heartbeat": {
+        "seq": (_T_INT, True),
+        "kind": (_T_STR, True),
+        "interval_s": (_T_NUM, True),
+        "uptime_s": (_T_NUM, True),
+        "versions": (_T_DICT, False),
+        "cpu_pct": (_T_NUM, False),
+        "load1": (_T_NUM, False),
+        "mem_used_pct": (_T_NUM, False),
+        "mem_free": (_T_INT, False),
+        "disk_used_pct": (_T_NUM, False),
+        "temp_c": (_T_NUM, False),
+        "rssi": (_T_INT, False),
+        "reset_cause": (_T_STR, False),
+        "fps": (_T_NUM, False),
+        "frames": (_T_INT, False),
+        "camera": (_T_STR, False),
+        "outbox": (_T_INT, False),
+    },
+    "event": {
+        "seq": (_T_INT, True),
+        "event_id": (_T_STR, True),
+        "type": (_T_STR, True),
+        "data": (_T_DICT, False),
+    },
+    "cmd_req": {
+        "cid": (_T_STR, True),
+        "cmd": (_T_STR, True),
+        "args": (_T_DICT, False),
+        "deadline": (_T_NUM, False),
+    },
+    "cmd_res": {
+        "cid": (_T_STR, True),
+        "ok": (_T_BOOL, True),
+        "result": (_T_DICT, False),
+        "error": (_T_STR, False),
+    },
+    "config_desired": {
+        "version": (_T_INT, True),
+        "config": (_T_DICT, True),
+    },
+    "config_reported": {
+        "version": (_T_INT, True),
+        "ok": (_T_BOOL, True),
+        "error": (_T_STR, False),
+    },
+}
+
+# Percentages and other bounded numbers: field -> (min, max)
+_RANGES = {
+    "cpu_pct": (0, 100),
+    "mem_used_pct": (0, 100),
+    "disk_used_pct": (0, 100),
+    "temp_c": (-60, 150),
+    "interval_s": (1, 86400),
+    "uptime_s": (0, 10**10),
+    "seq": (0, 2**53),
+    "ts": (0, 2**33),
+    "version": (0, 2**31),
+    "fps": (0, 1000),
+    "load1": (0, 10**4),
+}
+_ENUMS = {
+    ("status", "state"): STATUS_STATES,
+    ("status", "kind"): DEVICE_KINDS,
+    ("heartbeat", "kind"): DEVICE_KINDS,
+}
+_MAX_STR = 256
+
+
+def _type_ok(value, want):
+    if want == _T_STR:
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return want == _T_BOOL
+    if want == _T_INT:
+        return isinstance(value, int)
+    if want == _T_NUM:
+        if isinstance(value, int):
+            return True
+        # NaN and infinities are not numbers on this wire
+        return isinstance(value, float) and value == value and value - value == 0.0
+    if want == _T_DICT:
+        return isinstance(value, dict)
+    if want == _T_LIST:
+        return isinstance(value, list)
+    return False
+
+
+def _check_fields(kind, body, fields):
+    for name in fields:
+        want, required = fields[name]
+        if name not in body:
+            if required:
+                raise ProtocolError(R_SCHEMA, "%s: missing field %r" % (kind, name))
+            continue
+        value = body[name]
+        if not _type_ok(value, want):
+            raise ProtocolError(R_SCHEMA, "%s: field %r must be %s" % (kind, name, want))
+        if want == _T_STR and len(value) > _MAX_STR and name != "error":
+            raise ProtocolError(R_SCHEMA, "%s: field %r too long" % (kind, name))
+        rng = _RANGES.get(name)
+        if rng is not None and (value < rng[0] or value > rng[1]):
+            raise ProtocolError(R_SCHEMA, "%s: field %r out of range" % (kind, name))
+        allowed = _ENUMS.get((kind, name))
+        if allowed is not None and value not in allowed:
+            raise ProtocolError(R_SCHEMA, "%s: field %r not one of %s" % (kind, name, allowed))
+
+
+def validate(kind, body):
+    """Check a decoded payload dict of ``kind``; returns it or raises ProtocolError."""
+    if kind not in SCHEMAS:
+        raise ProtocolError(R_TOPIC, "unknown kind %r" % (kind,))
+    if not isinstance(body, dict):
+        raise ProtocolError(R_SCHEMA, "payload must be a JSON object")
+    if "v" in body and body["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(R_VERSION, "protocol version %r not supported" % (body["v"],))
+    _check_fields(kind, body, _COMMON)
+    _check_fields(kind, body, SCHEMAS[kind])
+    if not valid_device_id(body["id"]):
+        raise ProtocolError(R_IDENTITY, "invalid device id in payload")
+    return body
+
+
+# ---------------------------------------------------------------- encode / decode
+
+
+def encode(kind, device_id, body, ts):
+    """Complete, validate and serialise a payload. Returns (topic, bytes, qos, retain)."""
+    msg = {}
+    for key in body:
+        msg[key] = body[key]
+    msg["v"] = PROTOCOL_VERSION
+    msg["id"] = device_id
+    msg["ts"] = ts
+    validate(kind, msg)
+    data = json.dumps(msg).encode()
+    _suffix, _d, qos, retain, limit = KINDS[kind]
+    if len(data) > limit:
+        raise ProtocolError(R_SIZE, "%s payload is %d bytes, limit %d" % (kind, len(data), limit))
+    return topic(device_id, kind), data, qos, retain
+
+
+def decode(topic_name, payload):
+    """Parse and validate a received message. Returns (device_id, kind, body).
+
+    Checks in order: topic, size (before parsing), JSON, protocol version, schema, and that
+    the id in the payload is the device id in the topic (the broker's ACL already ties the
+    topic to the sender's certificate).
+    """
+    device_id, kind = parse_topic(topic_name)
+    limit = KINDS[kind][4]
+    if len(payload) > limit:
+        raise ProtocolError(R_SIZE, "%s payload is %d bytes, limit %d" % (kind, len(payload), limit))
+    if len(payload) == 0 and kind == "status":
+        # an empty retained message clears a status; treat as a schema error for ingest
+        raise ProtocolError(R_SCHEMA, "empty payload")
+    try:
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            payload = bytes(payload).decode()
+        body = json.loads(payload)
+    except (ValueError, UnicodeError) as exc:
+        raise ProtocolError(R_JSON, "not JSON: %s" % (exc,))
+    validate(kind, body)
+    if body["id"] != device_id:
+        raise ProtocolError(R_IDENTITY, "payload id %r on topic of %r" % (body["id"], device_id))
+    return device_id, kind, body
+
+
+# ---------------------------------------------------------------- reconnect policy
+
+
+def reconnect_delay(attempt, rnd, base=1.0, cap=300.0, first_spread=20.0):
+    """Seconds to wait before reconnect ``attempt`` (0 = the first retry after a loss).
+
+    Full jitter (a uniform draw in [0, min(cap, base * 2**attempt))), except the first retry,
+    which is spread uniformly over ``first_spread`` seconds: after a broker restart plain
+    full jitter still arrives as a burst, spreading the first retry keeps the broker's TLS
+    handshakes under its ceiling. ``rnd`` is a number in [0, 1) from the caller's RNG.
+    """
+    if attempt <= 0:
+        return rnd * first_spread
+    if attempt > 30:
+        attempt = 30
+    ceiling = base * (2**attempt)
+    if ceiling > cap:
+        ceiling = cap
+    return rnd * ceiling

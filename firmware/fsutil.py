@@ -1,0 +1,48 @@
+# Atomic file writes, shared by the firmware and the CPython packages.
+#
+# Write to a temp file beside the target, flush, fsync where the port has it, then rename
+# over the target: a power cut leaves either the old file or the new one, never half of
+# one. On CPython the temp file is created with the final mode, so a key is never readable
+# by others even for a moment.
+
+import os
+
+try:
+    _fsync = os.fsync
+except AttributeError:  # MicroPython ports without fsync
+    _fsync = None
+
+
+def atomic_write(path, data, mode=0o644):
+    tmp = path + ".tmp"
+    if hasattr(os, "O_CREAT"):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        f = os.fdopen(fd, "wb")
+    else:
+        f = open(tmp, "wb")
+    try:
+        f.write(data)
+        f.flush()
+        if _fsync is not None:
+            _fsync(f.fileno())
+    finally:
+        f.close()
+    if hasattr(os, "chmod"):
+        os.chmod(tmp, mode)
+    if hasattr(os, "replace"):
+        os.replace(tmp, path)
+    else:
+        os.rename(tmp, path)
+    _sync_dir(path)
+
+
+def _sync_dir(path):
+    if _fsync is None or not hasattr(os, "O_DIRECTORY"):
+        return
+    slash = path.rfind("/")
+    parent = path[:slash] if slash > 0 else "."
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _fsync(fd)
+    finally:
+        os.close(fd)
