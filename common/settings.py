@@ -34,7 +34,7 @@ def load_settings(cls: type[S], path: Path | None, **overrides: object) -> S:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     data.update(overrides)
     try:
-        return cls(**data)
+        return cls(**data)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"

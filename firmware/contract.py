@@ -9,6 +9,12 @@
 # (used as a metric label); ``detail`` says what was wrong, for the log.
 
 import json
+import math
+
+try:  # only for type checkers; MicroPython never evaluates annotations
+    from typing import Any
+except ImportError:
+    pass
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "camfleet/v1"
@@ -59,13 +65,13 @@ _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
 
 
 class ProtocolError(Exception):
-    def __init__(self, reason, detail):
-        Exception.__init__(self, reason + ": " + detail)
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason + ": " + detail)
         self.reason = reason
         self.detail = detail
 
 
-def valid_device_id(device_id):
+def valid_device_id(device_id: object) -> bool:
     if not isinstance(device_id, str):
         return False
     n = len(device_id)
@@ -77,7 +83,7 @@ def valid_device_id(device_id):
     return device_id[0] != "-" and device_id[-1] != "-"
 
 
-def check_device_id(device_id):
+def check_device_id(device_id: str) -> str:
     if not valid_device_id(device_id):
         raise ProtocolError(R_IDENTITY, "invalid device id %r" % (device_id,))
     return device_id
@@ -86,7 +92,7 @@ def check_device_id(device_id):
 # ---------------------------------------------------------------- topics
 
 
-def topic(device_id, kind):
+def topic(device_id: str, kind: str) -> str:
     """The topic a message of ``kind`` for ``device_id`` travels on."""
     check_device_id(device_id)
     if kind not in KINDS:
@@ -94,7 +100,7 @@ def topic(device_id, kind):
     return TOPIC_ROOT + "/" + device_id + "/" + KINDS[kind][0]
 
 
-def parse_topic(topic_name):
+def parse_topic(topic_name: str) -> tuple[str, str]:
     """Split a topic into (device_id, kind); ProtocolError when it is not ours."""
     if not isinstance(topic_name, str) or not topic_name.startswith(TOPIC_ROOT + "/"):
         raise ProtocolError(R_TOPIC, "not under %s" % TOPIC_ROOT)
@@ -111,11 +117,11 @@ def parse_topic(topic_name):
     return device_id, kind
 
 
-def server_subscriptions(shared=True):
+def server_subscriptions(shared: bool = True) -> list[tuple[str, int]]:
     """Topic filters the fleet server subscribes to: every up-kind of every device."""
     out = []
-    for kind in KINDS:
-        suffix, direction, qos, _retain, _max = KINDS[kind]
+    for spec in KINDS.values():
+        suffix, direction, qos, _retain, _max = spec
         if direction != UP:
             continue
         filt = TOPIC_ROOT + "/+/" + suffix
@@ -125,11 +131,11 @@ def server_subscriptions(shared=True):
     return out
 
 
-def device_acl_patterns():
+def device_acl_patterns() -> list[tuple[str, str]]:
     """(access, pattern) pairs for a mosquitto ACL file; %u is the certificate CN."""
     out = []
-    for kind in KINDS:
-        suffix, direction, _q, _r, _m = KINDS[kind]
+    for spec in KINDS.values():
+        suffix, direction, _q, _r, _m = spec
         access = "write" if direction == UP else "read"
         out.append((access, TOPIC_ROOT + "/%u/" + suffix))
     return out
@@ -225,7 +231,7 @@ _ENUMS = {
 _MAX_STR = 256
 
 
-def _type_ok(value, want):
+def _type_ok(value: object, want: str) -> bool:
     if want == _T_STR:
         return isinstance(value, str)
     if isinstance(value, bool):
@@ -236,7 +242,7 @@ def _type_ok(value, want):
         if isinstance(value, int):
             return True
         # NaN and infinities are not numbers on this wire
-        return isinstance(value, float) and value == value and value - value == 0.0
+        return isinstance(value, float) and math.isfinite(value)
     if want == _T_DICT:
         return isinstance(value, dict)
     if want == _T_LIST:
@@ -244,9 +250,9 @@ def _type_ok(value, want):
     return False
 
 
-def _check_fields(kind, body, fields):
-    for name in fields:
-        want, required = fields[name]
+def _check_fields(kind: str, body: dict[str, Any], fields: dict[str, tuple[str, bool]]) -> None:
+    for name, spec in fields.items():
+        want, required = spec
         if name not in body:
             if required:
                 raise ProtocolError(R_SCHEMA, "%s: missing field %r" % (kind, name))
@@ -264,7 +270,7 @@ def _check_fields(kind, body, fields):
             raise ProtocolError(R_SCHEMA, "%s: field %r not one of %s" % (kind, name, allowed))
 
 
-def validate(kind, body):
+def validate(kind: str, body: object) -> dict[str, Any]:
     """Check a decoded payload dict of ``kind``; returns it or raises ProtocolError."""
     if kind not in SCHEMAS:
         raise ProtocolError(R_TOPIC, "unknown kind %r" % (kind,))
@@ -282,11 +288,13 @@ def validate(kind, body):
 # ---------------------------------------------------------------- encode / decode
 
 
-def encode(kind, device_id, body, ts):
+def encode(
+    kind: str, device_id: str, body: dict[str, Any], ts: float
+) -> tuple[str, bytes, int, bool]:
     """Complete, validate and serialise a payload. Returns (topic, bytes, qos, retain)."""
     msg = {}
-    for key in body:
-        msg[key] = body[key]
+    for key, value in body.items():
+        msg[key] = value
     msg["v"] = PROTOCOL_VERSION
     msg["id"] = device_id
     msg["ts"] = ts
@@ -298,7 +306,7 @@ def encode(kind, device_id, body, ts):
     return topic(device_id, kind), data, qos, retain
 
 
-def decode(topic_name, payload):
+def decode(topic_name: str, payload: bytes | bytearray | str) -> tuple[str, str, dict[str, Any]]:
     """Parse and validate a received message. Returns (device_id, kind, body).
 
     Checks in order: topic, size (before parsing), JSON, protocol version, schema, and that
@@ -308,7 +316,8 @@ def decode(topic_name, payload):
     device_id, kind = parse_topic(topic_name)
     limit = KINDS[kind][4]
     if len(payload) > limit:
-        raise ProtocolError(R_SIZE, "%s payload is %d bytes, limit %d" % (kind, len(payload), limit))
+        detail = "%s payload is %d bytes, limit %d" % (kind, len(payload), limit)
+        raise ProtocolError(R_SIZE, detail)
     if len(payload) == 0 and kind == "status":
         # an empty retained message clears a status; treat as a schema error for ingest
         raise ProtocolError(R_SCHEMA, "empty payload")
@@ -317,7 +326,7 @@ def decode(topic_name, payload):
             payload = bytes(payload).decode()
         body = json.loads(payload)
     except (ValueError, UnicodeError) as exc:
-        raise ProtocolError(R_JSON, "not JSON: %s" % (exc,))
+        raise ProtocolError(R_JSON, "not JSON: %s" % (exc,))  # noqa: B904 - MicroPython warns on "from"
     validate(kind, body)
     if body["id"] != device_id:
         raise ProtocolError(R_IDENTITY, "payload id %r on topic of %r" % (body["id"], device_id))
@@ -327,7 +336,9 @@ def decode(topic_name, payload):
 # ---------------------------------------------------------------- reconnect policy
 
 
-def reconnect_delay(attempt, rnd, base=1.0, cap=300.0, first_spread=20.0):
+def reconnect_delay(
+    attempt: int, rnd: float, base: float = 1.0, cap: float = 300.0, first_spread: float = 20.0
+) -> float:
     """Seconds to wait before reconnect ``attempt`` (0 = the first retry after a loss).
 
     Full jitter (a uniform draw in [0, min(cap, base * 2**attempt))), except the first retry,
@@ -337,9 +348,5 @@ def reconnect_delay(attempt, rnd, base=1.0, cap=300.0, first_spread=20.0):
     """
     if attempt <= 0:
         return rnd * first_spread
-    if attempt > 30:
-        attempt = 30
-    ceiling = base * (2**attempt)
-    if ceiling > cap:
-        ceiling = cap
+    ceiling = min(cap, base * float(1 << min(attempt, 30)))
     return rnd * ceiling

@@ -7,19 +7,17 @@
 
 import os
 
-try:
-    _fsync = os.fsync
-except AttributeError:  # MicroPython ports without fsync
-    _fsync = None
+# MicroPython ports without fsync get None
+_fsync = getattr(os, "fsync", None)
 
 
-def atomic_write(path, data, mode=0o644):
+def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     tmp = path + ".tmp"
     if hasattr(os, "O_CREAT"):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         f = os.fdopen(fd, "wb")
     else:
-        f = open(tmp, "wb")
+        f = open(tmp, "wb")  # noqa: SIM115 - closed below, MicroPython has no os.open
     try:
         f.write(data)
         f.flush()
@@ -36,7 +34,7 @@ def atomic_write(path, data, mode=0o644):
     _sync_dir(path)
 
 
-def _sync_dir(path):
+def _sync_dir(path: str) -> None:
     if _fsync is None or not hasattr(os, "O_DIRECTORY"):
         return
     slash = path.rfind("/")

@@ -171,8 +171,12 @@ class CertificateAuthority:
         _write(out / "key.der", der_key, KEY_MODE)
         _write(out / "cert.der", cert.public_bytes(serialization.Encoding.DER), CERT_MODE)
         _write(out / "root.der", root.public_bytes(serialization.Encoding.DER), CERT_MODE)
-        log.info("issued certificate for %s, serial %x, %d days", device_id, cert.serial_number, days)
-        return DeviceCredentials(device_id, out, out / "key.pem", out / "cert.pem", out / "root.pem")
+        log.info(
+            "issued certificate for %s, serial %x, %d days", device_id, cert.serial_number, days
+        )
+        return DeviceCredentials(
+            device_id, out, out / "key.pem", out / "cert.pem", out / "root.pem"
+        )
 
     # ---------------------------------------------------------------- internals
     def _issuing(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:

@@ -164,7 +164,7 @@ class Broker(Process):
             Path(workdir) / "mosquitto.log",
         )
 
-    def start(self, timeout: float = 10.0) -> Broker:  # type: ignore[override]
+    def start(self, timeout: float = 10.0) -> Broker:
         super().start()
         try:
             wait_for(lambda: port_open(self.port) or not self.alive(), timeout, what="mosquitto")

@@ -1,0 +1,117 @@
+"""REST API (FastAPI): the device registry, server metrics and liveness."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Path, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from firmware import contract
+from fleet_server.db import Device
+from fleet_server.metrics import Metrics
+from fleet_server.registry import Registry
+
+
+class DeviceOut(BaseModel):
+    id: str = Field(description="Device id (the CN of its certificate)")
+    kind: str = Field(description="agent (Linux box) or node (microcontroller)")
+    state: Literal["online", "offline", "unknown"] = Field(description="Connection state")
+    state_reason: str | None = Field(description="Why the state last changed, when known")
+    state_changed_at: str = Field(description="When the state last changed (UTC, ISO 8601)")
+    first_seen: str = Field(description="First message from this device (UTC)")
+    last_seen: str = Field(description="Last message from this device (UTC)")
+    heartbeat_interval_s: float | None = Field(description="Interval the device announced")
+    last_seq: int | None = Field(description="Sequence number of the last heartbeat")
+    seq_gaps: int = Field(description="Heartbeats missing, summed over the device's life")
+    versions: dict[str, Any] = Field(description="Software versions the device reported")
+    last_heartbeat: dict[str, Any] | None = Field(description="Last heartbeat payload")
+
+
+class DevicePage(BaseModel):
+    items: list[DeviceOut]
+    total: int = Field(description="Devices matching the filter")
+    limit: int
+    offset: int
+
+
+def _iso(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts or 0.0, dt.UTC).isoformat()
+
+
+def device_out(dev: Device) -> DeviceOut:
+    return DeviceOut(
+        id=dev.id,
+        kind=dev.kind,
+        state=dev.state,
+        state_reason=dev.state_reason,
+        state_changed_at=_iso(dev.state_changed_at),
+        first_seen=_iso(dev.first_seen),
+        last_seen=_iso(dev.last_seen),
+        heartbeat_interval_s=dev.heartbeat_interval_s,
+        last_seq=dev.last_seq,
+        seq_gaps=dev.seq_gaps,
+        versions=dev.versions or {},
+        last_heartbeat=dev.last_heartbeat,
+    )
+
+
+DeviceId = Annotated[
+    str,
+    Path(
+        min_length=contract.ID_MIN,
+        max_length=contract.ID_MAX,
+        pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$",
+        description="Device id",
+    ),
+]
+
+
+def create_app(registry: Registry, metrics: Metrics) -> FastAPI:
+    app = FastAPI(
+        title="camfleet fleet server",
+        version="0.1.0",
+        description="Registry and health of the camera fleet.",
+    )
+
+    @app.get("/api/devices", response_model=DevicePage, tags=["devices"])
+    def list_devices(
+        state: Annotated[
+            Literal["online", "offline", "unknown"] | None, Query(description="Filter by state")
+        ] = None,
+        kind: Annotated[
+            Literal["agent", "node"] | None, Query(description="Filter by device kind")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 100,
+        offset: Annotated[int, Query(ge=0, le=10_000_000, description="Skip this many")] = 0,
+    ) -> DevicePage:
+        rows, total = registry.list_devices(state, kind, limit, offset)
+        return DevicePage(
+            items=[device_out(d) for d in rows], total=total, limit=limit, offset=offset
+        )
+
+    @app.get(
+        "/api/devices/{device_id}",
+        response_model=DeviceOut,
+        responses={404: {"description": "No such device"}},
+        tags=["devices"],
+    )
+    def get_device(device_id: DeviceId) -> DeviceOut:
+        dev = registry.get_device(device_id)
+        if dev is None:
+            raise HTTPException(status_code=404, detail=f"device {device_id} not found")
+        return device_out(dev)
+
+    @app.get("/healthz", tags=["server"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["server"], response_class=Response)
+    def prometheus() -> Response:
+        for state, n in registry.state_counts().items():
+            metrics.devices.labels(state=state).set(n)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,76 @@
+"""The fleet server process: migrations, ingest, the heartbeat-deadline monitor, the API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import uvicorn
+
+from fleet_server.api import create_app
+from fleet_server.ca import CertificateAuthority
+from fleet_server.config import ServerSettings
+from fleet_server.db import make_engine, make_sessionmaker
+from fleet_server.ingest import Ingest
+from fleet_server.metrics import Metrics
+from fleet_server.migrate import upgrade
+from fleet_server.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class DeadlineMonitor(threading.Thread):
+    """Marks devices offline when their heartbeat deadline passes."""
+
+    def __init__(self, registry: Registry, metrics: Metrics, grace: float, every_s: float) -> None:
+        super().__init__(name="deadline-monitor", daemon=True)
+        self.registry = registry
+        self.metrics = metrics
+        self.grace = grace
+        self.every_s = every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            try:
+                gone = self.registry.mark_overdue(time.time(), self.grace)
+            except Exception:  # a DB hiccup must not end the monitor
+                log.exception("deadline check failed")
+                continue
+            for dev in gone:
+                self.metrics.offline_deadline.inc()
+                log.info("device %s offline: heartbeat deadline passed", dev)
+
+
+def serve(settings: ServerSettings) -> None:
+    url = settings.db_url()
+    upgrade(url)
+    engine = make_engine(url)
+    registry = Registry(make_sessionmaker(engine))
+    metrics = Metrics()
+    ca = CertificateAuthority(settings.pki_dir)
+    ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest)
+    monitor = DeadlineMonitor(
+        registry, metrics, settings.health.heartbeat_grace, settings.health.check_interval_s
+    )
+    ingest.start()
+    monitor.start()
+    app = create_app(registry, metrics)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.api.host,
+            port=settings.api.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    )
+    log.info("API on http://%s:%s/api/devices", settings.api.host, settings.api.port)
+    try:
+        server.run()  # returns on SIGINT/SIGTERM
+    finally:
+        monitor.stopped.set()
+        ingest.stop()
+        engine.dispose()
+        log.info("fleet server stopped")

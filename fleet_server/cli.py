@@ -1,0 +1,79 @@
+"""camfleet-server: set up the CA and broker, issue device certificates, run the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from common.logs import setup_logging
+from common.settings import ConfigError, load_settings
+from fleet_server.broker import write_broker_config
+from fleet_server.ca import CAError, CertificateAuthority
+from fleet_server.config import ServerSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="camfleet-server", description=__doc__)
+    p.add_argument("--config", type=Path, help="TOML settings file")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="create the CA and the broker config (idempotent)")
+    sub.add_parser("broker-config", help="rewrite mosquitto.conf and the ACL from state")
+    sub.add_parser("broker", help="run Mosquitto with the generated config (foreground)")
+    sub.add_parser("migrate", help="upgrade the database schema")
+    sub.add_parser("run", help="run ingest, health monitor and the REST API")
+    issue = sub.add_parser("issue-device", help="issue a device key and certificate")
+    issue.add_argument("device_id")
+    issue.add_argument("--out", type=Path, required=True, help="directory for the files")
+    issue.add_argument("--days", type=int, default=30, help="certificate lifetime, days")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(ServerSettings, args.config)
+    except ConfigError as exc:
+        print(f"camfleet-server: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    ca = CertificateAuthority(settings.pki_dir)
+    try:
+        if args.command == "init":
+            ca.init(settings.broker.hosts)
+            layout = write_broker_config(
+                ca, settings.broker_dir, settings.broker.listen_port, settings.broker.bind
+            )
+            print(f"CA in {settings.pki_dir}; broker config {layout.conf}")
+        elif args.command == "broker-config":
+            layout = write_broker_config(
+                ca, settings.broker_dir, settings.broker.listen_port, settings.broker.bind
+            )
+            print(f"wrote {layout.conf} and {layout.acl}")
+        elif args.command == "broker":
+            layout = write_broker_config(
+                ca, settings.broker_dir, settings.broker.listen_port, settings.broker.bind
+            )
+            from hil_tests.procs import mosquitto_bin
+
+            os.execv(mosquitto_bin(), [mosquitto_bin(), "-c", str(layout.conf)])  # noqa: S606
+        elif args.command == "migrate":
+            from fleet_server.migrate import upgrade
+
+            upgrade(settings.db_url())
+        elif args.command == "run":
+            from fleet_server.app import serve
+
+            serve(settings)
+        elif args.command == "issue-device":
+            creds = ca.issue_device(args.device_id, args.out, args.days)
+            print(f"issued {creds.device_id}: {creds.directory}")
+    except CAError as exc:
+        print(f"camfleet-server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

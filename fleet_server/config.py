@@ -1,0 +1,101 @@
+"""Fleet server settings: one TOML file, unknown keys refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Section):
+    host: str = Field("localhost", description="Broker host name (must match its certificate)")
+    port: int = Field(8883, ge=1, le=65535, description="Broker TLS port")
+    client_id: str = Field(
+        "fleet-server-1", description="MQTT client id of this worker; unique per worker"
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    session_expiry_s: int = Field(
+        3600,
+        ge=0,
+        description="Seconds the broker keeps this worker's session (and queued messages) "
+        "after a disconnect",
+    )
+    shared: bool = Field(
+        True, description="Join the MQTT v5 shared subscription group so workers split the load"
+    )
+
+
+class BrokerSettings(_Section):
+    listen_port: int = Field(8883, ge=1, le=65535, description="Port Mosquitto listens on")
+    bind: str = Field("127.0.0.1", description="Address Mosquitto binds to")
+    hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Names and addresses put in the broker certificate",
+    )
+
+
+class ApiSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address the REST API listens on")
+    port: int = Field(8080, ge=0, le=65535, description="REST API port")
+
+
+class HealthSettings(_Section):
+    heartbeat_grace: float = Field(
+        3.0,
+        ge=1.5,
+        le=100,
+        description="A device is offline when no heartbeat came for this many of its "
+        "own heartbeat intervals",
+    )
+    check_interval_s: float = Field(
+        1.0, gt=0, le=60, description="How often the heartbeat deadlines are checked, seconds"
+    )
+
+
+class IngestSettings(_Section):
+    batch_size: int = Field(500, ge=1, le=100_000, description="Most messages per DB transaction")
+    batch_ms: int = Field(
+        50, ge=1, le=10_000, description="Longest a message waits for its batch, milliseconds"
+    )
+    queue_size: int = Field(
+        20_000,
+        ge=10,
+        description="Messages held between MQTT and the DB writer; when full, reading from "
+        "the broker pauses (the broker queues for us)",
+    )
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", env_prefix="CAMFLEET_SERVER_")
+
+    data_dir: Path = Field(
+        Path("/var/lib/camfleet"),
+        description="State directory: pki/ (CA), broker/ (Mosquitto config), fleet.db",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default SQLite in data_dir. "
+        "PostgreSQL: postgresql+psycopg://user@host/db",
+    )
+    log_level: str = Field("INFO", description="Python logging level")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT client")
+    broker: BrokerSettings = Field(default_factory=BrokerSettings, description="Mosquitto")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="REST API")
+    health: HealthSettings = Field(default_factory=HealthSettings, description="Health checks")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="MQTT ingest")
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'fleet.db'}"

@@ -1,0 +1,64 @@
+"""Prometheus metrics of the fleet server (one registry per server instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from firmware import contract
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.received = Counter(
+            "camfleet_ingest_received_total",
+            "MQTT messages received by ingest, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "camfleet_ingest_rejected_total",
+            "Messages refused by the contract, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in contract.REASONS:
+            self.rejected.labels(reason=reason)
+        self.stored = Counter(
+            "camfleet_ingest_stored_total",
+            "Messages written to the registry, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "camfleet_ingest_duplicates_total",
+            "Redelivered messages recognised and skipped",
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "camfleet_ingest_store_errors_total",
+            "Batches the database refused (retried)",
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "camfleet_ingest_batch_seconds",
+            "Time to store one batch",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "camfleet_ingest_queue_depth",
+            "Messages waiting for the DB writer",
+            registry=self.registry,
+        )
+        self.devices = Gauge(
+            "camfleet_devices", "Devices by state", ["state"], registry=self.registry
+        )
+        self.offline_deadline = Counter(
+            "camfleet_offline_deadline_total",
+            "Devices marked offline because their heartbeat deadline passed",
+            registry=self.registry,
+        )
+        self.mqtt_connected = Gauge(
+            "camfleet_mqtt_connected", "1 while ingest is connected to the broker",
+            registry=self.registry,
+        )

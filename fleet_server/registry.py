@@ -1,0 +1,173 @@
+"""The device registry: applies accepted messages in batches and answers queries."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server import health
+from fleet_server.db import Device, Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A message that passed the contract, waiting to be stored."""
+
+    device_id: str
+    kind: str
+    body: dict[str, Any]
+    received_at: float
+
+
+@dataclass
+class ApplyStats:
+    heartbeats: int = 0
+    statuses: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    went_online: list[str] = field(default_factory=list)
+    went_offline: list[str] = field(default_factory=list)
+
+
+class Registry:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    # ---------------------------------------------------------------- writes
+    def apply(self, batch: Sequence[Accepted]) -> ApplyStats:
+        """Store a batch in one transaction."""
+        stats = ApplyStats()
+        with self.sessions.begin() as db:
+            devices: dict[str, Device] = {}
+            for msg in batch:
+                dev = devices.get(msg.device_id) or self._load(db, msg)
+                devices[msg.device_id] = dev
+                if msg.kind == "heartbeat":
+                    self._heartbeat(db, dev, msg, stats)
+                elif msg.kind == "status":
+                    self._status(dev, msg, stats)
+                else:
+                    stats.ignored += 1  # events, command results: later issues
+        return stats
+
+    @staticmethod
+    def _load(db: Session, msg: Accepted) -> Device:
+        dev = db.get(Device, msg.device_id)
+        if dev is None:
+            dev = Device(
+                id=msg.device_id,
+                kind=str(msg.body.get("kind", "agent")),
+                state=health.UNKNOWN,
+                state_reason=None,
+                state_ts=0.0,
+                state_changed_at=msg.received_at,
+                first_seen=msg.received_at,
+                last_seen=msg.received_at,
+                seq_gaps=0,
+                versions={},
+            )
+            db.add(dev)
+        return dev
+
+    @staticmethod
+    def _set_state(
+        dev: Device, state: str, reason: str | None, at: float, stats: ApplyStats
+    ) -> None:
+        if dev.state != state:
+            dev.state_changed_at = at
+            (stats.went_online if state == health.ONLINE else stats.went_offline).append(dev.id)
+        dev.state = state
+        dev.state_reason = reason
+
+    def _heartbeat(self, db: Session, dev: Device, msg: Accepted, stats: ApplyStats) -> None:
+        body = msg.body
+        step = health.seq_step(dev.last_seq, int(body["seq"]))
+        if step.duplicate and dev.last_heartbeat and dev.last_heartbeat.get("ts") == body["ts"]:
+            stats.duplicates += 1
+            return
+        dev.seq_gaps = (dev.seq_gaps or 0) + step.gap
+        dev.last_seq = int(body["seq"])
+        dev.kind = str(body["kind"])
+        dev.last_seen = msg.received_at
+        dev.last_heartbeat_at = msg.received_at
+        dev.heartbeat_interval_s = float(body["interval_s"])
+        dev.last_heartbeat = body
+        if isinstance(body.get("versions"), dict):
+            dev.versions = body["versions"]
+        # a heartbeat proves the device is up, whatever an older status said
+        self._set_state(dev, health.ONLINE, None, msg.received_at, stats)
+        db.add(
+            Heartbeat(
+                device_id=dev.id,
+                seq=int(body["seq"]),
+                ts=float(body["ts"]),
+                received_at=msg.received_at,
+                body=body,
+            )
+        )
+        stats.heartbeats += 1
+
+    def _status(self, dev: Device, msg: Accepted, stats: ApplyStats) -> None:
+        body = msg.body
+        stats.statuses += 1
+        if not health.accept_status(dev.state_ts, float(body["ts"])):
+            return
+        dev.state_ts = float(body["ts"])
+        dev.kind = str(body["kind"])
+        dev.last_seen = max(dev.last_seen, msg.received_at)
+        state = str(body["state"])
+        reason = body.get("reason")
+        if state == health.OFFLINE and not reason:
+            reason = health.REASON_WILL
+        why = reason if isinstance(reason, str) else None
+        self._set_state(dev, state, why, msg.received_at, stats)
+
+    def mark_overdue(self, now: float, grace: float) -> list[str]:
+        """Mark online devices whose heartbeat deadline passed as offline; their ids."""
+        gone: list[str] = []
+        with self.sessions.begin() as db:
+            rows = db.scalars(select(Device).where(Device.state == health.ONLINE)).all()
+            for dev in rows:
+                if health.is_overdue(dev.last_seen, dev.heartbeat_interval_s, grace, now):
+                    dev.state = health.OFFLINE
+                    dev.state_reason = health.REASON_DEADLINE
+                    dev.state_changed_at = now
+                    gone.append(dev.id)
+        return gone
+
+    # ---------------------------------------------------------------- reads
+    def list_devices(
+        self, state: str | None = None, kind: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[Device], int]:
+        with self.sessions() as db:
+            query = select(Device)
+            count = select(func.count()).select_from(Device)
+            if state:
+                query = query.where(Device.state == state)
+                count = count.where(Device.state == state)
+            if kind:
+                query = query.where(Device.kind == kind)
+                count = count.where(Device.kind == kind)
+            rows = db.scalars(query.order_by(Device.id).limit(limit).offset(offset)).all()
+            total = db.scalar(count) or 0
+            return list(rows), int(total)
+
+    def get_device(self, device_id: str) -> Device | None:
+        with self.sessions() as db:
+            return db.get(Device, device_id)
+
+    def state_counts(self) -> dict[str, int]:
+        with self.sessions() as db:
+            rows = db.execute(select(Device.state, func.count()).group_by(Device.state)).all()
+            return {str(state): int(n) for state, n in rows}
+
+    def heartbeat_count(self) -> int:
+        with self.sessions() as db:
+            return int(db.scalar(select(func.count()).select_from(Heartbeat)) or 0)
