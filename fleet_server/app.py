@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
+from collections.abc import Generator
 
 import uvicorn
 
@@ -18,6 +21,20 @@ from fleet_server.migrate import upgrade
 from fleet_server.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its shutdown, which would kill the process before
+    ingest drains and acks; here the signal only asks the server to exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class DeadlineMonitor(threading.Thread):
@@ -57,7 +74,7 @@ def serve(settings: ServerSettings) -> None:
     ingest.start()
     monitor.start()
     app = create_app(registry, metrics)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             host=settings.api.host,

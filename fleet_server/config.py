@@ -77,6 +77,9 @@ class ServerSettings(BaseSettings):
         Path("/var/lib/camfleet"),
         description="State directory: pki/ (CA), broker/ (Mosquitto config), fleet.db",
     )
+    pki_path: Path | None = Field(
+        None, description="Certificate authority directory; default data_dir/pki"
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL; default SQLite in data_dir. "
@@ -91,7 +94,7 @@ class ServerSettings(BaseSettings):
 
     @property
     def pki_dir(self) -> Path:
-        return self.data_dir / "pki"
+        return self.pki_path or self.data_dir / "pki"
 
     @property
     def broker_dir(self) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,3 +41,36 @@ def device_factory(
         return made[device_id]
 
     yield make
+
+
+def _pg_admin_url() -> str:
+    return os.environ.get("CAMFLEET_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: SQLite in tmp, or a new PostgreSQL database.
+
+    PostgreSQL is skipped when no server answers, unless CAMFLEET_REQUIRE_PG=1 (CI sets it,
+    after starting one), where its absence fails the run.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+        return
+    import psycopg
+
+    name = f"camfleet_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(_pg_admin_url(), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CAMFLEET_REQUIRE_PG") == "1":
+            pytest.fail(f"PostgreSQL required but not reachable: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = _pg_admin_url().rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(_pg_admin_url(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,120 @@
+"""Start a fleet server process against a broker, for tests, the demo and the rigs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from hil_tests.procs import Process, free_port, wait_for
+
+
+def write_server_config(
+    path: Path,
+    *,
+    data_dir: Path,
+    pki_dir: Path,
+    broker_port: int,
+    api_port: int,
+    database_url: str | None = None,
+    client_id: str = "fleet-server-1",
+    grace: float = 3.0,
+    extra_toml: str = "",
+) -> Path:
+    lines = [
+        f'data_dir = "{data_dir}"',
+        f'pki_path = "{pki_dir}"',
+        'log_level = "INFO"',
+    ]
+    if database_url:
+        lines.append(f'database_url = "{database_url}"')
+    lines += [
+        "[mqtt]",
+        'host = "localhost"',
+        f"port = {broker_port}",
+        f'client_id = "{client_id}"',
+        "[broker]",
+        f"listen_port = {broker_port}",
+        "[api]",
+        'host = "127.0.0.1"',
+        f"port = {api_port}",
+        "[health]",
+        f"heartbeat_grace = {grace}",
+        "check_interval_s = 0.25",
+        extra_toml,
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class ServerProcess(Process):
+    def __init__(
+        self,
+        workdir: Path,
+        pki_dir: Path,
+        broker_port: int,
+        *,
+        database_url: str | None = None,
+        client_id: str = "fleet-server-1",
+        grace: float = 3.0,
+        api_port: int | None = None,
+    ) -> None:
+        self.api_port = api_port or free_port()
+        self.config_path = write_server_config(
+            workdir / "server.toml",
+            data_dir=workdir,
+            pki_dir=pki_dir,
+            broker_port=broker_port,
+            api_port=self.api_port,
+            database_url=database_url,
+            client_id=client_id,
+            grace=grace,
+        )
+        super().__init__(
+            client_id,
+            [sys.executable, "-m", "fleet_server.cli", "--config", str(self.config_path), "run"],
+            workdir / f"{client_id}.log",
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=5) as resp:
+                body = resp.read()
+                ctype = resp.headers.get("content-type", "")
+                return resp.status, json.loads(body) if "json" in ctype else body.decode()
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def ready(self) -> bool:
+        try:
+            return self.get("/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def start_and_wait(self, timeout: float = 20.0) -> ServerProcess:
+        self.start()
+        wait_for(lambda: self.ready() or not self.alive(), timeout, what="fleet server API")
+        if not self.alive():
+            raise RuntimeError(f"fleet server exited:\n{self.log_text()[-3000:]}")
+        return self
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        status, body = self.get(f"/api/devices/{device_id}")
+        return body if status == 200 else None
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """A sample from /metrics, e.g. metric("camfleet_ingest_rejected_total", 'reason="x"')."""
+        _status, text = self.get("/metrics")
+        want = f"{name}{{{labels}}}" if labels else name
+        for line in str(text).splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0

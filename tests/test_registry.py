@@ -1,0 +1,108 @@
+"""Registry and health decisions on a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from firmware import contract
+from fleet_server import health
+from fleet_server.db import make_engine, make_sessionmaker
+from fleet_server.migrate import upgrade
+from fleet_server.registry import Accepted, Registry
+
+
+@pytest.fixture
+def registry(database_url: str) -> Registry:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    return Registry(make_sessionmaker(engine))
+
+
+def _msg(msg_kind: str, device: str, at: float, **body: Any) -> Accepted:
+    ts = body.pop("ts", at)
+    topic, payload, _q, _r = contract.encode(msg_kind, device, body, ts)
+    _dev, _kind, decoded = contract.decode(topic, payload)
+    return Accepted(device, msg_kind, decoded, at)
+
+
+def _hb(device: str, seq: int, at: float, interval: float = 5.0) -> Accepted:
+    return _msg("heartbeat", device, at, seq=seq, kind="agent", interval_s=interval, uptime_s=at)
+
+
+def test_heartbeat_creates_device_online(registry: Registry) -> None:
+    stats = registry.apply([_hb("cam-a", 0, 100.0)])
+    assert stats.heartbeats == 1
+    assert stats.went_online == ["cam-a"]
+    dev = registry.get_device("cam-a")
+    assert dev is not None
+    assert (dev.state, dev.kind, dev.last_seq, dev.heartbeat_interval_s) == ("online", "agent", 0, 5)
+    assert registry.heartbeat_count() == 1
+
+
+def test_will_after_online_of_same_connection_marks_offline(registry: Registry) -> None:
+    # the will and the online status of one connection carry the same ts
+    registry.apply([_msg("status", "cam-b", 10.0, state="online", kind="agent", ts=7)])
+    registry.apply([_hb("cam-b", 0, 11.0)])
+    stats = registry.apply([_msg("status", "cam-b", 12.0, state="offline", kind="agent", ts=7)])
+    dev = registry.get_device("cam-b")
+    assert dev is not None
+    assert dev.state == "offline"
+    assert dev.state_reason == health.REASON_WILL
+    assert stats.went_offline == ["cam-b"]
+
+
+def test_stale_status_is_ignored(registry: Registry) -> None:
+    registry.apply([_msg("status", "cam-c", 10.0, state="offline", kind="agent", ts=50,
+                         reason="shutdown")])
+    registry.apply([_msg("status", "cam-c", 11.0, state="online", kind="agent", ts=40)])
+    dev = registry.get_device("cam-c")
+    assert dev is not None
+    assert (dev.state, dev.state_reason) == ("offline", "shutdown")
+
+
+def test_duplicate_heartbeat_is_stored_once_and_gaps_counted(registry: Registry) -> None:
+    first = _hb("cam-d", 3, 100.0)
+    stats = registry.apply([first, first, _hb("cam-d", 7, 120.0)])
+    assert stats.duplicates == 1
+    assert registry.heartbeat_count() == 2
+    dev = registry.get_device("cam-d")
+    assert dev is not None
+    assert dev.seq_gaps == 3  # 4, 5, 6 never came
+    registry.apply([_hb("cam-d", 0, 130.0)])  # restart: counts again from zero, no gap
+    dev = registry.get_device("cam-d")
+    assert dev is not None
+    assert (dev.last_seq, dev.seq_gaps) == (0, 3)
+
+
+def test_deadline_marks_offline_only_after_grace(registry: Registry) -> None:
+    registry.apply([_hb("cam-e", 0, 1000.0, interval=2.0)])
+    assert registry.mark_overdue(1005.9, grace=3.0) == []
+    assert registry.mark_overdue(1006.1, grace=3.0) == ["cam-e"]
+    dev = registry.get_device("cam-e")
+    assert dev is not None
+    assert (dev.state, dev.state_reason) == ("offline", health.REASON_DEADLINE)
+    assert registry.mark_overdue(2000.0, grace=3.0) == []  # already offline
+    registry.apply([_hb("cam-e", 1, 2001.0, interval=2.0)])
+    dev = registry.get_device("cam-e")
+    assert dev is not None
+    assert dev.state == "online"
+
+
+def test_list_filters_and_pages(registry: Registry) -> None:
+    registry.apply([_hb(f"cam-{i:03d}", 0, 100.0) for i in range(5)])
+    registry.apply([_msg("status", "cam-001", 101.0, state="offline", kind="agent", ts=101)])
+    rows, total = registry.list_devices(limit=2, offset=1)
+    assert total == 5
+    assert [d.id for d in rows] == ["cam-001", "cam-002"]
+    rows, total = registry.list_devices(state="offline")
+    assert (total, [d.id for d in rows]) == (1, ["cam-001"])
+    assert registry.state_counts() == {"online": 4, "offline": 1}
+
+
+def test_seq_step_rules() -> None:
+    assert health.seq_step(None, 5) == health.SeqStep(False, False, 0)
+    assert health.seq_step(5, 5).duplicate
+    assert health.seq_step(5, 2).restarted
+    assert health.seq_step(5, 9).gap == 3
