@@ -102,7 +102,7 @@ class PacedSource(CameraSource):
         self._index += 1
         return frame
 
-    def _open(self) -> None:  # noqa: B027 - optional hook
+    def _open(self) -> None:
         """Prepare the source; raise CameraError when it cannot deliver."""
 
     @abstractmethod
@@ -364,7 +364,7 @@ class Capture:
                 self._record(frame)
         except CameraError as exc:
             self._fail(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a faulty source plugin must not end capture
+        except Exception as exc:  # a faulty source plugin must not end capture
             log.exception("camera source raised an unexpected error")
             self._fail(f"{type(exc).__name__}: {exc}")
         finally:

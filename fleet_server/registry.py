@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server import health
@@ -46,15 +46,19 @@ class Registry:
         stats = ApplyStats()
         with self.sessions.begin() as db:
             devices: dict[str, Device] = {}
+            rows: list[dict[str, Any]] = []
             for msg in batch:
                 dev = devices.get(msg.device_id) or self._load(db, msg)
                 devices[msg.device_id] = dev
                 if msg.kind == "heartbeat":
-                    self._heartbeat(db, dev, msg, stats)
+                    self._heartbeat(dev, msg, stats, rows)
                 elif msg.kind == "status":
                     self._status(dev, msg, stats)
                 else:
                     stats.ignored += 1  # events, command results: later issues
+            db.flush()  # new devices first: heartbeats refer to them
+            if rows:
+                db.execute(insert(Heartbeat), rows)
         return stats
 
     @staticmethod
@@ -86,7 +90,9 @@ class Registry:
         dev.state = state
         dev.state_reason = reason
 
-    def _heartbeat(self, db: Session, dev: Device, msg: Accepted, stats: ApplyStats) -> None:
+    def _heartbeat(
+        self, dev: Device, msg: Accepted, stats: ApplyStats, rows: list[dict[str, Any]]
+    ) -> None:
         body = msg.body
         step = health.seq_step(dev.last_seq, int(body["seq"]))
         if step.duplicate and dev.last_heartbeat and dev.last_heartbeat.get("ts") == body["ts"]:
@@ -103,14 +109,14 @@ class Registry:
             dev.versions = body["versions"]
         # a heartbeat proves the device is up, whatever an older status said
         self._set_state(dev, health.ONLINE, None, msg.received_at, stats)
-        db.add(
-            Heartbeat(
-                device_id=dev.id,
-                seq=int(body["seq"]),
-                ts=float(body["ts"]),
-                received_at=msg.received_at,
-                body=body,
-            )
+        rows.append(
+            {
+                "device_id": dev.id,
+                "seq": int(body["seq"]),
+                "ts": float(body["ts"]),
+                "received_at": msg.received_at,
+                "body": body,
+            }
         )
         stats.heartbeats += 1
 

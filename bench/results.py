@@ -1,0 +1,62 @@
+"""Benchmark figures: one entry per figure, written to bench/results.json and the README."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from firmware.fsutil import atomic_write
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    value: float
+    unit: str
+    compared_with: str
+    detail: str = ""
+
+
+def write(figures: list[Figure]) -> None:
+    doc = {
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()}, {platform.python_implementation()} "
+        f"{platform.python_version()}",
+        "figures": [asdict(f) for f in figures],
+    }
+    atomic_write(str(RESULTS), (json.dumps(doc, indent=2) + "\n").encode())
+    update_readme(figures, doc["generated"])
+
+
+def table(figures: list[Figure], generated: str) -> str:
+    lines = [
+        f"Latest `make bench` ({generated}):",
+        "",
+        "| figure | value | unit | compared with | detail |",
+        "|---|---|---|---|---|",
+    ]
+    for f in figures:
+        lines.append(f"| `{f.name}` | {f.value:.3g} | {f.unit} | {f.compared_with} | {f.detail} |")
+    return "\n".join(lines)
+
+
+def update_readme(figures: list[Figure], generated: str) -> None:
+    text = README.read_text()
+    if START not in text or END not in text:
+        return
+    new = re.sub(
+        re.escape(START) + r".*?" + re.escape(END),
+        START + "\n" + table(figures, generated) + "\n" + END,
+        text,
+        flags=re.S,
+    )
+    atomic_write(str(README), new.encode())
