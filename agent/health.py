@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -88,6 +89,14 @@ def software_versions() -> dict[str, str]:
         "python": platform.python_version(),
         "paho": str(paho.mqtt.__version__),
     }
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (0 when the OS will not say)."""
+    try:
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except (OSError, psutil.Error):
+        return 0.0
 
 
 def read_thermal_zones(root: Path = THERMAL_ROOT) -> float | None:

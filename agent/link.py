@@ -41,18 +41,35 @@ _SUBSCRIBE_KINDS = ("cmd_req", "config_desired")
 
 MessageHandler = Callable[[str, dict[str, Any]], None]
 
+_PAHO_LOG = logging.getLogger("agent.link.paho")
+
+
+class _PahoNoise(logging.Filter):
+    """Drops paho's repeated 'Client is not connected' error after every lost connection
+    (the link logs the loss itself)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
 
 def _now() -> float:
     return round(time.time(), 3)
 
 
-def status_message(device_id: str, state: str, reason: str | None = None) -> tuple[str, bytes]:
-    """Topic and payload of a status message (retained, QoS 1 by the contract)."""
+def status_message(
+    device_id: str, state: str, reason: str | None = None, ts: float | None = None
+) -> tuple[str, bytes]:
+    """Topic and payload of a status message (retained, QoS 1 by the contract).
+
+    The online status of a connection carries the same ``ts`` as that connection's will,
+    so the server still applies the will after the online (docs/protocol.md, Last will).
+    """
     body: dict[str, object] = {"state": state, "kind": DEVICE_KIND}
     if reason is not None:
         body["reason"] = reason
     try:
-        topic, payload, _qos, _retain = contract.encode("status", device_id, body, _now())
+        stamp = _now() if ts is None else ts
+        topic, payload, _qos, _retain = contract.encode("status", device_id, body, stamp)
     except contract.ProtocolError as exc:
         raise PayloadError(str(exc)) from exc
     return topic, payload
@@ -85,6 +102,9 @@ class Link:
         self._close_reason = "shutdown"
         self._thread: threading.Thread | None = None
         self._connects = 0
+        self._session_ts = 0.0  # ts of the current connection's will and online status
+        if not any(isinstance(f, _PahoNoise) for f in _PAHO_LOG.filters):
+            _PAHO_LOG.addFilter(_PahoNoise())
 
     # ---------------------------------------------------------------- public
     @property
@@ -164,7 +184,7 @@ class Link:
         try:
             client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
         except OSError as exc:  # refused, unreachable, timeout, TLS handshake (ssl.SSLError)
-            log.warning("connect to %s:%d failed: %s", s.host, s.port, exc)
+            log.warning("connection to %s:%d not established: %s", s.host, s.port, exc)
             return None
         with self._lock:
             self._client = client
@@ -176,7 +196,10 @@ class Link:
         deadline = time.monotonic() + self.settings.connect_timeout_s
         while not self._closing.is_set() and not self._dropped.is_set():
             if not self._connected.is_set() and time.monotonic() > deadline:
-                log.warning("no CONNACK within %.1fs", self.settings.connect_timeout_s)
+                log.warning(
+                    "connection to %s:%d not established: no CONNACK within %.1fs",
+                    self.settings.host, self.settings.port, self.settings.connect_timeout_s,
+                )
                 return
             self._wake.wait(0.5)
             self._wake.clear()
@@ -217,9 +240,12 @@ class Link:
             raise LinkError(f"cannot load TLS files: {exc}") from exc
         client.connect_timeout = s.connect_timeout_s
         client.max_queued_messages_set(_MAX_QUEUED)
-        topic, payload = status_message(self.device_id, "offline", WILL_REASON)
+        # the will's ts is the time of this attempt: the broker sends it as it is, and the
+        # online status of this connection repeats it
+        self._session_ts = _now()
+        topic, payload = status_message(self.device_id, "offline", WILL_REASON, self._session_ts)
         client.will_set(topic, payload, qos=1, retain=True)
-        client.enable_logger(logging.getLogger("agent.link.paho"))
+        client.enable_logger(_PAHO_LOG)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message_cb
@@ -246,7 +272,10 @@ class Link:
         _properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused the connection: %s", reason_code)
+            log.warning(
+                "connection to %s:%d not established: broker refused it (%s)",
+                self.settings.host, self.settings.port, reason_code,
+            )
             return
         with self._lock:
             self._connects += 1
@@ -255,7 +284,7 @@ class Link:
         log.info(
             "connected to %s:%d as %s", self.settings.host, self.settings.port, self.device_id
         )
-        topic, payload = status_message(self.device_id, "online")
+        topic, payload = status_message(self.device_id, "online", ts=self._session_ts)
         client.publish(topic, payload, qos=1, retain=True)
         client.subscribe(
             [(contract.topic(self.device_id, kind), 1) for kind in _SUBSCRIBE_KINDS]
@@ -278,7 +307,11 @@ class Link:
         elif was_connected:
             log.warning("connection lost: %s", reason_code)
         else:
-            log.warning("connection closed before it was accepted: %s", reason_code)
+            log.warning(
+                "connection to %s:%d not established: closed before CONNACK (%s; a refused "
+                "client certificate shows as a TLS error just above)",
+                self.settings.host, self.settings.port, reason_code,
+            )
 
     def _on_subscribe(
         self,

@@ -15,7 +15,7 @@ from agent.backoff import Backoff
 from agent.camera import Capture, FrameQueue, make_source
 from agent.config import AgentSettings
 from agent.errors import PayloadError, StateDirError
-from agent.health import HostReader, build_heartbeat, software_versions
+from agent.health import HostReader, build_heartbeat, process_age_s, software_versions
 from agent.link import Link
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,18 @@ def run(settings: AgentSettings, stop_event: threading.Event) -> None:
     reader = HostReader(settings.state_dir)
     capture = _make_capture(settings)
     link = Link(settings.device_id, settings.mqtt, on_message=log_downlink)
-    link.start()
-    capture.start()
-    log.info(
-        "agent %s started (version %s, camera %s, heartbeat every %.1fs)",
-        settings.device_id, versions["agent"], settings.camera.type, settings.heartbeat_s,
-    )
     started = time.monotonic()
+    age_at_start = process_age_s()  # uptime_s counts from process start, on the monotonic clock
     seq = 0
     seen_connects = 0
     next_due = started
     try:
+        link.start()
+        capture.start()
+        log.info(
+            "agent %s started (version %s, camera %s, heartbeat every %.1fs)",
+            settings.device_id, versions["agent"], settings.camera.type, settings.heartbeat_s,
+        )
         while not stop_event.is_set():
             now = time.monotonic()
             connects = link.connects
@@ -79,14 +80,16 @@ def run(settings: AgentSettings, stop_event: threading.Event) -> None:
                 next_due = now + settings.heartbeat_s
                 if link.is_connected():
                     body = build_heartbeat(
-                        seq, settings.heartbeat_s, now - started, reader.read(),
+                        seq, settings.heartbeat_s, age_at_start + now - started, reader.read(),
                         capture.stats(), versions,
                     )
                     try:
-                        if link.publish("heartbeat", body):
-                            seq += 1
+                        link.publish("heartbeat", body)
                     except PayloadError as exc:
                         log.error("heartbeat not sent: %s", exc)
+                    seq += 1
+                elif seen_connects:
+                    seq += 1  # a beat missed while the link is down: the gap shows in seq
             stop_event.wait(min(_TICK_S, max(0.0, next_due - time.monotonic())))
     finally:
         log.info("stopping")

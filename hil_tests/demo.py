@@ -1,0 +1,137 @@
+"""make demo: the whole fleet on this machine, on real parts.
+
+Creates (or reuses) the CA in ``demo-state/``, starts Mosquitto with TLS client
+certificates, the fleet server (SQLite), two agents replaying image files as their camera
+and one MicroPython node, waits until all of them are online in the API, prints what runs
+where, and stops everything cleanly on Ctrl-C (or after ``--duration`` seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from fleet_server.ca import CertificateAuthority
+from hil_tests.agent import agent_process
+from hil_tests.images import write_test_images
+from hil_tests.node import node_process
+from hil_tests.procs import REPO, Broker, Process, RigError, free_port, port_open, wait_for
+from hil_tests.server import ServerProcess
+
+AGENTS = ("cam-demo-01", "cam-demo-02")
+NODES = ("node-demo-01",)
+
+
+def _port(preferred: int) -> int:
+    return preferred if not port_open(preferred) else free_port()
+
+
+def _stop_all(procs: list[Process]) -> None:
+    for proc in reversed(procs):
+        proc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="camfleet-demo", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=REPO / "demo-state")
+    parser.add_argument("--broker-port", type=int, default=8883)
+    parser.add_argument("--api-port", type=int, default=8080)
+    parser.add_argument("--duration", type=float, default=0, help="stop after N s (0: Ctrl-C)")
+    args = parser.parse_args(argv)
+
+    state: Path = args.state_dir.resolve()
+    ca = CertificateAuthority(state / "pki")
+    ca.init()
+    broker_port, api_port = _port(args.broker_port), _port(args.api_port)
+    stopping = False
+
+    def _on_signal(_sig: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    procs: list[Process] = []
+    try:
+        broker = Broker(ca, state / "broker", broker_port).start()
+        procs.append(broker)
+        server = ServerProcess(state / "server", ca.dir, broker_port, api_port=api_port)
+        procs.append(server.start_and_wait())
+        images = write_test_images(state / "camera-images", count=24)
+        for device_id in AGENTS:
+            creds = ca.issue_device(device_id, state / "devices" / device_id)
+            procs.append(
+                agent_process(
+                    creds, broker_port, state / "agents" / device_id,
+                    heartbeat_s=5, keepalive_s=15, camera_dir=images[0].parent,
+                ).start()
+            )
+        for device_id in NODES:
+            creds = ca.issue_device(device_id, state / "devices" / device_id)
+            procs.append(
+                node_process(
+                    creds, broker_port, state / "nodes" / device_id,
+                    heartbeat_s=5, keepalive_s=15, sim_dir=state / "nodes" / device_id / "sim",
+                ).start()
+            )
+        everyone = (*AGENTS, *NODES)
+        wait_for(
+            lambda: stopping
+            or all((server.device(d) or {}).get("state") == "online" for d in everyone),
+            60,
+            what="every device online",
+        )
+        _print_banner(server, broker, procs, state)
+        started = time.monotonic()
+        next_line = 0.0
+        while not stopping:
+            if args.duration and time.monotonic() - started >= args.duration:
+                break
+            if time.monotonic() >= next_line:
+                _print_status(server)
+                next_line = time.monotonic() + 10
+            dead = [p.name for p in procs if not p.alive()]
+            if dead:
+                print(f"stopped unexpectedly: {', '.join(dead)} (see their logs)", flush=True)
+                return 1
+            time.sleep(0.2)
+    except RigError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        for proc in procs:
+            print(f"--- {proc.name} ({proc.log_path})\n{proc.log_text()[-1500:]}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping everything ...", flush=True)
+        _stop_all(procs)
+        print("stopped.", flush=True)
+    return 0
+
+
+def _print_banner(server: ServerProcess, broker: Broker, procs: list[Process], state: Path) -> None:
+    print("\ncamfleet demo is running\n", flush=True)
+    print(f"  REST API      {server.base_url}/api/devices   (OpenAPI: {server.base_url}/docs)")
+    print(f"  metrics       {server.base_url}/metrics")
+    print(f"  broker        mqtts://localhost:{broker.port} (TLS, client certificates)")
+    print(f"  state         {state}\n")
+    for proc in procs:
+        print(f"  {proc.name:<24} pid {proc.pid:<8} log {proc.log_path}")
+    print(f"\n  try: curl -s {server.base_url}/api/devices | python3 -m json.tool")
+    print("  Ctrl-C stops everything.\n", flush=True)
+
+
+def _print_status(server: ServerProcess) -> None:
+    status, page = server.get("/api/devices")
+    if status != 200:
+        print(f"API answered {status}", flush=True)
+        return
+    parts = [f"{d['id']}={d['state']}" for d in page["items"]]
+    print(time.strftime("%H:%M:%S ") + "  ".join(parts), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
