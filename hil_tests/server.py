@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hil_tests.procs import Process, free_port, wait_for
+from hil_tests.toml_out import merge, to_toml
 
 
 def write_server_config(
@@ -22,32 +23,20 @@ def write_server_config(
     database_url: str | None = None,
     client_id: str = "fleet-server-1",
     grace: float = 3.0,
-    extra_toml: str = "",
+    extra: dict[str, object] | None = None,
 ) -> Path:
-    lines = [
-        f'data_dir = "{data_dir}"',
-        f'pki_path = "{pki_dir}"',
-        'log_level = "INFO"',
-    ]
-    if database_url:
-        lines.append(f'database_url = "{database_url}"')
-    lines += [
-        "[mqtt]",
-        'host = "localhost"',
-        f"port = {broker_port}",
-        f'client_id = "{client_id}"',
-        "[broker]",
-        f"listen_port = {broker_port}",
-        "[api]",
-        'host = "127.0.0.1"',
-        f"port = {api_port}",
-        "[health]",
-        f"heartbeat_grace = {grace}",
-        "check_interval_s = 0.25",
-        extra_toml,
-    ]
+    config: dict[str, object] = {
+        "data_dir": str(data_dir),
+        "pki_path": str(pki_dir),
+        "database_url": database_url,
+        "log_level": "INFO",
+        "mqtt": {"host": "localhost", "port": broker_port, "client_id": client_id},
+        "broker": {"listen_port": broker_port},
+        "api": {"host": "127.0.0.1", "port": api_port},
+        "health": {"heartbeat_grace": grace, "check_interval_s": 0.25},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(to_toml(merge(config, extra or {})), encoding="utf-8")
     return path
 
 

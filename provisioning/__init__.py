@@ -1,0 +1,1 @@
+"""The field technician's tool (camfleet-provision). Public surface: ``cli.main``."""

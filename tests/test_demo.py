@@ -1,0 +1,49 @@
+"""make demo's runner brings the whole fleet up and stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from hil_tests.procs import REPO, free_port
+
+
+def test_demo_brings_the_fleet_up_and_stops_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hil_tests.demo", "--state-dir", str(tmp_path / "state"),
+         "--broker-port", str(free_port()), "--api-port", str(free_port())],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # bounded: the demo gives up after 60 s by itself
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out
+    assert "camfleet demo is running" in out
+    assert "REST API" in out
+    for name in ("cam-demo-01", "cam-demo-02", "node-demo-01", "mosquitto", "fleet-server"):
+        assert name in out
+    assert "stopped." in out
+    # every process the demo listed is gone
+    pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
+    assert len(pids) == 6
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, f"pid {pid} survived the demo"
