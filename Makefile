@@ -15,6 +15,7 @@ test: setup ## the whole suite (starts its own Mosquitto, server, agents, MicroP
 
 lint: setup ## ruff, mypy (strict) and pyright (firmware against MicroPython stubs)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pyright -p firmware/pyrightconfig.json
 

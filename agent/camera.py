@@ -120,7 +120,8 @@ class FileReplaySource(PacedSource):
     def _open(self) -> None:
         try:
             files = sorted(
-                p for p in self.folder.iterdir()
+                p
+                for p in self.folder.iterdir()
                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
             )
         except OSError as exc:

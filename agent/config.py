@@ -33,12 +33,18 @@ class MqttSettings(BaseModel):
     cert: Path = Field(description="PEM file of this device's certificate (CN = device id).")
     key: Path = Field(description="PEM file of this device's private key (never logged).")
     keepalive_s: int = Field(
-        30, ge=5, le=3600, description="MQTT keepalive in seconds; the broker drops a silent "
-        "client after 1.5 times this and publishes its last will."
+        30,
+        ge=5,
+        le=3600,
+        description="MQTT keepalive in seconds; the broker drops a silent "
+        "client after 1.5 times this and publishes its last will.",
     )
     connect_timeout_s: float = Field(
-        5.0, gt=0, le=120, description="Seconds allowed for TCP connect plus TLS handshake, "
-        "and again for the broker's CONNACK."
+        5.0,
+        gt=0,
+        le=120,
+        description="Seconds allowed for TCP connect plus TLS handshake, "
+        "and again for the broker's CONNACK.",
     )
     reconnect_base_s: float = Field(
         1.0, gt=0, le=3600, description="Backoff base: retry n waits up to base * 2**n seconds."
@@ -47,8 +53,11 @@ class MqttSettings(BaseModel):
         300.0, gt=0, le=86400, description="Longest wait between two reconnect attempts."
     )
     reconnect_first_spread_s: float = Field(
-        20.0, ge=0, le=3600, description="The first retry after a loss waits a uniform draw "
-        "in [0, this): spreads a fleet's reconnects after a broker restart."
+        20.0,
+        ge=0,
+        le=3600,
+        description="The first retry after a loss waits a uniform draw "
+        "in [0, this): spreads a fleet's reconnects after a broker restart.",
     )
 
     @model_validator(mode="after")
@@ -63,8 +72,10 @@ class _CameraCommon(BaseModel):
 
     fps: float = Field(5.0, gt=0, le=120, description="Frames per second to capture.")
     queue_size: int = Field(
-        4, ge=1, le=256, description="Frames held for the detector; the oldest is dropped "
-        "when the queue is full."
+        4,
+        ge=1,
+        le=256,
+        description="Frames held for the detector; the oldest is dropped when the queue is full.",
     )
     retry_base_s: float = Field(
         1.0, gt=0, le=3600, description="First delay before reopening a failed source."
@@ -115,9 +126,7 @@ class AgentSettings(BaseSettings):
         description="This box's id; equals the CN of its certificate and its MQTT client id."
     )
     mqtt: MqttSettings = Field(description="Broker connection.")
-    heartbeat_s: float = Field(
-        30.0, ge=1, le=86400, description="Seconds between two heartbeats."
-    )
+    heartbeat_s: float = Field(30.0, ge=1, le=86400, description="Seconds between two heartbeats.")
     state_dir: Path = Field(
         Path("/var/lib/camfleet-agent"),
         description="Directory for the agent's own state; its disk use is reported.",

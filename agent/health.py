@@ -121,7 +121,9 @@ def _psutil_temperature() -> float | None:
     except (OSError, RuntimeError):
         return None
     values = [
-        t.current for entries in readings.values() for t in entries
+        t.current
+        for entries in readings.values()
+        for t in entries
         if _TEMP_MIN <= t.current <= _TEMP_MAX
     ]
     return max(values) if values else None

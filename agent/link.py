@@ -198,7 +198,9 @@ class Link:
             if not self._connected.is_set() and time.monotonic() > deadline:
                 log.warning(
                     "connection to %s:%d not established: no CONNACK within %.1fs",
-                    self.settings.host, self.settings.port, self.settings.connect_timeout_s,
+                    self.settings.host,
+                    self.settings.port,
+                    self.settings.connect_timeout_s,
                 )
                 return
             self._wake.wait(0.5)
@@ -274,21 +276,19 @@ class Link:
         if reason_code.is_failure:
             log.warning(
                 "connection to %s:%d not established: broker refused it (%s)",
-                self.settings.host, self.settings.port, reason_code,
+                self.settings.host,
+                self.settings.port,
+                reason_code,
             )
             return
         with self._lock:
             self._connects += 1
         self._backoff.reset()
         self._connected.set()
-        log.info(
-            "connected to %s:%d as %s", self.settings.host, self.settings.port, self.device_id
-        )
+        log.info("connected to %s:%d as %s", self.settings.host, self.settings.port, self.device_id)
         topic, payload = status_message(self.device_id, "online", ts=self._session_ts)
         client.publish(topic, payload, qos=1, retain=True)
-        client.subscribe(
-            [(contract.topic(self.device_id, kind), 1) for kind in _SUBSCRIBE_KINDS]
-        )
+        client.subscribe([(contract.topic(self.device_id, kind), 1) for kind in _SUBSCRIBE_KINDS])
 
     def _on_disconnect(
         self,
@@ -310,7 +310,9 @@ class Link:
             log.warning(
                 "connection to %s:%d not established: closed before CONNACK (%s; a refused "
                 "client certificate shows as a TLS error just above)",
-                self.settings.host, self.settings.port, reason_code,
+                self.settings.host,
+                self.settings.port,
+                reason_code,
             )
 
     def _on_subscribe(

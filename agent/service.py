@@ -68,7 +68,10 @@ def run(settings: AgentSettings, stop_event: threading.Event) -> None:
         capture.start()
         log.info(
             "agent %s started (version %s, camera %s, heartbeat every %.1fs)",
-            settings.device_id, versions["agent"], settings.camera.type, settings.heartbeat_s,
+            settings.device_id,
+            versions["agent"],
+            settings.camera.type,
+            settings.heartbeat_s,
         )
         while not stop_event.is_set():
             now = time.monotonic()
@@ -80,8 +83,12 @@ def run(settings: AgentSettings, stop_event: threading.Event) -> None:
                 next_due = now + settings.heartbeat_s
                 if link.is_connected():
                     body = build_heartbeat(
-                        seq, settings.heartbeat_s, age_at_start + now - started, reader.read(),
-                        capture.stats(), versions,
+                        seq,
+                        settings.heartbeat_s,
+                        age_at_start + now - started,
+                        reader.read(),
+                        capture.stats(),
+                        versions,
                     )
                     try:
                         link.publish("heartbeat", body)

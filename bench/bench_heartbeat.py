@@ -25,21 +25,47 @@ N = 20_000
 def _lines(device: str, n: int, start_seq: int) -> bytes:
     out = []
     for i in range(n):
-        body = {"seq": start_seq + i, "kind": "agent", "interval_s": 30, "uptime_s": float(i),
-                "cpu_pct": 10.0, "mem_used_pct": 40.0, "versions": {"agent": "bench"}}
+        body = {
+            "seq": start_seq + i,
+            "kind": "agent",
+            "interval_s": 30,
+            "uptime_s": float(i),
+            "cpu_pct": 10.0,
+            "mem_used_pct": 40.0,
+            "versions": {"agent": "bench"},
+        }
         _t, payload, _q, _r = contract.encode("heartbeat", device, body, 1.8e9 + i)
         out.append(payload)
     return b"\n".join(out) + b"\n"
 
 
-def _pub(broker: Broker, creds_dir: Path, ca: CertificateAuthority, device: str,
-         data: bytes) -> None:
+def _pub(
+    broker: Broker, creds_dir: Path, ca: CertificateAuthority, device: str, data: bytes
+) -> None:
     subprocess.run(
-        ["mosquitto_pub", "-h", "localhost", "-p", str(broker.port), "-q", "1", "-l",
-         "-t", contract.topic(device, "heartbeat"), "--cafile", str(ca.root_cert_path),
-         "--cert", str(creds_dir / "cert.pem"), "--key", str(creds_dir / "key.pem"),
-         "-i", device],
-        input=data, check=True, timeout=600,
+        [
+            "mosquitto_pub",
+            "-h",
+            "localhost",
+            "-p",
+            str(broker.port),
+            "-q",
+            "1",
+            "-l",
+            "-t",
+            contract.topic(device, "heartbeat"),
+            "--cafile",
+            str(ca.root_cert_path),
+            "--cert",
+            str(creds_dir / "cert.pem"),
+            "--key",
+            str(creds_dir / "key.pem"),
+            "-i",
+            device,
+        ],
+        input=data,
+        check=True,
+        timeout=600,
     )
 
 
@@ -52,10 +78,25 @@ def run(work: Path) -> list[Figure]:
     try:
         # raw: publisher -> broker -> mosquitto_sub
         sub = subprocess.Popen(
-            ["mosquitto_sub", "-h", "localhost", "-p", str(broker.port), "-q", "1",
-             "-t", contract.topic(device, "heartbeat"), "-C", str(N),
-             "--cafile", str(ca.root_cert_path), "--cert", str(ca.server_cert_path),
-             "--key", str(ca.server_key_path)],
+            [
+                "mosquitto_sub",
+                "-h",
+                "localhost",
+                "-p",
+                str(broker.port),
+                "-q",
+                "1",
+                "-t",
+                contract.topic(device, "heartbeat"),
+                "-C",
+                str(N),
+                "--cafile",
+                str(ca.root_cert_path),
+                "--cert",
+                str(ca.server_cert_path),
+                "--key",
+                str(ca.server_key_path),
+            ],
             stdout=subprocess.DEVNULL,
         )
         time.sleep(1.0)
@@ -73,7 +114,9 @@ def run(work: Path) -> list[Figure]:
             _pub(broker, creds.directory, ca, device, data)
             wait_for(
                 lambda: server.metric("camfleet_ingest_stored_total", 'kind="heartbeat"') >= N,
-                600, interval=0.02, what="ingest",
+                600,
+                interval=0.02,
+                what="ingest",
             )
             ingest_rate = N / (time.perf_counter() - t0)
             stored = json.dumps(server.device(device)["last_seq"])  # type: ignore[index]

@@ -16,8 +16,11 @@ WORK = ROOT / "bench" / "work"
 def main() -> int:
     figures: list[Figure] = []
     shutil.rmtree(WORK, ignore_errors=True)
-    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                   if m.name.startswith("bench_"))
+    names = sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if m.name.startswith("bench_")
+    )
     for name in names:
         module = importlib.import_module(f"bench.{name}")
         print(f"== {name}", flush=True)

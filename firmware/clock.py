@@ -4,34 +4,50 @@
 
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+# Ticks are plain ints here (the stubs make them an opaque type that int code cannot hold).
+ticks_ms: "Callable[[], int]"
+ticks_diff: "Callable[[int, int], int]"
+ticks_add: "Callable[[int, int], int]"
+sleep_ms: "Callable[[int], None]"
+
 if hasattr(time, "ticks_ms"):
-    ticks_ms = time.ticks_ms
-    ticks_diff = time.ticks_diff
-    ticks_add = time.ticks_add
-    sleep_ms = time.sleep_ms
+    _mp_time: "Any" = time
+    ticks_ms = _mp_time.ticks_ms
+    ticks_diff = _mp_time.ticks_diff
+    ticks_add = _mp_time.ticks_add
+    sleep_ms = _mp_time.sleep_ms
 else:  # CPython
     _PERIOD = 1 << 30
     _HALF = 1 << 29
     _mono = getattr(time, "monotonic", time.time)
 
-    def ticks_ms():
+    def _cp_ticks_ms() -> int:
         return int(_mono() * 1000) % _PERIOD
 
-    def ticks_diff(ticks1, ticks2):
+    def _cp_ticks_diff(ticks1: int, ticks2: int) -> int:
         return ((ticks1 - ticks2 + _HALF) % _PERIOD) - _HALF
 
-    def ticks_add(ticks, delta):
+    def _cp_ticks_add(ticks: int, delta: int) -> int:
         return (ticks + delta) % _PERIOD
 
-    def sleep_ms(ms):
+    def _cp_sleep_ms(ms: int) -> None:
         time.sleep(ms / 1000)
+
+    ticks_ms = _cp_ticks_ms
+    ticks_diff = _cp_ticks_diff
+    ticks_add = _cp_ticks_add
+    sleep_ms = _cp_sleep_ms
 
 
 # Ports whose epoch is 2000-01-01 (most microcontroller ports) report Unix time plus this.
 EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 
-def unix_time():
+def unix_time() -> float:
     """Seconds since 1970-01-01 UTC, whatever epoch the port uses."""
     return time.time() + EPOCH_OFFSET
 
@@ -40,11 +56,11 @@ class Uptime:
     """Milliseconds since boot, added up step by step so that tick wrap-around cannot
     corrupt it (a single ticks_diff is only right for spans under half the tick period)."""
 
-    def __init__(self, now):
+    def __init__(self, now: int) -> None:
         self.ms = 0
         self._last = now
 
-    def update(self, now):
+    def update(self, now: int) -> int:
         step = ticks_diff(now, self._last)
         if step > 0:
             self.ms += step
@@ -59,15 +75,15 @@ class Every:
     next deadline is one interval after the late one, or after ``now`` if far behind.
     """
 
-    def __init__(self, interval_ms):
+    def __init__(self, interval_ms: int) -> None:
         self.interval_ms = interval_ms
-        self._next = None
+        self._next: int | None = None
 
-    def reset(self):
+    def reset(self) -> None:
         """Make the next ``due`` true at once (for instance after a reconnect)."""
         self._next = None
 
-    def due(self, now):
+    def due(self, now: int) -> bool:
         if self._next is not None and ticks_diff(now, self._next) < 0:
             return False
         nxt = now if self._next is None else self._next
@@ -77,7 +93,7 @@ class Every:
         self._next = nxt
         return True
 
-    def ms_left(self, now):
+    def ms_left(self, now: int) -> int:
         """Milliseconds until the next deadline (0 when due)."""
         if self._next is None:
             return 0

@@ -15,6 +15,7 @@ try:  # only for type checkers; MicroPython never evaluates annotations
     from typing import Any
 except ImportError:
     pass
+# pyright: reportPossiblyUnboundVariable=false
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "camfleet/v1"

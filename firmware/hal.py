@@ -20,6 +20,10 @@ try:
 except ImportError:  # CPython: the firmware is the package ``firmware``
     from firmware import clock, fsutil
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 RESET_CAUSES = ("power_on", "hard", "wdt", "deep_sleep", "soft", "unknown")
 
 _FEED_NOTE_MS = 1000  # how often SimHAL records a watchdog feed in sim_dir
@@ -34,41 +38,41 @@ class HAL:
 
     name = "none"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._relay = False
 
-    def set_relay(self, on):
+    def set_relay(self, on: bool) -> None:
         self._relay = bool(on)
 
-    def relay(self):
+    def relay(self) -> bool:
         return self._relay
 
-    def door_open(self):
+    def door_open(self) -> bool | None:
         """True when the cabinet door is open, None when there is no door switch."""
         return None
 
-    def box_heartbeat(self):
+    def box_heartbeat(self) -> bool | None:
         """Level of the edge box's heartbeat line, None when not wired."""
         return None
 
-    def temperature_c(self):
+    def temperature_c(self) -> float | None:
         return None
 
-    def rssi(self):
+    def rssi(self) -> int | None:
         return None
 
-    def reset_cause(self):
+    def reset_cause(self) -> str:
         return "unknown"
 
-    def watchdog_start(self, timeout_ms):
+    def watchdog_start(self, timeout_ms: int) -> None:
         """Arm the watchdog; once armed it cannot be stopped, only fed."""
 
-    def watchdog_feed(self):
+    def watchdog_feed(self) -> None:
         pass
 
-    def readings(self):
+    def readings(self) -> dict[str, object]:
         """The HAL's part of a heartbeat: present keys only."""
-        out = {"reset_cause": self.reset_cause()}
+        out: dict[str, object] = {"reset_cause": self.reset_cause()}
         temp = self.temperature_c()
         if temp is not None:
             out["temp_c"] = temp
@@ -78,7 +82,7 @@ class HAL:
         return out
 
 
-def _exists(path):
+def _exists(path: str) -> bool:
     try:
         os.stat(path)
         return True
@@ -91,8 +95,8 @@ class SimHAL(HAL):
 
     name = "sim"
 
-    def __init__(self, sim_dir, exit_on_watchdog=True):
-        HAL.__init__(self)
+    def __init__(self, sim_dir: str, exit_on_watchdog: bool = True) -> None:
+        super().__init__()
         self.dir = sim_dir.rstrip("/") or "/"
         self.exit_on_watchdog = exit_on_watchdog
         if not _exists(self.dir):
@@ -104,25 +108,25 @@ class SimHAL(HAL):
         self._reset_cause = cause if cause in RESET_CAUSES else "power_on"
         if cause is not None:
             os.remove(self._path("reset_cause"))
-        self._wdt_timeout = None
+        self._wdt_timeout: int | None = None
         self._wdt_fed = 0
         self._wdt_noted = 0
         self.set_relay(self._read("pin_relay") == "1")
 
-    def _path(self, name):
+    def _path(self, name: str) -> str:
         return self.dir + "/" + name
 
-    def _read(self, name):
+    def _read(self, name: str) -> str | None:
         try:
             with open(self._path(name)) as f:
                 return f.read().strip()
         except OSError:
             return None
 
-    def _write(self, name, text):
+    def _write(self, name: str, text: str) -> None:
         fsutil.atomic_write(self._path(name), text.encode())
 
-    def _pin(self, name):
+    def _pin(self, name: str) -> bool | None:
         value = self._read(name)
         if value == "1":
             return True
@@ -130,7 +134,7 @@ class SimHAL(HAL):
             return False
         return None
 
-    def _number(self, name, convert):
+    def _number(self, name: str, convert: "Callable[[str], Any]") -> "Any":
         value = self._read(name)
         if value is None:
             return None
@@ -139,31 +143,31 @@ class SimHAL(HAL):
         except ValueError:
             return None
 
-    def set_relay(self, on):
-        HAL.set_relay(self, on)
+    def set_relay(self, on: bool) -> None:
+        super().set_relay(on)
         self._write("pin_relay", "1" if on else "0")
 
-    def door_open(self):
+    def door_open(self) -> bool | None:
         return self._pin("pin_door")
 
-    def box_heartbeat(self):
+    def box_heartbeat(self) -> bool | None:
         return self._pin("pin_box_heartbeat")
 
-    def temperature_c(self):
+    def temperature_c(self) -> float | None:
         return self._number("temp_c", float)
 
-    def rssi(self):
+    def rssi(self) -> int | None:
         return self._number("rssi", int)
 
-    def reset_cause(self):
+    def reset_cause(self) -> str:
         return self._reset_cause
 
-    def watchdog_start(self, timeout_ms):
+    def watchdog_start(self, timeout_ms: int) -> None:
         self._wdt_timeout = timeout_ms
         self._wdt_fed = clock.ticks_ms()
         self._wdt_noted = clock.ticks_add(self._wdt_fed, -_FEED_NOTE_MS)
 
-    def watchdog_feed(self):
+    def watchdog_feed(self) -> None:
         """Feed; a feed later than the timeout is what a real watchdog never sees: the
         board has been reset by then. The simulation resets: reset_cause "wdt", exit 3."""
         if self._wdt_timeout is None:
@@ -182,7 +186,7 @@ class SimHAL(HAL):
             self._write("wdt_fed", "%d" % clock.unix_time())
 
 
-def make_hal(cfg):
+def make_hal(cfg: "dict[str, Any]") -> HAL:
     """The HAL ``cfg["hal"]`` names: "sim" (files in cfg["sim_dir"]), "machine" or "none"."""
     kind = cfg.get("hal", "sim")
     if kind == "sim":

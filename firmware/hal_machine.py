@@ -14,6 +14,10 @@ try:
 except ImportError:  # CPython: the firmware is the package ``firmware``
     from firmware import hal
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 _CAUSE_NAMES = (
     ("PWRON_RESET", "power_on"),
     ("HARD_RESET", "hard"),
@@ -29,14 +33,14 @@ _RP2_VREF = 3.3
 class MachineHAL(hal.HAL):
     name = "machine"
 
-    def __init__(self, pins):
-        hal.HAL.__init__(self)
+    def __init__(self, pins: "dict[str, Any]") -> None:
+        super().__init__()
         try:
             import machine
         except ImportError:
             raise hal.HALError("no machine module: not a board, use hal 'sim'")  # noqa: B904
         self._machine = machine
-        self._wdt = None
+        self._wdt: "Any" = None
         try:
             self._cause = self._cause_name(machine.reset_cause())
             self._relay_pin = self._output(pins.get("relay"))
@@ -46,29 +50,29 @@ class MachineHAL(hal.HAL):
             raise hal.HALError("cannot set up pins %r: %s" % (pins, exc))  # noqa: B904
         self._temp = self._temperature_reader()
 
-    def _cause_name(self, code):
+    def _cause_name(self, code: int) -> str:
         for attr, name in _CAUSE_NAMES:
             if getattr(self._machine, attr, None) == code:
                 return name
         return "unknown"
 
-    def _output(self, num):
+    def _output(self, num: int | None) -> "Any":
         if num is None:
             return None
         pin = self._machine.Pin(num, self._machine.Pin.OUT)
         pin.value(0)
         return pin
 
-    def _input(self, num):
+    def _input(self, num: int | None) -> "Any":
         if num is None:
             return None
         return self._machine.Pin(num, self._machine.Pin.IN, self._machine.Pin.PULL_UP)
 
-    def _temperature_reader(self):
+    def _temperature_reader(self) -> "Callable[[], float] | None":
         if sys.platform == "rp2":
             adc = self._machine.ADC(_RP2_TEMP_ADC)
 
-            def rp2_temp():
+            def rp2_temp() -> float:
                 volts = adc.read_u16() * _RP2_VREF / 65535
                 return 27 - (volts - 0.706) / 0.001721
 
@@ -81,22 +85,22 @@ class MachineHAL(hal.HAL):
             return getattr(esp32, "mcu_temperature", None)
         return None
 
-    def set_relay(self, on):
-        hal.HAL.set_relay(self, on)
+    def set_relay(self, on: bool) -> None:
+        super().set_relay(on)
         if self._relay_pin is not None:
             self._relay_pin.value(1 if on else 0)
 
-    def door_open(self):
+    def door_open(self) -> bool | None:
         if self._door_pin is None:
             return None
         return self._door_pin.value() == 1
 
-    def box_heartbeat(self):
+    def box_heartbeat(self) -> bool | None:
         if self._hb_pin is None:
             return None
         return self._hb_pin.value() == 1
 
-    def temperature_c(self):
+    def temperature_c(self) -> float | None:
         if self._temp is None:
             return None
         try:
@@ -104,7 +108,7 @@ class MachineHAL(hal.HAL):
         except OSError:
             return None
 
-    def rssi(self):
+    def rssi(self) -> int | None:
         try:
             import network
 
@@ -115,14 +119,14 @@ class MachineHAL(hal.HAL):
         except (ImportError, OSError, ValueError, TypeError):
             return None
 
-    def reset_cause(self):
+    def reset_cause(self) -> str:
         return self._cause
 
-    def watchdog_start(self, timeout_ms):
+    def watchdog_start(self, timeout_ms: int) -> None:
         if self._wdt is None:
             # RP2040 caps the timeout at 8388 ms
             self._wdt = self._machine.WDT(timeout=min(timeout_ms, 8388))
 
-    def watchdog_feed(self):
+    def watchdog_feed(self) -> None:
         if self._wdt is not None:
             self._wdt.feed()

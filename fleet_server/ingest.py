@@ -114,8 +114,12 @@ class Ingest:
         client.subscribe([(topic, qos) for topic, qos in subs])
         self._connected.set()
         self.metrics.mqtt_connected.set(1)
-        log.info("ingest connected to %s:%s, subscribed to %d filters", self.cfg.host,
-                 self.cfg.port, len(subs))
+        log.info(
+            "ingest connected to %s:%s, subscribed to %d filters",
+            self.cfg.host,
+            self.cfg.port,
+            len(subs),
+        )
 
     def _on_disconnect(
         self,

@@ -59,6 +59,7 @@ class Metrics:
             registry=self.registry,
         )
         self.mqtt_connected = Gauge(
-            "camfleet_mqtt_connected", "1 while ingest is connected to the broker",
+            "camfleet_mqtt_connected",
+            "1 while ingest is connected to the broker",
             registry=self.registry,
         )

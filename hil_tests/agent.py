@@ -69,8 +69,13 @@ def agent_process(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config = agent_config(
-        creds, broker_port, workdir, heartbeat_s=heartbeat_s, keepalive_s=keepalive_s,
-        camera_dir=camera_dir, extra=extra,
+        creds,
+        broker_port,
+        workdir,
+        heartbeat_s=heartbeat_s,
+        keepalive_s=keepalive_s,
+        camera_dir=camera_dir,
+        extra=extra,
     )
     path = workdir / "agent.toml"
     path.write_text(to_toml(config), encoding="utf-8")

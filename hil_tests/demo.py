@@ -67,22 +67,31 @@ def main(argv: list[str] | None = None) -> int:
             creds = ca.issue_device(device_id, state / "devices" / device_id)
             procs.append(
                 agent_process(
-                    creds, broker_port, state / "agents" / device_id,
-                    heartbeat_s=5, keepalive_s=15, camera_dir=images[0].parent,
+                    creds,
+                    broker_port,
+                    state / "agents" / device_id,
+                    heartbeat_s=5,
+                    keepalive_s=15,
+                    camera_dir=images[0].parent,
                 ).start()
             )
         for device_id in NODES:
             creds = ca.issue_device(device_id, state / "devices" / device_id)
             procs.append(
                 node_process(
-                    creds, broker_port, state / "nodes" / device_id,
-                    heartbeat_s=5, keepalive_s=15, sim_dir=state / "nodes" / device_id / "sim",
+                    creds,
+                    broker_port,
+                    state / "nodes" / device_id,
+                    heartbeat_s=5,
+                    keepalive_s=15,
+                    sim_dir=state / "nodes" / device_id / "sim",
                 ).start()
             )
         everyone = (*AGENTS, *NODES)
         wait_for(
-            lambda: stopping
-            or all((server.device(d) or {}).get("state") == "online" for d in everyone),
+            lambda: (
+                stopping or all((server.device(d) or {}).get("state") == "online" for d in everyone)
+            ),
             60,
             what="every device online",
         )

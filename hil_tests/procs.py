@@ -152,9 +152,7 @@ class Process:
 class Broker(Process):
     """Mosquitto with TLS client certificates, configured by the fleet server's renderer."""
 
-    def __init__(
-        self, ca: CertificateAuthority, workdir: Path, port: int | None = None
-    ) -> None:
+    def __init__(self, ca: CertificateAuthority, workdir: Path, port: int | None = None) -> None:
         self.ca = ca
         self.port = port or free_port()
         self.layout = write_broker_config(ca, Path(workdir), self.port, log_to_stderr=True)

@@ -33,7 +33,9 @@ class Client:
         with self._lock:
             self.messages.append(msg)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, codes: list, _p: object) -> None:  # type: ignore[type-arg]
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: object, _mid: int, codes: list, _p: object
+    ) -> None:  # type: ignore[type-arg]
         self.suback.append([int(c.value) for c in codes])
         self._subscribed.set()
 

@@ -68,8 +68,9 @@ class Watcher:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no {kind} for {self.device_id} in {timeout}s; "
-                                     f"seen: {self.seen}")
+                raise AssertionError(
+                    f"no {kind} for {self.device_id} in {timeout}s; seen: {self.seen}"
+                )
             try:
                 item = self.messages.get(timeout=left)
             except queue.Empty:
@@ -123,14 +124,19 @@ def _log_has(p: Process, text: str, count: int = 1) -> Callable[[], bool]:
 
 
 def test_online_heartbeats_and_downlink(
-    ca: CertificateAuthority, broker: Broker, device_factory: Factory, tmp_path: Path,
-    watchers: Callable[..., Watcher], procs: list[Process],
+    ca: CertificateAuthority,
+    broker: Broker,
+    device_factory: Factory,
+    tmp_path: Path,
+    watchers: Callable[..., Watcher],
+    procs: list[Process],
 ) -> None:
     creds = device_factory("edge-online")
     w = watchers(ca, broker.port, creds.device_id)
     write_test_images(tmp_path / "images", 8, 32, 24)
-    agent = agent_process(creds, broker.port, tmp_path / "agent", heartbeat_s=1,
-                          camera_dir=tmp_path / "images")
+    agent = agent_process(
+        creds, broker.port, tmp_path / "agent", heartbeat_s=1, camera_dir=tmp_path / "images"
+    )
     procs.append(agent.start())
 
     status, _ = w.expect("status", 10)
@@ -160,8 +166,12 @@ def test_online_heartbeats_and_downlink(
 
 
 def test_kill_9_broker_publishes_will(
-    ca: CertificateAuthority, broker: Broker, device_factory: Factory, tmp_path: Path,
-    watchers: Callable[..., Watcher], procs: list[Process],
+    ca: CertificateAuthority,
+    broker: Broker,
+    device_factory: Factory,
+    tmp_path: Path,
+    watchers: Callable[..., Watcher],
+    procs: list[Process],
 ) -> None:
     creds = device_factory("edge-kill9")
     w = watchers(ca, broker.port, creds.device_id)
@@ -176,8 +186,12 @@ def test_kill_9_broker_publishes_will(
 
 
 def test_sigterm_says_offline_and_exits_0(
-    ca: CertificateAuthority, broker: Broker, device_factory: Factory, tmp_path: Path,
-    watchers: Callable[..., Watcher], procs: list[Process],
+    ca: CertificateAuthority,
+    broker: Broker,
+    device_factory: Factory,
+    tmp_path: Path,
+    watchers: Callable[..., Watcher],
+    procs: list[Process],
 ) -> None:
     creds = device_factory("edge-term")
     w = watchers(ca, broker.port, creds.device_id)
@@ -196,14 +210,18 @@ def test_sigterm_says_offline_and_exits_0(
 
 
 def test_reconnects_after_broker_restart(
-    ca: CertificateAuthority, device_factory: Factory, tmp_path: Path,
-    watchers: Callable[..., Watcher], procs: list[Process],
+    ca: CertificateAuthority,
+    device_factory: Factory,
+    tmp_path: Path,
+    watchers: Callable[..., Watcher],
+    procs: list[Process],
 ) -> None:
     creds = device_factory("edge-restart")
     first = Broker(ca, tmp_path / "broker1").start()
     procs.append(first)
-    fast = {"mqtt": {"reconnect_first_spread_s": 0.3, "reconnect_base_s": 0.2,
-                     "reconnect_cap_s": 1.0}}
+    fast = {
+        "mqtt": {"reconnect_first_spread_s": 0.3, "reconnect_base_s": 0.2, "reconnect_cap_s": 1.0}
+    }
     agent = agent_process(creds, first.port, tmp_path / "agent", heartbeat_s=1, extra=fast)
     procs.append(agent.start())
     w1 = watchers(ca, first.port, creds.device_id)
@@ -233,19 +251,25 @@ def test_reconnects_after_broker_restart(
 
 
 def test_foreign_certificates_are_refused(
-    ca: CertificateAuthority, broker: Broker, device_factory: Factory, tmp_path: Path,
-    watchers: Callable[..., Watcher], procs: list[Process],
+    ca: CertificateAuthority,
+    broker: Broker,
+    device_factory: Factory,
+    tmp_path: Path,
+    watchers: Callable[..., Watcher],
+    procs: list[Process],
 ) -> None:
     other = CertificateAuthority(tmp_path / "other-pki")
     other.init()
     # a device certificate from another CA, while trusting our broker: the broker refuses it
     forged = other.issue_device("edge-foreign", tmp_path / "forged")
-    forged = DeviceCredentials(forged.device_id, forged.directory, forged.key_pem,
-                               forged.cert_pem, ca.root_cert_path)
+    forged = DeviceCredentials(
+        forged.device_id, forged.directory, forged.key_pem, forged.cert_pem, ca.root_cert_path
+    )
     # our own device certificate, but trusting the other root: the agent refuses the broker
     good = device_factory("edge-badroot")
-    misled = DeviceCredentials(good.device_id, good.directory, good.key_pem, good.cert_pem,
-                               other.root_cert_path)
+    misled = DeviceCredentials(
+        good.device_id, good.directory, good.key_pem, good.cert_pem, other.root_cert_path
+    )
     w_forged = watchers(ca, broker.port, forged.device_id)
     w_misled = watchers(ca, broker.port, misled.device_id)
     a = agent_process(forged, broker.port, tmp_path / "a")
@@ -264,12 +288,20 @@ def test_foreign_certificates_are_refused(
 
 
 def test_run_in_process_with_synthetic_camera(
-    ca: CertificateAuthority, broker: Broker, device_factory: Factory, tmp_path: Path,
+    ca: CertificateAuthority,
+    broker: Broker,
+    device_factory: Factory,
+    tmp_path: Path,
     watchers: Callable[..., Watcher],
 ) -> None:
     creds = device_factory("edge-inproc")
-    config = agent_config(creds, broker.port, tmp_path, heartbeat_s=1,
-                          extra={"camera": {"fps": 20.0, "width": 32, "height": 24}})
+    config = agent_config(
+        creds,
+        broker.port,
+        tmp_path,
+        heartbeat_s=1,
+        extra={"camera": {"fps": 20.0, "width": 32, "height": 24}},
+    )
     (tmp_path / "agent.toml").write_text(to_toml(config))
     settings = load_settings(AgentSettings, tmp_path / "agent.toml")
     w = watchers(ca, broker.port, creds.device_id)

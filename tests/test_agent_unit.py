@@ -124,7 +124,11 @@ def test_python_m_agent_cli_exits_2_on_bad_config(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD_TOML.replace('"cam-0001"', '"CAM!"'))
     done = subprocess.run(
         [sys.executable, "-m", "agent.cli", "--config", str(path)],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 2
     assert "invalid device id" in done.stderr
@@ -150,8 +154,9 @@ def _encode(body: dict[str, object]) -> dict[str, object]:
 
 
 def test_heartbeat_body_passes_contract() -> None:
-    host = HostReadings(cpu_pct=12.34, load1=0.5, mem_used_pct=40.0, disk_used_pct=71.2,
-                        temp_c=48.25)
+    host = HostReadings(
+        cpu_pct=12.34, load1=0.5, mem_used_pct=40.0, disk_used_pct=71.2, temp_c=48.25
+    )
     body = _encode(build_heartbeat(7, 30.0, 12.345, host, CAM, VERSIONS))
     assert body["seq"] == 7 and body["kind"] == "agent" and body["interval_s"] == 30.0
     assert body["cpu_pct"] == 12.3 and body["temp_c"] == 48.2
@@ -160,8 +165,9 @@ def test_heartbeat_body_passes_contract() -> None:
 
 
 def test_heartbeat_omits_absent_and_implausible_readings() -> None:
-    host = HostReadings(cpu_pct=100.4, load1=None, mem_used_pct=-0.1, disk_used_pct=None,
-                        temp_c=400.0)
+    host = HostReadings(
+        cpu_pct=100.4, load1=None, mem_used_pct=-0.1, disk_used_pct=None, temp_c=400.0
+    )
     body = _encode(build_heartbeat(0, 1, 0.0, host, None, VERSIONS))
     assert body["cpu_pct"] == 100.0
     assert body["mem_used_pct"] == 0.0
@@ -177,8 +183,12 @@ def test_host_reader_on_this_machine(tmp_path: Path) -> None:
 
 
 def test_thermal_zones_hottest_readable(tmp_path: Path) -> None:
-    for name, text in (("thermal_zone0", "45000\n"), ("thermal_zone1", "garbage"),
-                       ("thermal_zone2", "52500"), ("thermal_zone3", "999999")):
+    for name, text in (
+        ("thermal_zone0", "45000\n"),
+        ("thermal_zone1", "garbage"),
+        ("thermal_zone2", "52500"),
+        ("thermal_zone3", "999999"),
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "temp").write_text(text)
     assert read_thermal_zones(tmp_path) == 52.5
@@ -259,8 +269,9 @@ def test_camera_state_and_fps_rules() -> None:
 
 
 def test_capture_measures_and_bounds_queue() -> None:
-    cap = Capture(lambda: SyntheticSource(16, 16, fps=50), FrameQueue(2),
-                  Backoff(0.05, 0.1, 0.05), fps=50)
+    cap = Capture(
+        lambda: SyntheticSource(16, 16, fps=50), FrameQueue(2), Backoff(0.05, 0.1, 0.05), fps=50
+    )
     cap.start()
     time.sleep(0.6)
     stats = cap.stats()
@@ -347,12 +358,18 @@ def test_status_payload_and_link_guards(tmp_path: Path) -> None:
     topic, payload = status_message("cam-0001", "offline", "shutdown")
     assert topic == "camfleet/v1/cam-0001/status"
     _id, kind, body = contract.decode(topic, payload)
-    assert (kind, body["state"], body["kind"], body["reason"]) == ("status", "offline",
-                                                                  "agent", "shutdown")
+    assert (kind, body["state"], body["kind"], body["reason"]) == (
+        "status",
+        "offline",
+        "agent",
+        "shutdown",
+    )
     s = load_settings(AgentSettings, _write(tmp_path, GOOD_TOML))
     link = Link("cam-0001", s.mqtt)
-    assert link.publish("heartbeat", {"seq": 1, "kind": "agent", "interval_s": 5,
-                                      "uptime_s": 1}) is False  # not connected
+    assert (
+        link.publish("heartbeat", {"seq": 1, "kind": "agent", "interval_s": 5, "uptime_s": 1})
+        is False
+    )  # not connected
     with pytest.raises(PayloadError, match="seq"):
         link.publish("heartbeat", {"kind": "agent", "interval_s": 5, "uptime_s": 1})
     with pytest.raises(LinkError, match="cannot load TLS files"):

@@ -100,9 +100,24 @@ def test_device_cannot_subscribe_to_another_device(
 
 def _mosquitto_pub(broker: Broker, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["mosquitto_pub", "-h", "localhost", "-p", str(broker.port), "-t",
-         f"{contract.TOPIC_ROOT}/acl-x/heartbeat", "-m", "x", "-q", "1", *extra],
-        capture_output=True, text=True, timeout=20, check=False,
+        [
+            "mosquitto_pub",
+            "-h",
+            "localhost",
+            "-p",
+            str(broker.port),
+            "-t",
+            f"{contract.TOPIC_ROOT}/acl-x/heartbeat",
+            "-m",
+            "x",
+            "-q",
+            "1",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
 
 
@@ -111,9 +126,21 @@ def test_client_without_certificate_is_refused(broker: Broker, ca: CertificateAu
     assert result.returncode != 0
     # and at the TLS layer, seen by openssl: the handshake ends without a session
     probe = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{broker.port}", "-CAfile",
-         str(ca.root_cert_path), "-verify_return_error", "-brief"],
-        input="", capture_output=True, text=True, timeout=20, check=False,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{broker.port}",
+            "-CAfile",
+            str(ca.root_cert_path),
+            "-verify_return_error",
+            "-brief",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
     assert "alert" in (probe.stderr + probe.stdout).lower()
 
@@ -130,15 +157,25 @@ def test_certificate_from_another_ca_is_refused(
     rogue.init()
     creds = rogue.issue_device("acl-x", tmp_path / "rogue-dev")
     result = _mosquitto_pub(
-        broker, "--cafile", str(ca.root_cert_path), "--cert", str(creds.cert_pem),
-        "--key", str(creds.key_pem),
+        broker,
+        "--cafile",
+        str(ca.root_cert_path),
+        "--cert",
+        str(creds.cert_pem),
+        "--key",
+        str(creds.key_pem),
     )
     assert result.returncode != 0
     # the same command with a certificate from our CA goes through: the refusal is the CA
     ours = ca.issue_device("acl-x", tmp_path / "ours")
     ok = _mosquitto_pub(
-        broker, "--cafile", str(ca.root_cert_path), "--cert", str(ours.cert_pem),
-        "--key", str(ours.key_pem),
+        broker,
+        "--cafile",
+        str(ca.root_cert_path),
+        "--cert",
+        str(ours.cert_pem),
+        "--key",
+        str(ours.key_pem),
     )
     assert ok.returncode == 0, ok.stderr
 

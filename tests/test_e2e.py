@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +20,7 @@ from hil_tests.procs import Broker, Process, wait_for
 from hil_tests.server import ServerProcess
 
 MakeDevice = Callable[[str], DeviceCredentials]
-KEEPALIVE = 4
+KEEPALIVE = 5
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,11 @@ def agent(
     images = write_test_images(tmp_path / "images", count=4)
     creds = device_factory("e2e-agent-01")
     proc = agent_process(
-        creds, broker.port, tmp_path / "agent", heartbeat_s=1, keepalive_s=KEEPALIVE,
+        creds,
+        broker.port,
+        tmp_path / "agent",
+        heartbeat_s=1,
+        keepalive_s=KEEPALIVE,
         camera_dir=images[0].parent,
     )
     yield creds.device_id, proc
@@ -53,10 +57,16 @@ def agent(
 
 
 @pytest.fixture
-def node(broker: Broker, device_factory: MakeDevice, tmp_path: Path) -> Iterator[tuple[str, Process]]:
+def node(
+    broker: Broker, device_factory: MakeDevice, tmp_path: Path
+) -> Iterator[tuple[str, Process]]:
     creds = device_factory("e2e-node-01")
     proc = node_process(
-        creds, broker.port, tmp_path / "node", heartbeat_s=1, keepalive_s=KEEPALIVE,
+        creds,
+        broker.port,
+        tmp_path / "node",
+        heartbeat_s=1,
+        keepalive_s=KEEPALIVE,
         sim_dir=tmp_path / "node" / "sim",
     )
     yield creds.device_id, proc
@@ -71,12 +81,16 @@ def test_agent_and_node_online_within_10s(
     node[1].start()
     wait_for(
         lambda: _state(server, agent[0]) == "online" and _state(server, node[0]) == "online",
-        10, what="agent and node online in the API",
+        10,
+        what="agent and node online in the API",
     )
     assert time.monotonic() - t0 < 10
     # both report real health through the contract
-    wait_for(lambda: (server.device(node[0]) or {}).get("last_heartbeat") is not None, 5,
-             what="node heartbeat")
+    wait_for(
+        lambda: all((server.device(d) or {}).get("last_heartbeat") for d in (agent[0], node[0])),
+        5,
+        what="agent and node heartbeats",
+    )
     a, n = server.device(agent[0]), server.device(node[0])
     assert a is not None and n is not None
     assert a["kind"] == "agent" and n["kind"] == "node"
@@ -93,8 +107,11 @@ def test_kill_9_agent_goes_offline_within_one_and_a_half_keepalive(
     wait_for(lambda: _state(server, device_id) == "online", 10, what="agent online")
     proc.kill()
     t0 = time.monotonic()
-    wait_for(lambda: _state(server, device_id) == "offline", 1.5 * KEEPALIVE,
-             what="agent offline after kill -9")
+    wait_for(
+        lambda: _state(server, device_id) == "offline",
+        1.5 * KEEPALIVE,
+        what="agent offline after kill -9",
+    )
     assert time.monotonic() - t0 <= 1.5 * KEEPALIVE
     dev = server.device(device_id)
     assert dev is not None
@@ -109,15 +126,25 @@ def test_hung_agent_goes_offline_by_deadline_and_comes_back(
     device_id, proc = agent
     proc.start()
     wait_for(lambda: _state(server, device_id) == "online", 10, what="agent online")
+    # the deadline is a multiple of the interval the device announced in its heartbeat
+    wait_for(
+        lambda: (server.device(device_id) or {}).get("heartbeat_interval_s") == 1,
+        10,
+        what="first heartbeat",
+    )
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         t0 = time.monotonic()
-        wait_for(lambda: _state(server, device_id) == "offline", 1.5 * KEEPALIVE + 1,
-                 what="hung agent offline")
+        wait_for(
+            lambda: _state(server, device_id) == "offline",
+            1.5 * KEEPALIVE + 1,
+            what="hung agent offline",
+        )
         assert time.monotonic() - t0 <= 1.5 * KEEPALIVE + 1
         dev = server.device(device_id)
         assert dev is not None
-        assert dev["state_reason"] in ("heartbeat_deadline", "connection_lost")
+        # 3 x 1 s heartbeat interval comes before the broker's 1.5 x 5 s keepalive
+        assert dev["state_reason"] == "heartbeat_deadline"
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     wait_for(lambda: _state(server, device_id) == "online", 15, what="agent back online")
@@ -128,8 +155,11 @@ def test_kill_9_node_goes_offline(server: ServerProcess, node: tuple[str, Proces
     proc.start()
     wait_for(lambda: _state(server, device_id) == "online", 10, what="node online")
     proc.kill()
-    wait_for(lambda: _state(server, device_id) == "offline", 1.5 * KEEPALIVE,
-             what="node offline after kill -9")
+    wait_for(
+        lambda: _state(server, device_id) == "offline",
+        1.5 * KEEPALIVE,
+        what="node offline after kill -9",
+    )
 
 
 def test_technician_check_proves_the_device_reports(
@@ -139,23 +169,53 @@ def test_technician_check_proves_the_device_reports(
     device_id, proc = agent
     proc.start()
     ok = subprocess.run(
-        [_script("camfleet-provision"), "check", device_id, "--api", server.base_url,
-         "--timeout", "15"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            _script("camfleet-provision"),
+            "check",
+            device_id,
+            "--api",
+            server.base_url,
+            "--timeout",
+            "15",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert f"{device_id} is online" in ok.stdout
     missing = subprocess.run(
-        [_script("camfleet-provision"), "check", "never-installed", "--api", server.base_url,
-         "--timeout", "1"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            _script("camfleet-provision"),
+            "check",
+            "never-installed",
+            "--api",
+            server.base_url,
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert missing.returncode == 1
     assert "never seen" in missing.stderr
     unreachable = subprocess.run(
-        [_script("camfleet-provision"), "check", device_id, "--api", "http://127.0.0.1:9",
-         "--timeout", "0.5"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            _script("camfleet-provision"),
+            "check",
+            device_id,
+            "--api",
+            "http://127.0.0.1:9",
+            "--timeout",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert unreachable.returncode == 1
     assert "cannot reach" in unreachable.stderr

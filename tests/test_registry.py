@@ -37,7 +37,12 @@ def test_heartbeat_creates_device_online(registry: Registry) -> None:
     assert stats.went_online == ["cam-a"]
     dev = registry.get_device("cam-a")
     assert dev is not None
-    assert (dev.state, dev.kind, dev.last_seq, dev.heartbeat_interval_s) == ("online", "agent", 0, 5)
+    assert (dev.state, dev.kind, dev.last_seq, dev.heartbeat_interval_s) == (
+        "online",
+        "agent",
+        0,
+        5,
+    )
     assert registry.heartbeat_count() == 1
 
 
@@ -54,8 +59,9 @@ def test_will_after_online_of_same_connection_marks_offline(registry: Registry) 
 
 
 def test_stale_status_is_ignored(registry: Registry) -> None:
-    registry.apply([_msg("status", "cam-c", 10.0, state="offline", kind="agent", ts=50,
-                         reason="shutdown")])
+    registry.apply(
+        [_msg("status", "cam-c", 10.0, state="offline", kind="agent", ts=50, reason="shutdown")]
+    )
     registry.apply([_msg("status", "cam-c", 11.0, state="online", kind="agent", ts=40)])
     dev = registry.get_device("cam-c")
     assert dev is not None

@@ -6,7 +6,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -146,20 +145,23 @@ def test_will_marks_device_offline(
         "status", "ing-will", {"state": "online", "kind": "agent"}, ts
     )
     raw = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ing-will", protocol=mqtt.MQTTv5)
-    raw.tls_set(ca_certs=str(creds.root_pem), certfile=str(creds.cert_pem),
-                keyfile=str(creds.key_pem))
+    raw.tls_set(
+        ca_certs=str(creds.root_pem), certfile=str(creds.cert_pem), keyfile=str(creds.key_pem)
+    )
     raw.will_set(will_topic, will, qos=1, retain=True)
     raw.connect("localhost", broker.port, keepalive=5)
     raw.loop_start()
     raw.publish(online_topic, online, qos=1, retain=True).wait_for_publish(5)
-    wait_for(lambda: (server.device("ing-will") or {}).get("state") == "online", 10,
-             what="online")
+    wait_for(lambda: (server.device("ing-will") or {}).get("state") == "online", 10, what="online")
     # drop the TCP connection without DISCONNECT: the broker sends the will
     raw.loop_stop()
     raw.socket().close()  # type: ignore[union-attr]
     t0 = time.monotonic()
-    wait_for(lambda: (server.device("ing-will") or {}).get("state") == "offline", 10,
-             what="offline after will")
+    wait_for(
+        lambda: (server.device("ing-will") or {}).get("state") == "offline",
+        10,
+        what="offline after will",
+    )
     assert time.monotonic() - t0 < 7.5  # within 1.5 x keepalive
     got = server.device("ing-will")
     assert got is not None
