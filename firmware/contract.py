@@ -232,7 +232,8 @@ _ENUMS = {
 _MAX_STR = 256
 
 
-def _type_ok(value: object, want: str) -> bool:
+def type_ok(value: object, want: str) -> bool:
+    """Whether ``value`` is of wire type ``want`` (str, int, num, bool, dict, list)."""
     if want == _T_STR:
         return isinstance(value, str)
     if isinstance(value, bool):
@@ -259,7 +260,7 @@ def _check_fields(kind: str, body: dict[str, Any], fields: dict[str, tuple[str, 
                 raise ProtocolError(R_SCHEMA, "%s: missing field %r" % (kind, name))
             continue
         value = body[name]
-        if not _type_ok(value, want):
+        if not type_ok(value, want):
             raise ProtocolError(R_SCHEMA, "%s: field %r must be %s" % (kind, name, want))
         if want == _T_STR and len(value) > _MAX_STR and name != "error":
             raise ProtocolError(R_SCHEMA, "%s: field %r too long" % (kind, name))

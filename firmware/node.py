@@ -71,18 +71,6 @@ def log(level: str, fmt: str, *args: object) -> None:
 # ---------------------------------------------------------------- config
 
 
-def _type_ok(value: object, want: str) -> bool:
-    if want == "str":
-        return isinstance(value, str)
-    if want == "dict":
-        return isinstance(value, dict)
-    if isinstance(value, bool):
-        return False
-    if want == "int":
-        return isinstance(value, int)
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _join(base_dir: str, path: str) -> str:
     if not base_dir or path.startswith("/"):
         return path
@@ -105,7 +93,7 @@ def load_config(raw: object, base_dir: str = "") -> "dict[str, Any]":
             cfg[key] = default
             continue
         value = raw[key]
-        if not _type_ok(value, want):
+        if not contract.type_ok(value, want):
             raise ConfigError("config key %r must be %s" % (key, want))
         if lo is not None and (value < lo or value > hi):
             raise ConfigError("config key %r must be in %s..%s" % (key, lo, hi))

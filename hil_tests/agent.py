@@ -12,14 +12,8 @@ import sys
 from pathlib import Path
 
 from fleet_server.ca import DeviceCredentials
-from hil_tests.procs import REPO, Process
+from hil_tests.procs import REPO, RIG_RECONNECT, Process
 from hil_tests.toml_out import merge, to_toml
-
-RIG_RECONNECT = {
-    "reconnect_base_s": 0.5,
-    "reconnect_cap_s": 5.0,
-    "reconnect_first_spread_s": 1.0,
-}
 
 
 def agent_config(

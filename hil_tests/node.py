@@ -16,15 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fleet_server.ca import DeviceCredentials
-from hil_tests.procs import REPO, Process, micropython_bin
+from hil_tests.procs import REPO, RIG_RECONNECT, Process, micropython_bin
 
 HEAP = "128k"
 MAIN = REPO / "firmware" / "main.py"
-RIG_RECONNECT: dict[str, object] = {
-    "reconnect_base_s": 0.5,
-    "reconnect_cap_s": 5.0,
-    "reconnect_first_spread_s": 1.0,
-}
 
 
 class NodeProcess(Process):

@@ -23,6 +23,13 @@ from fleet_server.ca import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Reconnect timings for a rig on one machine: quick, still jittered (agent and node).
+RIG_RECONNECT: dict[str, object] = {
+    "reconnect_base_s": 0.5,
+    "reconnect_cap_s": 5.0,
+    "reconnect_first_spread_s": 1.0,
+}
+
 
 class RigError(Exception):
     """A rig part could not be started or did not come up in time."""

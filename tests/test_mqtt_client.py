@@ -3,22 +3,6 @@ tests/mp/mqtt_cases.py runs here under CPython and, in one process, under MicroP
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-import pytest
-
 from tests.mp import harness, mqtt_cases
 
-CASES = harness.cases(mqtt_cases)
-
-
-@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[n for n, _ in CASES])
-def test_cpython(case: Callable[[], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(harness.TMP_ENV, str(tmp_path))
-    case()
-
-
-def test_micropython_runs_every_case(tmp_path: Path) -> None:
-    assert len(CASES) >= 25
-    harness.assert_all_passed(mqtt_cases, tmp_path)
+test_cpython, test_micropython_runs_every_case = harness.both_interpreters(mqtt_cases, 25)

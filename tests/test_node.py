@@ -19,18 +19,7 @@ from hil_tests.procs import Broker, wait_for
 from tests.mp import harness, node_cases
 from tests.mqtt_helpers import Client
 
-CASES = harness.cases(node_cases)
-
-
-@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[n for n, _ in CASES])
-def test_cpython(case: Callable[[], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(harness.TMP_ENV, str(tmp_path))
-    case()
-
-
-def test_micropython_runs_every_case(tmp_path: Path) -> None:
-    assert len(CASES) >= 20
-    harness.assert_all_passed(node_cases, tmp_path)
+test_cpython, test_micropython_runs_every_case = harness.both_interpreters(node_cases, 20)
 
 
 # ---------------------------------------------------------------- the real node

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from hil_tests.procs import REPO, micropython_bin
 
 TMP_ENV = "MP_CASES_TMP"
@@ -49,6 +51,29 @@ def run_micropython(module: ModuleType, tmp: Path, timeout: float = 60) -> Micro
     found = re.search(r"^(\d+) passed, (\d+) failed$", out, re.M)
     summary = (int(found.group(1)), int(found.group(2))) if found else None
     return MicroPythonRun(passed, failed, summary, proc.returncode, out)
+
+
+def both_interpreters(
+    module: ModuleType, min_cases: int
+) -> tuple[Callable[..., None], Callable[[Path], None]]:
+    """The two tests a case module gets: each case under CPython, all under MicroPython.
+
+    Use as ``test_cpython, test_micropython_runs_every_case = both_interpreters(mod, n)``.
+    """
+    found = cases(module)
+
+    @pytest.mark.parametrize("case", [c for _, c in found], ids=[n for n, _ in found])
+    def test_cpython(
+        case: Callable[[], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(TMP_ENV, str(tmp_path))
+        case()
+
+    def test_micropython_runs_every_case(tmp_path: Path) -> None:
+        assert len(found) >= min_cases
+        assert_all_passed(module, tmp_path)
+
+    return test_cpython, test_micropython_runs_every_case
 
 
 def assert_all_passed(module: ModuleType, tmp: Path) -> MicroPythonRun:
