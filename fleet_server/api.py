@@ -74,6 +74,9 @@ def create_app(registry: Registry, metrics: Metrics) -> FastAPI:
         title="camfleet fleet server",
         version="0.1.0",
         description="Registry and health of the camera fleet.",
+        # Swagger UI and ReDoc load their assets from a CDN; nothing here does
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.get("/api/devices", response_model=DevicePage, tags=["devices"])

@@ -173,3 +173,10 @@ def test_metrics_endpoint_is_prometheus_text(server: ServerProcess) -> None:
     assert status == 200
     assert "camfleet_ingest_received_total" in text
     assert 'camfleet_devices{state="online"}' in text
+
+
+def test_openapi_served_and_no_cdn_pages(server: ServerProcess) -> None:
+    status, spec = server.get("/openapi.json")
+    assert status == 200
+    assert {"/api/devices", "/api/devices/{device_id}"} <= set(spec["paths"])
+    assert server.get("/docs")[0] == 404  # Swagger UI would pull assets from a CDN
