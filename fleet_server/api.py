@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -69,7 +70,7 @@ DeviceId = Annotated[
 ]
 
 
-def create_app(registry: Registry, metrics: Metrics) -> FastAPI:
+def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(
         title="camfleet fleet server",
         version="0.1.0",
@@ -106,6 +107,9 @@ def create_app(registry: Registry, metrics: Metrics) -> FastAPI:
         if dev is None:
             raise HTTPException(status_code=404, detail=f"device {device_id} not found")
         return device_out(dev)
+
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/healthz", tags=["server"])
     def healthz() -> dict[str, str]:

@@ -15,6 +15,7 @@ from fleet_server.api import create_app
 from fleet_server.ca import CertificateAuthority
 from fleet_server.config import ServerSettings
 from fleet_server.db import make_engine, make_sessionmaker
+from fleet_server.features import ServerContext, routers
 from fleet_server.ingest import Ingest
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
@@ -64,16 +65,18 @@ def serve(settings: ServerSettings) -> None:
     url = settings.db_url()
     upgrade(url)
     engine = make_engine(url)
-    registry = Registry(make_sessionmaker(engine))
+    sessions = make_sessionmaker(engine)
+    registry = Registry(sessions)
     metrics = Metrics()
     ca = CertificateAuthority(settings.pki_dir)
+    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca)
     ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest)
     monitor = DeadlineMonitor(
         registry, metrics, settings.health.heartbeat_grace, settings.health.check_interval_s
     )
     ingest.start()
     monitor.start()
-    app = create_app(registry, metrics)
+    app = create_app(registry, metrics, routers(ctx))
     server = _Server(
         uvicorn.Config(
             app,

@@ -17,5 +17,6 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Upgrade to every head: features add their tables on their own migration branch."""
     command.upgrade(alembic_config(url), revision)

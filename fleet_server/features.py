@@ -1,0 +1,33 @@
+"""Where server features plug in: each adds its API router here (one line each).
+
+``routers`` gets what the running server has built and returns the routers to mount.
+Keeping this list in one place lets features grow without editing the app factory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import APIRouter
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server.ca import CertificateAuthority
+from fleet_server.config import ServerSettings
+from fleet_server.metrics import Metrics
+from fleet_server.registry import Registry
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    settings: ServerSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    registry: Registry
+    metrics: Metrics
+    ca: CertificateAuthority
+
+
+def routers(ctx: ServerContext) -> list[APIRouter]:
+    found: list[APIRouter] = []
+    return found
