@@ -54,7 +54,10 @@ class Heartbeat(Base):
     received_at: Mapped[float] = mapped_column(Float)
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_heartbeats_device_ts", "device_id", "ts"),)
+    __table_args__ = (
+        Index("ix_heartbeats_device_ts", "device_id", "ts"),
+        Index("ux_heartbeats_device_seq_ts", "device_id", "seq", "ts", unique=True),
+    )
 
 
 def make_engine(url: str) -> Engine:

@@ -42,14 +42,28 @@ def is_overdue(last_seen: float, interval_s: float | None, grace: float, now: fl
 class SeqStep:
     duplicate: bool  # the same heartbeat again (QoS 1 redelivery)
     restarted: bool  # the device counts from zero again (new process or boot)
-    gap: int  # heartbeats missing between the last one and this one
+    late: bool  # an older heartbeat of the same run, overtaken by a newer one
+    gap: int  # change to the number of heartbeats missing (a late one fills a hole: -1)
 
 
-def seq_step(last_seq: int | None, seq: int) -> SeqStep:
+def seq_step(
+    last_seq: int | None,
+    seq: int,
+    last_ts: float | None = None,
+    ts: float | None = None,
+) -> SeqStep:
+    """How a heartbeat's sequence number relates to the last one stored.
+
+    Several workers may store one device's heartbeats out of order. A smaller seq stamped
+    before the last one (same device clock) is a late arrival of the same run and fills a
+    hole; a smaller seq stamped after it is a restart.
+    """
     if last_seq is None:
-        return SeqStep(duplicate=False, restarted=False, gap=0)
+        return SeqStep(duplicate=False, restarted=False, late=False, gap=0)
     if seq == last_seq:
-        return SeqStep(duplicate=True, restarted=False, gap=0)
+        return SeqStep(duplicate=True, restarted=False, late=False, gap=0)
     if seq < last_seq:
-        return SeqStep(duplicate=False, restarted=True, gap=0)
-    return SeqStep(duplicate=False, restarted=False, gap=seq - last_seq - 1)
+        if last_ts is not None and ts is not None and ts < last_ts:
+            return SeqStep(duplicate=False, restarted=False, late=True, gap=-1)
+        return SeqStep(duplicate=False, restarted=True, late=False, gap=0)
+    return SeqStep(duplicate=False, restarted=False, late=False, gap=seq - last_seq - 1)

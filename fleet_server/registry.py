@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server import health
-from fleet_server.db import Device, Heartbeat
+from fleet_server.db import Base, Device, Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,13 @@ class ApplyStats:
     went_offline: list[str] = field(default_factory=list)
 
 
+def _insert(db: Session, table: type[Base]) -> Any:
+    """INSERT with ON CONFLICT support for the dialect in use (SQLite or PostgreSQL)."""
+    if db.get_bind().dialect.name == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
+
+
 class Registry:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
@@ -45,11 +54,10 @@ class Registry:
         """Store a batch in one transaction."""
         stats = ApplyStats()
         with self.sessions.begin() as db:
-            devices: dict[str, Device] = {}
+            devices = self._lock_devices(db, batch)
             rows: list[dict[str, Any]] = []
             for msg in batch:
-                dev = devices.get(msg.device_id) or self._load(db, msg)
-                devices[msg.device_id] = dev
+                dev = devices[msg.device_id]
                 if msg.kind == "heartbeat":
                     self._heartbeat(dev, msg, stats, rows)
                 elif msg.kind == "status":
@@ -58,27 +66,45 @@ class Registry:
                     stats.ignored += 1  # events, command results: later issues
             db.flush()  # new devices first: heartbeats refer to them
             if rows:
-                db.execute(insert(Heartbeat), rows)
+                # the unique (device, seq, ts) index drops a redelivery another worker stored
+                db.execute(_insert(db, Heartbeat).on_conflict_do_nothing(), rows)
         return stats
 
     @staticmethod
-    def _load(db: Session, msg: Accepted) -> Device:
-        dev = db.get(Device, msg.device_id)
-        if dev is None:
-            dev = Device(
-                id=msg.device_id,
-                kind=str(msg.body.get("kind", "agent")),
-                state=health.UNKNOWN,
-                state_reason=None,
-                state_ts=0.0,
-                state_changed_at=msg.received_at,
-                first_seen=msg.received_at,
-                last_seen=msg.received_at,
-                seq_gaps=0,
-                versions={},
-            )
-            db.add(dev)
-        return dev
+    def _lock_devices(db: Session, batch: Sequence[Accepted]) -> dict[str, Device]:
+        """Make sure every device of the batch has a row, and lock those rows.
+
+        Several ingest workers may hold messages of the same device at once (a shared
+        subscription spreads messages, not devices). New rows are inserted with ON CONFLICT
+        DO NOTHING, then all rows are read FOR UPDATE in id order, so two workers never
+        interleave their updates of one device and never deadlock on each other.
+        """
+        first: dict[str, Accepted] = {}
+        for msg in batch:
+            first.setdefault(msg.device_id, msg)
+        ids = sorted(first)
+        existing = set(db.scalars(select(Device.id).where(Device.id.in_(ids))).all())
+        new = [
+            {
+                "id": dev_id,
+                "kind": str(first[dev_id].body.get("kind", "agent")),
+                "state": health.UNKNOWN,
+                "state_ts": 0.0,
+                "state_changed_at": first[dev_id].received_at,
+                "first_seen": first[dev_id].received_at,
+                "last_seen": first[dev_id].received_at,
+                "seq_gaps": 0,
+                "versions": {},
+            }
+            for dev_id in ids
+            if dev_id not in existing
+        ]
+        if new:
+            db.execute(_insert(db, Device).on_conflict_do_nothing(index_elements=["id"]), new)
+        rows = db.scalars(
+            select(Device).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
+        ).all()
+        return {dev.id: dev for dev in rows}
 
     @staticmethod
     def _set_state(
@@ -94,21 +120,12 @@ class Registry:
         self, dev: Device, msg: Accepted, stats: ApplyStats, rows: list[dict[str, Any]]
     ) -> None:
         body = msg.body
-        step = health.seq_step(dev.last_seq, int(body["seq"]))
-        if step.duplicate and dev.last_heartbeat and dev.last_heartbeat.get("ts") == body["ts"]:
+        last = dev.last_heartbeat or {}
+        step = health.seq_step(dev.last_seq, int(body["seq"]), last.get("ts"), body["ts"])
+        if step.duplicate and last.get("ts") == body["ts"]:
             stats.duplicates += 1
             return
-        dev.seq_gaps = (dev.seq_gaps or 0) + step.gap
-        dev.last_seq = int(body["seq"])
-        dev.kind = str(body["kind"])
-        dev.last_seen = msg.received_at
-        dev.last_heartbeat_at = msg.received_at
-        dev.heartbeat_interval_s = float(body["interval_s"])
-        dev.last_heartbeat = body
-        if isinstance(body.get("versions"), dict):
-            dev.versions = body["versions"]
-        # a heartbeat proves the device is up, whatever an older status said
-        self._set_state(dev, health.ONLINE, None, msg.received_at, stats)
+        dev.seq_gaps = max(0, (dev.seq_gaps or 0) + step.gap)
         rows.append(
             {
                 "device_id": dev.id,
@@ -119,6 +136,18 @@ class Registry:
             }
         )
         stats.heartbeats += 1
+        if step.late:
+            return  # stored in the history; the device's latest view stays as it is
+        dev.last_seq = int(body["seq"])
+        dev.kind = str(body["kind"])
+        dev.last_seen = msg.received_at
+        dev.last_heartbeat_at = msg.received_at
+        dev.heartbeat_interval_s = float(body["interval_s"])
+        dev.last_heartbeat = body
+        if isinstance(body.get("versions"), dict):
+            dev.versions = body["versions"]
+        # a heartbeat proves the device is up, whatever an older status said
+        self._set_state(dev, health.ONLINE, None, msg.received_at, stats)
 
     def _status(self, dev: Device, msg: Accepted, stats: ApplyStats) -> None:
         body = msg.body

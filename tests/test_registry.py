@@ -108,7 +108,22 @@ def test_list_filters_and_pages(registry: Registry) -> None:
 
 
 def test_seq_step_rules() -> None:
-    assert health.seq_step(None, 5) == health.SeqStep(False, False, 0)
+    assert health.seq_step(None, 5) == health.SeqStep(False, False, False, 0)
     assert health.seq_step(5, 5).duplicate
-    assert health.seq_step(5, 2).restarted
+    assert health.seq_step(5, 2, last_ts=50.0, ts=60.0).restarted  # a new run
+    late = health.seq_step(5, 2, last_ts=50.0, ts=20.0)  # same run, overtaken
+    assert (late.late, late.restarted, late.gap) == (True, False, -1)
     assert health.seq_step(5, 9).gap == 3
+
+
+def test_late_heartbeat_fills_its_gap_and_keeps_the_latest_view(registry: Registry) -> None:
+    registry.apply([_hb("cam-f", 0, 100.0), _hb("cam-f", 3, 130.0)])
+    dev = registry.get_device("cam-f")
+    assert dev is not None
+    assert (dev.last_seq, dev.seq_gaps) == (3, 2)
+    registry.apply([_hb("cam-f", 1, 110.0)])  # another worker stored it late
+    dev = registry.get_device("cam-f")
+    assert dev is not None
+    assert (dev.last_seq, dev.seq_gaps) == (3, 1)
+    assert dev.last_heartbeat is not None and dev.last_heartbeat["seq"] == 3
+    assert registry.heartbeat_count() == 3

@@ -42,9 +42,13 @@ def upgrade() -> None:
         sa.Column("body", sa.JSON, nullable=False),
     )
     op.create_index("ix_heartbeats_device_ts", "heartbeats", ["device_id", "ts"])
+    op.create_index(
+        "ux_heartbeats_device_seq_ts", "heartbeats", ["device_id", "seq", "ts"], unique=True
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ux_heartbeats_device_seq_ts", table_name="heartbeats")
     op.drop_index("ix_heartbeats_device_ts", table_name="heartbeats")
     op.drop_table("heartbeats")
     op.drop_table("devices")
