@@ -24,6 +24,9 @@ SERVER_SHARE_GROUP = "fleet-ingest"
 # Certificate CN of the fleet server. "_" is not allowed in device ids, so no device
 # certificate can ever carry this identity.
 SERVER_IDENTITY = "_fleet-server"
+# Where the fleet server publishes alert changes (QoS 1) for operators' tools. "_server" is
+# not a device id, so no device can read or write it.
+ALERTS_TOPIC = TOPIC_ROOT + "/_server/alerts"
 
 # Largest payload the broker accepts at all (mosquitto message_size_limit).
 MAX_MESSAGE = 262144

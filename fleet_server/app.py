@@ -11,6 +11,7 @@ from collections.abc import Generator
 
 import uvicorn
 
+from fleet_server.alerts import AlertBook
 from fleet_server.api import create_app
 from fleet_server.ca import CertificateAuthority
 from fleet_server.config import ServerSettings
@@ -19,6 +20,7 @@ from fleet_server.features import ServerContext, routers
 from fleet_server.ingest import Ingest
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
+from fleet_server.notify import Notifier
 from fleet_server.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,14 @@ class _Server(uvicorn.Server):
 class DeadlineMonitor(threading.Thread):
     """Marks devices offline when their heartbeat deadline passes."""
 
-    def __init__(self, registry: Registry, metrics: Metrics, grace: float, every_s: float) -> None:
+    def __init__(
+        self, registry: Registry, metrics: Metrics, notifier: Notifier, grace: float,
+        every_s: float,
+    ) -> None:  # fmt: skip
         super().__init__(name="deadline-monitor", daemon=True)
         self.registry = registry
         self.metrics = metrics
+        self.notifier = notifier
         self.grace = grace
         self.every_s = every_s
         self.stopped = threading.Event()
@@ -52,13 +58,14 @@ class DeadlineMonitor(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.every_s):
             try:
-                gone = self.registry.mark_overdue(time.time(), self.grace)
+                gone, changes = self.registry.mark_overdue(time.time(), self.grace)
             except Exception:  # a DB hiccup must not end the monitor
                 log.exception("deadline check failed")
                 continue
             for dev in gone:
                 self.metrics.offline_deadline.inc()
                 log.info("device %s offline: heartbeat deadline passed", dev)
+            self.notifier.send(changes)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -66,14 +73,16 @@ def serve(settings: ServerSettings) -> None:
     upgrade(url)
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
-    registry = Registry(sessions)
+    registry = Registry(sessions, AlertBook(settings.health.rules))
     metrics = Metrics()
+    notifier = Notifier(settings.alerts, metrics)
     ca = CertificateAuthority(settings.pki_dir)
-    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca)
-    ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest)
+    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier)
+    ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest, notifier)
     monitor = DeadlineMonitor(
-        registry, metrics, settings.health.heartbeat_grace, settings.health.check_interval_s
-    )
+        registry, metrics, notifier, settings.health.heartbeat_grace,
+        settings.health.check_interval_s,
+    )  # fmt: skip
     ingest.start()
     monitor.start()
     app = create_app(registry, metrics, routers(ctx))
@@ -92,5 +101,6 @@ def serve(settings: ServerSettings) -> None:
     finally:
         monitor.stopped.set()
         ingest.stop()
+        notifier.close()
         engine.dispose()
         log.info("fleet server stopped")

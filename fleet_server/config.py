@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet_server.rules import RuleThresholds
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,6 +57,27 @@ class HealthSettings(_Section):
     check_interval_s: float = Field(
         1.0, gt=0, le=60, description="How often the heartbeat deadlines are checked, seconds"
     )
+    rules: RuleThresholds = Field(
+        default_factory=RuleThresholds, description="Thresholds of the health rules"
+    )
+
+
+class AlertSettings(_Section):
+    webhook_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Every alert change is POSTed here as JSON (none: no webhook)",
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, description="Webhook request timeout")
+    webhook_attempts: int = Field(
+        3, ge=1, le=10, description="Tries per alert change before it is counted as failed"
+    )
+    webhook_queue: int = Field(
+        1000, ge=1, description="Alert changes waiting for the webhook; beyond it, counted drops"
+    )
+    publish_mqtt: bool = Field(
+        True, description="Publish every alert change on the MQTT alerts topic"
+    )
 
 
 class IngestSettings(_Section):
@@ -91,6 +114,7 @@ class ServerSettings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings, description="REST API")
     health: HealthSettings = Field(default_factory=HealthSettings, description="Health checks")
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="MQTT ingest")
+    alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alert delivery")
 
     @property
     def pki_dir(self) -> Path:

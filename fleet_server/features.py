@@ -12,9 +12,11 @@ from fastapi import APIRouter
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from fleet_server.alerts_api import alerts_router
 from fleet_server.ca import CertificateAuthority
 from fleet_server.config import ServerSettings
 from fleet_server.metrics import Metrics
+from fleet_server.notify import Notifier
 from fleet_server.registry import Registry
 
 
@@ -26,8 +28,10 @@ class ServerContext:
     registry: Registry
     metrics: Metrics
     ca: CertificateAuthority
+    notifier: Notifier
 
 
 def routers(ctx: ServerContext) -> list[APIRouter]:
     found: list[APIRouter] = []
+    found.append(alerts_router(ctx.sessions, ctx.notifier))
     return found

@@ -26,6 +26,7 @@ from firmware import contract
 from fleet_server.ca import CertificateAuthority
 from fleet_server.config import IngestSettings, MqttSettings
 from fleet_server.metrics import Metrics
+from fleet_server.notify import Notifier
 from fleet_server.registry import Accepted, Registry
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,12 @@ class Ingest:
         ca: CertificateAuthority,
         mqtt_settings: MqttSettings,
         settings: IngestSettings,
+        notifier: Notifier | None = None,
     ) -> None:
         self.registry = registry
+        self.notifier = notifier
+        if notifier is not None:
+            notifier.publish = self._publish_alert
         self.metrics = metrics
         self.cfg = mqtt_settings
         self.settings = settings
@@ -96,6 +101,9 @@ class Ingest:
         self.client.loop_stop()
         self._stop.set()
         self._writer.join(timeout=10)
+
+    def _publish_alert(self, payload: bytes) -> None:
+        self.client.publish(contract.ALERTS_TOPIC, payload, qos=1)
 
     # ---------------------------------------------------------------- paho callbacks
     def _on_connect(
@@ -197,6 +205,8 @@ class Ingest:
             if item.qos > 0 and item.generation == self._generation:
                 self.client.ack(item.mid, item.qos)
         self.metrics.duplicates.inc(stats.duplicates)
+        if self.notifier is not None and stats.alerts:
+            self.notifier.send(stats.alerts)
         for dev in stats.went_online:
             log.info("device %s online", dev)
         for dev in stats.went_offline:

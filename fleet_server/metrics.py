@@ -58,6 +58,18 @@ class Metrics:
             "Devices marked offline because their heartbeat deadline passed",
             registry=self.registry,
         )
+        self.alert_changes = Counter(
+            "camfleet_alert_changes_total",
+            "Alert changes, by new state",
+            ["state"],
+            registry=self.registry,
+        )
+        self.webhook = Counter(
+            "camfleet_webhook_total",
+            "Alert webhook deliveries, by result (delivered, failed, dropped)",
+            ["result"],
+            registry=self.registry,
+        )
         self.mqtt_connected = Gauge(
             "camfleet_mqtt_connected",
             "1 while ingest is connected to the broker",

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server import health
+from fleet_server.alerts import AlertBook, AlertChange
 from fleet_server.db import Base, Device, Heartbeat
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class ApplyStats:
     ignored: int = 0
     went_online: list[str] = field(default_factory=list)
     went_offline: list[str] = field(default_factory=list)
+    # heartbeats to run the health rules on: (device id, body, received at)
+    observed: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
+    alerts: list[AlertChange] = field(default_factory=list)
 
 
 def _insert(db: Session, table: type[Base]) -> Any:
@@ -46,8 +50,9 @@ def _insert(db: Session, table: type[Base]) -> Any:
 
 
 class Registry:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], alerts: AlertBook | None = None) -> None:
         self.sessions = sessions
+        self.alerts = alerts
 
     # ---------------------------------------------------------------- writes
     def apply(self, batch: Sequence[Accepted]) -> ApplyStats:
@@ -68,6 +73,8 @@ class Registry:
             if rows:
                 # the unique (device, seq, ts) index drops a redelivery another worker stored
                 db.execute(_insert(db, Heartbeat).on_conflict_do_nothing(), rows)
+            if self.alerts is not None:
+                self._run_alerts(db, self.alerts, devices, stats)
         return stats
 
     @staticmethod
@@ -138,6 +145,7 @@ class Registry:
         stats.heartbeats += 1
         if step.late:
             return  # stored in the history; the device's latest view stays as it is
+        stats.observed.append((dev.id, body, msg.received_at))
         dev.last_seq = int(body["seq"])
         dev.kind = str(body["kind"])
         dev.last_seen = msg.received_at
@@ -148,6 +156,20 @@ class Registry:
             dev.versions = body["versions"]
         # a heartbeat proves the device is up, whatever an older status said
         self._set_state(dev, health.ONLINE, None, msg.received_at, stats)
+
+    @staticmethod
+    def _run_alerts(
+        db: Session, book: AlertBook, devices: dict[str, Device], stats: ApplyStats
+    ) -> None:
+        """In the batch's transaction, with the device rows locked: state changes first
+        (offline opens its alert at once), then the rules on each new heartbeat."""
+        for dev_id in dict.fromkeys(stats.went_offline + stats.went_online):
+            dev = devices[dev_id]
+            stats.alerts += book.observe_state(
+                db, dev_id, dev.state, dev.state_reason, dev.state_changed_at
+            )
+        for dev_id, body, at in stats.observed:
+            stats.alerts += book.observe_heartbeat(db, dev_id, body, at)
 
     def _status(self, dev: Device, msg: Accepted, stats: ApplyStats) -> None:
         body = msg.body
@@ -164,18 +186,32 @@ class Registry:
         why = reason if isinstance(reason, str) else None
         self._set_state(dev, state, why, msg.received_at, stats)
 
-    def mark_overdue(self, now: float, grace: float) -> list[str]:
-        """Mark online devices whose heartbeat deadline passed as offline; their ids."""
+    def mark_overdue(self, now: float, grace: float) -> tuple[list[str], list[AlertChange]]:
+        """Mark online devices whose heartbeat deadline passed as offline.
+
+        Returns their ids and the alert changes. Rows another worker holds are skipped
+        (that worker is storing a message of the device right now) and looked at next time.
+        """
         gone: list[str] = []
+        changes: list[AlertChange] = []
         with self.sessions.begin() as db:
-            rows = db.scalars(select(Device).where(Device.state == health.ONLINE)).all()
+            rows = db.scalars(
+                select(Device)
+                .where(Device.state == health.ONLINE)
+                .order_by(Device.id)
+                .with_for_update(skip_locked=True)
+            ).all()
             for dev in rows:
                 if health.is_overdue(dev.last_seen, dev.heartbeat_interval_s, grace, now):
                     dev.state = health.OFFLINE
                     dev.state_reason = health.REASON_DEADLINE
                     dev.state_changed_at = now
                     gone.append(dev.id)
-        return gone
+                    if self.alerts is not None:
+                        changes += self.alerts.observe_state(
+                            db, dev.id, dev.state, dev.state_reason, now
+                        )
+        return gone, changes
 
     # ---------------------------------------------------------------- reads
     def list_devices(

@@ -51,6 +51,7 @@ class ServerProcess(Process):
         client_id: str = "fleet-server-1",
         grace: float = 3.0,
         api_port: int | None = None,
+        extra: dict[str, object] | None = None,
     ) -> None:
         self.api_port = api_port or free_port()
         self.config_path = write_server_config(
@@ -62,6 +63,7 @@ class ServerProcess(Process):
             database_url=database_url,
             client_id=client_id,
             grace=grace,
+            extra=extra,
         )
         super().__init__(
             client_id,
@@ -79,6 +81,19 @@ class ServerProcess(Process):
                 body = resp.read()
                 ctype = resp.headers.get("content-type", "")
                 return resp.status, json.loads(body) if "json" in ctype else body.decode()
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def post(self, path: str, body: object) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            self.base_url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 

@@ -84,12 +84,12 @@ def test_duplicate_heartbeat_is_stored_once_and_gaps_counted(registry: Registry)
 
 def test_deadline_marks_offline_only_after_grace(registry: Registry) -> None:
     registry.apply([_hb("cam-e", 0, 1000.0, interval=2.0)])
-    assert registry.mark_overdue(1005.9, grace=3.0) == []
-    assert registry.mark_overdue(1006.1, grace=3.0) == ["cam-e"]
+    assert registry.mark_overdue(1005.9, grace=3.0)[0] == []
+    assert registry.mark_overdue(1006.1, grace=3.0)[0] == ["cam-e"]
     dev = registry.get_device("cam-e")
     assert dev is not None
     assert (dev.state, dev.state_reason) == ("offline", health.REASON_DEADLINE)
-    assert registry.mark_overdue(2000.0, grace=3.0) == []  # already offline
+    assert registry.mark_overdue(2000.0, grace=3.0)[0] == []  # already offline
     registry.apply([_hb("cam-e", 1, 2001.0, interval=2.0)])
     dev = registry.get_device("cam-e")
     assert dev is not None

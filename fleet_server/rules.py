@@ -1,0 +1,139 @@
+"""Health rules: a heartbeat in, the conditions that are wrong out. No I/O, no state.
+
+Thresholds live in the server config (``[health.rules]``); each rule names a heartbeat
+field of the contract. A field the device does not report never raises its rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WARNING = "warning"
+CRITICAL = "critical"
+
+OFFLINE_RULE = "offline"
+
+
+class RuleThresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temp_c_max: float = Field(80.0, description="SoC/cabinet temperature above this, °C")
+    disk_used_pct_max: float = Field(90.0, ge=0, le=100, description="Disk use above this, %")
+    mem_used_pct_max: float = Field(95.0, ge=0, le=100, description="Memory use above this, %")
+    fps_min: float = Field(
+        1.0, ge=0, description="Camera frame rate below this (when the camera reports fps)"
+    )
+    infer_ms_max: float = Field(500.0, gt=0, description="Detector latency above this, ms")
+    outbox_max: int = Field(1000, ge=0, description="Messages waiting on disk above this")
+    cert_days_min: float = Field(7.0, ge=0, description="Certificate expiring within this, days")
+    clock_drift_s_max: float = Field(
+        30.0, gt=0, description="Device clock further than this from the server's, seconds"
+    )
+    open_after: int = Field(
+        2, ge=1, le=100, description="Consecutive bad heartbeats before an alert opens"
+    )
+    resolve_after: int = Field(
+        2, ge=1, le=100, description="Consecutive good heartbeats before an alert resolves"
+    )
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str
+    value: float | str
+    message: str
+
+
+def _num(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def evaluate(body: dict[str, Any], received_at: float, t: RuleThresholds) -> list[Finding]:
+    """Every rule that the heartbeat ``body`` breaks."""
+    found: list[Finding] = []
+
+    def above(key: str, limit: float, rule: str, severity: str, what: str) -> None:
+        value = _num(body, key)
+        if value is not None and value > limit:
+            found.append(Finding(rule, severity, value, f"{what} {value:g} > {limit:g}"))
+
+    def below(key: str, limit: float, rule: str, severity: str, what: str) -> None:
+        value = _num(body, key)
+        if value is not None and value < limit:
+            found.append(Finding(rule, severity, value, f"{what} {value:g} < {limit:g}"))
+
+    above("temp_c", t.temp_c_max, "temperature", CRITICAL, "temperature °C")
+    above("disk_used_pct", t.disk_used_pct_max, "disk", WARNING, "disk used %")
+    above("mem_used_pct", t.mem_used_pct_max, "memory", WARNING, "memory used %")
+    above("infer_ms", t.infer_ms_max, "inference_latency", WARNING, "inference ms")
+    above("outbox", t.outbox_max, "outbox", WARNING, "outbox depth")
+    below("cert_days_left", t.cert_days_min, "certificate", CRITICAL, "certificate days left")
+    if body.get("camera") not in (None, "ok"):
+        found.append(
+            Finding("camera", CRITICAL, str(body["camera"]), f"camera state {body['camera']}")
+        )
+    else:
+        below("fps", t.fps_min, "fps", WARNING, "frames per second")
+    if body.get("throttled") is True:
+        found.append(Finding("throttling", WARNING, "throttled", "CPU throttled"))
+    scene = body.get("scene")  # the problems the camera's scene check sees, e.g. ["dark"]
+    if isinstance(scene, list) and scene:
+        what = ", ".join(str(s) for s in scene)[:64]
+        found.append(Finding("scene", WARNING, what, f"scene: {what}"))
+    ts = _num(body, "ts")
+    if ts is not None and abs(ts - received_at) > t.clock_drift_s_max:
+        drift = ts - received_at
+        found.append(Finding("clock", WARNING, round(drift, 1), f"clock off by {drift:+.0f} s"))
+    return found
+
+
+RULES: tuple[str, ...] = (
+    "temperature",
+    "disk",
+    "memory",
+    "inference_latency",
+    "outbox",
+    "certificate",
+    "camera",
+    "fps",
+    "throttling",
+    "scene",
+    "clock",
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one observation does to one (device, rule) condition."""
+
+    bad_count: int
+    good_count: int
+    open: bool  # open an alert now
+    resolve: bool  # resolve the active alert now
+
+
+def step(bad: bool, bad_count: int, good_count: int, active: bool, t: RuleThresholds) -> Step:
+    """Flap suppression: open after ``open_after`` bad in a row, resolve after
+    ``resolve_after`` good in a row; a single odd heartbeat changes nothing."""
+    if bad:
+        bad_count, good_count = bad_count + 1, 0
+    else:
+        bad_count, good_count = 0, good_count + 1
+    return Step(
+        bad_count,
+        good_count,
+        open=bad and not active and bad_count >= t.open_after,
+        resolve=not bad and active and good_count >= t.resolve_after,
+    )
+
+
+def broken_rules(findings: Iterable[Finding]) -> dict[str, Finding]:
+    return {f.rule: f for f in findings}
