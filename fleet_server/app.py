@@ -58,7 +58,9 @@ class DeadlineMonitor(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.every_s):
             try:
-                gone, changes = self.registry.mark_overdue(time.time(), self.grace)
+                now = time.time()
+                gone, changes = self.registry.mark_overdue(now, self.grace)
+                expired = self.registry.expire_commands(now)
             except Exception:  # a DB hiccup must not end the monitor
                 log.exception("deadline check failed")
                 continue
@@ -66,6 +68,8 @@ class DeadlineMonitor(threading.Thread):
                 self.metrics.offline_deadline.inc()
                 log.info("device %s offline: heartbeat deadline passed", dev)
             self.notifier.send(changes)
+            for cid in expired:
+                log.info("command %s timed out", cid)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -77,8 +81,8 @@ def serve(settings: ServerSettings) -> None:
     metrics = Metrics()
     notifier = Notifier(settings.alerts, metrics)
     ca = CertificateAuthority(settings.pki_dir)
-    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier)
     ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest, notifier)
+    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier, ingest.send)
     monitor = DeadlineMonitor(
         registry, metrics, notifier, settings.health.heartbeat_grace,
         settings.health.check_interval_s,

@@ -6,6 +6,7 @@ Keeping this list in one place lets features grow without editing the app factor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import APIRouter
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.alerts_api import alerts_router
 from fleet_server.ca import CertificateAuthority
+from fleet_server.commands import Outgoing
+from fleet_server.commands_api import commands_router
 from fleet_server.config import ServerSettings
 from fleet_server.metrics import Metrics
 from fleet_server.notify import Notifier
@@ -29,9 +32,11 @@ class ServerContext:
     metrics: Metrics
     ca: CertificateAuthority
     notifier: Notifier
+    send: Callable[[Outgoing], None]  # publish a server message on the ingest connection
 
 
 def routers(ctx: ServerContext) -> list[APIRouter]:
     found: list[APIRouter] = []
     found.append(alerts_router(ctx.sessions, ctx.notifier))
+    found.append(commands_router(ctx.sessions, ctx.send))
     return found

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from firmware import contract
 from fleet_server.ca import CertificateAuthority
+from fleet_server.commands import Outgoing
 from fleet_server.config import IngestSettings, MqttSettings
 from fleet_server.metrics import Metrics
 from fleet_server.notify import Notifier
@@ -101,6 +102,21 @@ class Ingest:
         self.client.loop_stop()
         self._stop.set()
         self._writer.join(timeout=10)
+
+    def send(self, out: Outgoing) -> None:
+        """Publish a server message (command, desired config) on the ingest connection.
+
+        paho queues it while the broker is away and sends it on reconnect.
+        """
+        props = None
+        if out.correlation is not None or out.response_topic is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if out.response_topic is not None:
+                props.ResponseTopic = out.response_topic
+            if out.correlation is not None:
+                props.CorrelationData = out.correlation
+        self.client.publish(out.topic, out.payload, qos=out.qos, retain=out.retain,
+                            properties=props)  # fmt: skip
 
     def _publish_alert(self, payload: bytes) -> None:
         self.client.publish(contract.ALERTS_TOPIC, payload, qos=1)

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server import health
+from fleet_server import commands, health
 from fleet_server.alerts import AlertBook, AlertChange
 from fleet_server.db import Base, Device, Heartbeat
 
@@ -40,6 +40,7 @@ class ApplyStats:
     # heartbeats to run the health rules on: (device id, body, received at)
     observed: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
     alerts: list[AlertChange] = field(default_factory=list)
+    command_results: int = 0
 
 
 def _insert(db: Session, table: type[Base]) -> Any:
@@ -67,6 +68,11 @@ class Registry:
                     self._heartbeat(dev, msg, stats, rows)
                 elif msg.kind == "status":
                     self._status(dev, msg, stats)
+                elif msg.kind == "cmd_res":
+                    done = commands.apply_response(db, dev.id, msg.body, msg.received_at)
+                    stats.command_results += done is not None
+                elif msg.kind == "config_reported":
+                    commands.apply_report(db, dev.id, msg.body, msg.received_at)
                 else:
                     stats.ignored += 1  # events, command results: later issues
             db.flush()  # new devices first: heartbeats refer to them
@@ -212,6 +218,10 @@ class Registry:
                             db, dev.id, dev.state, dev.state_reason, now
                         )
         return gone, changes
+
+    def expire_commands(self, now: float) -> list[str]:
+        with self.sessions.begin() as db:
+            return commands.expire(db, now)
 
     # ---------------------------------------------------------------- reads
     def list_devices(

@@ -84,18 +84,21 @@ class ServerProcess(Process):
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
-    def post(self, path: str, body: object) -> tuple[int, Any]:
+    def post(self, path: str, body: object, method: str = "POST") -> tuple[int, Any]:
         req = urllib.request.Request(
             self.base_url + path,
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
-            method="POST",
+            method=method,
         )
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
+
+    def put(self, path: str, body: object) -> tuple[int, Any]:
+        return self.post(path, body, method="PUT")
 
     def ready(self) -> bool:
         try:
