@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from firmware import contract
+from fleet_server.dashboard import mount_static
 from fleet_server.db import Device
 from fleet_server.metrics import Metrics
 from fleet_server.registry import Registry
@@ -110,6 +111,7 @@ def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter
 
     for router in routers:
         app.include_router(router)
+    mount_static(app)
 
     @app.get("/healthz", tags=["server"])
     def healthz() -> dict[str, str]:

@@ -18,6 +18,7 @@ from fleet_server.ca import CertificateAuthority
 from fleet_server.commands import Outgoing
 from fleet_server.commands_api import commands_router
 from fleet_server.config import ServerSettings
+from fleet_server.dashboard import dashboard_router
 from fleet_server.metrics import Metrics
 from fleet_server.notify import Notifier
 from fleet_server.registry import Registry
@@ -39,4 +40,5 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found: list[APIRouter] = []
     found.append(alerts_router(ctx.sessions, ctx.notifier))
     found.append(commands_router(ctx.sessions, ctx.send))
+    found.append(dashboard_router(ctx.sessions))
     return found

@@ -1,0 +1,58 @@
+// camfleet dashboard: a few actions over the REST API. No libraries, nothing remote.
+"use strict";
+
+function say(text, isError) {
+  const box = document.getElementById("msg");
+  if (!box) return;
+  box.textContent = text;
+  box.className = isError ? "msg error" : "msg";
+  box.hidden = false;
+}
+
+function who() {
+  const field = document.getElementById("who");
+  return field && field.value.trim() ? field.value.trim() : "dashboard";
+}
+
+async function call(method, url, body) {
+  const resp = await fetch(url, {
+    method: method,
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  if (!resp.ok) {
+    const detail = data && data.detail ? JSON.stringify(data.detail) : resp.statusText;
+    throw new Error(resp.status + " " + detail);
+  }
+  return data;
+}
+
+async function acknowledge(alertId) {
+  try {
+    await call("POST", "/api/alerts/" + alertId + "/acknowledge", { by: who() });
+    say("alert " + alertId + " acknowledged", false);
+    const row = document.getElementById("alert-" + alertId);
+    if (row) {
+      row.querySelector(".alert-state").textContent = "acknowledged";
+      const btn = row.querySelector("button");
+      if (btn) btn.remove();
+    }
+  } catch (err) {
+    say("could not acknowledge: " + err.message, true);
+  }
+}
+
+async function sendCommand(deviceId) {
+  const cmd = document.getElementById("cmd").value;
+  say("sending " + cmd + " ...", false);
+  try {
+    const res = await call("POST", "/api/devices/" + deviceId + "/commands?wait=true",
+                           { cmd: cmd, timeout_s: 10, by: who() });
+    say(cmd + ": " + res.state + (res.error ? " (" + res.error + ")" : "") +
+        (res.result ? " " + JSON.stringify(res.result) : ""), res.state !== "succeeded");
+  } catch (err) {
+    say("command failed: " + err.message, true);
+  }
+}

@@ -1,0 +1,255 @@
+"""Dashboard pages (HTML, served under /ui by the API app)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server import commands as cmds
+from fleet_server.alerts import ACTIVE, Alert
+from fleet_server.commands import Command
+from fleet_server.dashboard import svg
+from fleet_server.db import Device, Heartbeat
+from fleet_server.rules import OFFLINE_RULE
+
+HERE = Path(__file__).resolve().parent
+NAV = [("/ui/", "Overview"), ("/ui/devices", "Devices"), ("/ui/alerts", "Alerts")]
+CHARTS = [
+    ("cpu_pct", "CPU", "%"),
+    ("temp_c", "Temperature", " °C"),
+    ("mem_used_pct", "Memory", "%"),
+    ("disk_used_pct", "Disk", "%"),
+    ("fps", "Frames/s", ""),
+    ("infer_ms", "Inference", " ms"),
+    ("mem_free", "Free heap", " B"),
+]
+HISTORY_S = 24 * 3600
+PAGE = 100
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    html: str  # already escaped markup
+
+
+# A feature adds a part to the device page: (session, device id) -> Section or None
+DeviceSection = Callable[[Session, str], Section | None]
+# A feature adds a page: (href, nav name, render(session) -> (title, html))
+ExtraPage = tuple[str, str, Callable[[Session], tuple[str, str]]]
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def degraded_ids(db: Session) -> set[str]:
+    rows = db.scalars(
+        select(Alert.device_id).where(Alert.state.in_(ACTIVE), Alert.rule != OFFLINE_RULE)
+    ).all()
+    return set(rows)
+
+
+def shown_state(dev: Device, degraded: set[str]) -> str:
+    if dev.state == "online" and dev.id in degraded:
+        return "degraded"
+    return dev.state
+
+
+def _versions(v: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k} {val}" for k, val in sorted((v or {}).items()))
+
+
+def _alert_rows(alerts: Sequence[Alert]) -> list[dict[str, Any]]:
+    return [
+        {"id": a.id, "device_id": a.device_id, "rule": a.rule, "severity": a.severity,
+         "state": a.state, "message": a.message, "opened": _when(a.opened_at)}
+        for a in alerts
+    ]  # fmt: skip
+
+
+def dashboard_router(
+    sessions: sessionmaker[Session],
+    sections: Sequence[DeviceSection] = (),
+    pages: Sequence[ExtraPage] = (),
+) -> APIRouter:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
+    )
+    nav = NAV + [(href, name) for href, name, _render in pages]
+    router = APIRouter(prefix="/ui", include_in_schema=False)
+
+    def render(template: str, here: str, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(template).render(nav=nav, here=here, **ctx)
+        return HTMLResponse(html)
+
+    @router.get("/", response_class=HTMLResponse)
+    def overview() -> HTMLResponse:
+        with sessions() as db:
+            ctx = overview_context(db)
+        return render("overview.html", "/ui/", title="Overview", **ctx)
+
+    @router.get("/devices", response_class=HTMLResponse)
+    def devices(
+        q: Annotated[str, Query(max_length=64)] = "",
+        state: Annotated[str, Query(pattern="^(|online|offline|degraded|unknown)$")] = "",
+        kind: Annotated[str, Query(pattern="^(|agent|node)$")] = "",
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    ) -> HTMLResponse:
+        with sessions() as db:
+            ctx = device_list_context(db, q, state, kind, offset)
+        return render("devices.html", "/ui/devices", title="Devices", **ctx)
+
+    @router.get("/devices/{device_id}", response_class=HTMLResponse)
+    def device(device_id: str) -> HTMLResponse:
+        with sessions() as db:
+            ctx = device_context(db, device_id, sections)
+        if ctx is None:
+            raise HTTPException(status_code=404, detail=f"device {device_id} not found")
+        return render("device.html", "/ui/devices", title=device_id, **ctx)
+
+    @router.get("/alerts", response_class=HTMLResponse)
+    def alerts_page(all: Annotated[bool, Query()] = False) -> HTMLResponse:
+        with sessions() as db:
+            query = select(Alert).order_by(Alert.opened_at.desc()).limit(500)
+            if not all:
+                query = query.where(Alert.state.in_(ACTIVE))
+            rows = db.scalars(query).all()
+        return render("alerts.html", "/ui/alerts", title="Alerts", alerts=_alert_rows(rows),
+                      show_all=all)  # fmt: skip
+
+    for href, name, make_page in pages:
+        router.add_api_route(
+            href.removeprefix("/ui"), _page_view(sessions, render, href, name, make_page),
+            response_class=HTMLResponse, methods=["GET"],
+        )  # fmt: skip
+
+    return router
+
+
+def mount_static(app: FastAPI) -> None:
+    """The dashboard's CSS and JavaScript, from this package (never a CDN)."""
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+
+def _page_view(
+    sessions: sessionmaker[Session],
+    render: Callable[..., HTMLResponse],
+    href: str,
+    name: str,
+    make_page: Callable[[Session], tuple[str, str]],
+) -> Callable[[], HTMLResponse]:
+    def view() -> HTMLResponse:
+        with sessions() as db:
+            title, html = make_page(db)
+        return render("page.html", href, title=title or name, content=html)
+
+    return view
+
+
+def overview_context(db: Session) -> dict[str, Any]:
+    devices = db.scalars(select(Device)).all()
+    degraded = degraded_ids(db)
+    active = db.scalar(select(func.count()).where(Alert.state.in_(ACTIVE))) or 0
+    counts: Counter[str] = Counter(shown_state(d, degraded) for d in devices)
+    versions: Counter[tuple[str, str]] = Counter(
+        (k, str(v)) for d in devices for k, v in (d.versions or {}).items()
+        if k in ("agent", "firmware", "model")
+    )  # fmt: skip
+    return {
+        "total": len(devices),
+        "counts": {s: counts.get(s, 0) for s in ("online", "degraded", "offline")},
+        "active_alerts": active,
+        "versions": sorted(versions.items()),
+    }
+
+
+def device_list_context(db: Session, q: str, state: str, kind: str, offset: int) -> dict[str, Any]:
+    query = select(Device).order_by(Device.id)
+    if q:
+        query = query.where(Device.id.contains(q.lower(), autoescape=True))
+    if kind:
+        query = query.where(Device.kind == kind)
+    if state in ("online", "degraded"):
+        query = query.where(Device.state == "online")
+    elif state:
+        query = query.where(Device.state == state)
+    found = db.scalars(query).all()
+    degraded = degraded_ids(db)
+    alerts = Counter(db.scalars(select(Alert.device_id).where(Alert.state.in_(ACTIVE))).all())
+    if state:
+        found = [d for d in found if shown_state(d, degraded) == state]
+    rows = [
+        {"id": d.id, "kind": d.kind, "shown_state": shown_state(d, degraded),
+         "last_seen": _when(d.last_seen), "versions": _versions(d.versions),
+         "alerts": alerts.get(d.id, 0)}
+        for d in found[offset : offset + PAGE]
+    ]  # fmt: skip
+    more = ""
+    if offset + PAGE < len(found):
+        params = {"q": q, "state": state, "kind": kind, "offset": offset + PAGE}
+        more = "/ui/devices?" + urllib.parse.urlencode(params)
+    return {"rows": rows, "total": len(found), "q": q, "state": state, "kind": kind, "more": more}
+
+
+def device_context(
+    db: Session, device_id: str, sections: Sequence[DeviceSection]
+) -> dict[str, Any] | None:
+    dev = db.get(Device, device_id)
+    if dev is None:
+        return None
+    since = time.time() - HISTORY_S
+    beats = db.scalars(
+        select(Heartbeat).where(Heartbeat.device_id == device_id, Heartbeat.ts >= since)
+        .order_by(Heartbeat.ts.desc()).limit(720)
+    ).all()  # fmt: skip
+    alerts = db.scalars(
+        select(Alert).where(Alert.device_id == device_id).order_by(Alert.opened_at.desc()).limit(50)
+    ).all()
+    commands = db.scalars(
+        select(Command).where(Command.device_id == device_id)
+        .order_by(Command.created_at.desc()).limit(20)
+    ).all()  # fmt: skip
+    extra = [s for s in (make(db, device_id) for make in sections) if s is not None]
+    degraded = degraded_ids(db)
+    charts = []
+    for key, name, unit in CHARTS:
+        points = [(b.ts, float(b.body[key])) for b in beats
+                  if isinstance(b.body.get(key), int | float)]  # fmt: skip
+        if points:
+            charts.append(svg.line_chart(name, points, unit))
+    if not charts:
+        charts.append(svg.line_chart("Health", []))
+    d = {"id": dev.id, "kind": dev.kind, "shown_state": shown_state(dev, degraded),
+         "state_reason": dev.state_reason, "last_seen": _when(dev.last_seen),
+         "interval": dev.heartbeat_interval_s, "gaps": dev.seq_gaps}  # fmt: skip
+    command_rows = [
+        {"at": _when(c.created_at), "cmd": c.cmd, "state": c.state, "by": c.requested_by,
+         "outcome": c.error or (json.dumps(c.result) if c.result else "")}
+        for c in commands
+    ]  # fmt: skip
+    return {
+        "d": d, "charts": charts, "sections": extra, "alerts": _alert_rows(alerts),
+        "commands": command_rows, "command_names": cmds.KNOWN,
+        "last_heartbeat": json.dumps(dev.last_heartbeat, indent=2, sort_keys=True),
+    }  # fmt: skip

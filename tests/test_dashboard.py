@@ -1,0 +1,146 @@
+"""The operators' dashboard in real headless Chromium (Debian's), with a small fleet of
+simulated devices on the real broker and server; a screenshot of every page."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware import contract
+from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.dashboard import svg
+from hil_tests.procs import Broker, wait_for
+from hil_tests.server import ServerProcess
+from tests.mqtt_helpers import Client
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLEET = [f"dash-{i:02d}" for i in range(8)]
+HOT = "dash-03"  # reports 95 °C: an open temperature alert, shown as degraded
+GONE = "dash-06"  # says offline
+
+
+def test_svg_chart_and_map_are_built_from_the_numbers() -> None:
+    chart = svg.line_chart("CPU <load>", [(10.0, 5.0), (0.0, 1.0), (20.0, 3.0)], "%")
+    assert "CPU &lt;load&gt;" in chart  # escaped
+    assert chart.count("<polyline") == 1
+    assert ">3%<" in chart  # the latest value, by time not by order given
+    assert "no data yet" in svg.line_chart("empty", [])
+    pts = [svg.MapPoint("a", 45.0, 7.0, "online", "/ui/devices/a"),
+           svg.MapPoint("b", 45.1, 7.2, "offline", "/ui/devices/b")]  # fmt: skip
+    m = svg.site_map(pts)
+    assert m.count("<circle") == 2
+    assert 'class="site offline"' in m and "km</text>" in m
+    assert svg._nice(7.3) == 5 and svg._nice(0.23) == 0.2
+
+
+def _publish_fleet(broker: Broker, make: Callable[[str], DeviceCredentials]) -> None:
+    for i, dev_id in enumerate(FLEET):
+        creds = make(dev_id)
+        cl = Client(broker.port, creds.root_pem, creds.cert_pem, creds.key_pem, dev_id)
+        for seq in range(3):
+            body = {"seq": seq, "kind": "node" if i % 4 == 0 else "agent", "interval_s": 60,
+                    "uptime_s": 10.0 * seq, "cpu_pct": 10.0 + 5 * seq + i,
+                    "temp_c": 95.0 if dev_id == HOT else 40.0 + seq,
+                    "versions": {"agent": "0.1.0" if i % 2 else "0.2.0"}}  # fmt: skip
+            cl.publish(*contract.encode("heartbeat", dev_id, body, time.time() - 3 + seq)[:2])
+        if dev_id == GONE:
+            body = {"state": "offline", "kind": "agent", "reason": "shutdown"}
+            cl.publish(*contract.encode("status", dev_id, body, time.time())[:2], retain=True)
+        cl.close()
+
+
+@pytest.fixture(scope="module")
+def fleet_server(
+    broker: Broker, ca: CertificateAuthority, device_factory: Callable[[str], DeviceCredentials],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerProcess]:  # fmt: skip
+    srv = ServerProcess(tmp_path_factory.mktemp("dash"), ca.dir, broker.port)
+    srv.start_and_wait()
+    _publish_fleet(broker, device_factory)
+    wait_for(lambda: srv.get("/api/alerts?active=true")[1]["total"] >= 2, 15,
+             what="temperature and offline alerts")  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is not installed (scripts/setup-system.sh installs it)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        yield b
+        b.close()
+
+
+def test_dashboard_pages_in_chromium(
+    fleet_server: ServerProcess, browser: object, tmp_path: Path
+) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    base = fleet_server.base_url
+
+    page.goto(base + "/")  # redirects to the overview
+    assert page.inner_text("#n-total") == str(len(FLEET))
+    assert page.inner_text("#n-offline") == "1"
+    assert page.inner_text("#n-degraded") == "1"
+    assert "0.2.0" in page.inner_text("#versions")
+    page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+    page.goto(base + "/ui/devices")
+    assert page.locator("tr.device-row").count() == len(FLEET)
+    page.select_option("#state-filter", "offline")
+    page.click("#apply")
+    page.wait_for_url("**state=offline**")
+    assert page.locator("tr.device-row").count() == 1
+    assert GONE in page.inner_text("#devices")
+    page.fill("#search", "dash-0")
+    page.select_option("#state-filter", "degraded")
+    page.click("#apply")
+    page.wait_for_url("**state=degraded**")
+    assert [t.strip() for t in page.locator("tr.device-row td:first-child").all_inner_texts()] == [
+        HOT
+    ]
+    page.select_option("#state-filter", "")
+    page.select_option("#kind-filter", "node")
+    page.click("#apply")
+    page.wait_for_url("**kind=node**")
+    assert page.locator("tr.device-row").count() == 2
+    page.screenshot(path=str(tmp_path / "devices.png"), full_page=True)
+
+    page.goto(f"{base}/ui/devices/{HOT}")
+    assert page.locator("svg.chart").count() >= 2  # CPU and temperature at least
+    assert "Temperature" in page.inner_text("main")
+    assert "temperature" in page.inner_text("table.alerts")
+    page.screenshot(path=str(tmp_path / "device.png"), full_page=True)
+
+    page.goto(base + "/ui/alerts")
+    row = page.locator("table.alerts tr", has_text=HOT)
+    alert_id = int(str(row.get_attribute("id")).removeprefix("alert-"))
+    page.fill("#who", "op-ana")
+    row.locator("button.ack").click()
+    page.wait_for_function(
+        f"document.querySelector('#alert-{alert_id} .alert-state').textContent === 'acknowledged'"
+    )
+    page.screenshot(path=str(tmp_path / "alerts.png"), full_page=True)
+    # the click changed the server, not only the page
+    acked = fleet_server.get(f"/api/alerts?device_id={HOT}")[1]["items"][0]
+    assert (acked["state"], acked["acknowledged_by"]) == ("acknowledged", "op-ana")
+
+    for name in ("overview", "devices", "device", "alerts"):
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+    assert errors == []
+    assert all(u.startswith(base) for u in requests), "a page fetched something remote"
