@@ -11,6 +11,7 @@ from collections.abc import Generator
 
 import uvicorn
 
+from fleet_server import retention
 from fleet_server.alerts import AlertBook
 from fleet_server.api import create_app
 from fleet_server.ca import CertificateAuthority
@@ -54,6 +55,7 @@ class DeadlineMonitor(threading.Thread):
         self.grace = grace
         self.every_s = every_s
         self.stopped = threading.Event()
+        self._next_compact = 0.0
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_s):
@@ -61,6 +63,12 @@ class DeadlineMonitor(threading.Thread):
                 now = time.time()
                 gone, changes = self.registry.mark_overdue(now, self.grace)
                 expired = self.registry.expire_commands(now)
+                if now >= self._next_compact:
+                    self._next_compact = now + 60.0
+                    with self.registry.sessions.begin() as db:
+                        moved = retention.compact(db, now)
+                    if moved:
+                        log.info("rolled up %d heartbeats older than a day", moved)
             except Exception:  # a DB hiccup must not end the monitor
                 log.exception("deadline check failed")
                 continue

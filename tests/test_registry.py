@@ -127,3 +127,40 @@ def test_late_heartbeat_fills_its_gap_and_keeps_the_latest_view(registry: Regist
     assert (dev.last_seq, dev.seq_gaps) == (3, 1)
     assert dev.last_heartbeat is not None and dev.last_heartbeat["seq"] == 3
     assert registry.heartbeat_count() == 3
+
+
+def test_old_heartbeats_roll_up_hourly_and_raw_ones_stay(registry: Registry) -> None:
+    from fleet_server import retention
+
+    now = 10 * 86400.0
+    old = [
+        _msg("heartbeat", "cam-r", 0, seq=i, kind="agent", interval_s=600, uptime_s=i * 600.0,
+             cpu_pct=float(10 + i), ts=now - 2 * 86400 + i * 600)
+        for i in range(12)  # two hours, two days ago
+    ]  # fmt: skip
+    fresh = _msg("heartbeat", "cam-r", 0, seq=99, kind="agent", interval_s=600,
+                 uptime_s=1e5, cpu_pct=50.0, ts=now - 60)  # fmt: skip
+    registry.apply([*old, fresh])
+    with registry.sessions.begin() as db:
+        assert retention.compact(db, now, batch=5) == 5  # one batch at a time
+    with registry.sessions.begin() as db:
+        assert retention.compact(db, now) == 7
+    with registry.sessions.begin() as db:
+        assert retention.compact(db, now) == 0
+        rows = db.query(retention.HealthRollup).order_by(retention.HealthRollup.bucket).all()
+        summary = [(r.count, r.stats["cpu_pct"]) for r in rows]
+    assert registry.heartbeat_count() == 1  # the fresh one stays raw
+    # 6 heartbeats an hour; the first bucket came in two batches and was merged
+    assert summary == [(6, [6, 10.0, 12.5, 15.0]), (6, [6, 16.0, 18.5, 21.0])]
+
+
+def test_rollup_merge_is_the_rollup_of_everything() -> None:
+    from fleet_server import retention
+
+    rows = [("d-1", 3600.0 + i, {"temp_c": float(t)}) for i, t in enumerate([3, 9, 4, 7, 1])]
+    whole = retention.rollup(rows)[("d-1", 3600.0)]
+    parts = retention.merge(retention.rollup(rows[:2])[("d-1", 3600.0)],
+                            retention.rollup(rows[2:])[("d-1", 3600.0)])  # fmt: skip
+    assert whole == (5, {"temp_c": [5.0, 1.0, 4.8, 9.0]})
+    assert parts[0] == whole[0]
+    assert parts[1]["temp_c"] == pytest.approx(whole[1]["temp_c"])
