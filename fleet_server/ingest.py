@@ -216,8 +216,11 @@ class Ingest:
                 if self._stop.wait(delay):
                     return  # not acked: the broker keeps them for the next start
                 delay = min(delay * 2, 10.0)
+        committed = time.time()
         for item in batch:
             self.metrics.stored.labels(kind=item.msg.kind).inc()
+            if item.msg.kind == "heartbeat":
+                self.metrics.lag.observe(max(0.0, committed - float(item.msg.body["ts"])))
             if item.qos > 0 and item.generation == self._generation:
                 self.client.ack(item.mid, item.qos)
         self.metrics.duplicates.inc(stats.duplicates)

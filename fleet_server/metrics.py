@@ -45,6 +45,12 @@ class Metrics:
             "Time to store one batch",
             registry=self.registry,
         )
+        self.lag = Histogram(
+            "camfleet_ingest_lag_seconds",
+            "From a heartbeat's device timestamp to its commit in the database",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "camfleet_ingest_queue_depth",
             "Messages waiting for the DB writer",
