@@ -8,6 +8,7 @@ notifier sends them out after the commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,78 +79,122 @@ class AlertChange:
         }
 
 
-def _change(alert: Alert, at: float) -> AlertChange:
+def _change(alert: Alert, state: str, at: float) -> AlertChange:
     return AlertChange(
-        alert.id, alert.device_id, alert.rule, alert.severity, alert.state, alert.message, at
+        alert.id, alert.device_id, alert.rule, alert.severity, state, alert.message, at
     )
+
+
+class _Snapshot:
+    """Active alerts and flap counters of a batch's devices, loaded with two queries."""
+
+    def __init__(self, db: Session, device_ids: Iterable[str]) -> None:
+        ids = sorted(set(device_ids))
+        self.active: dict[tuple[str, str], Alert] = {}
+        self.conditions: dict[tuple[str, str], AlertCondition] = {}
+        if not ids:
+            return
+        for a in db.scalars(
+            select(Alert).where(Alert.device_id.in_(ids), Alert.state.in_(ACTIVE))
+        ).all():
+            self.active[(a.device_id, a.rule)] = a
+        for c in db.scalars(select(AlertCondition).where(AlertCondition.device_id.in_(ids))).all():
+            self.conditions[(c.device_id, c.rule)] = c
 
 
 class AlertBook:
     def __init__(self, thresholds: rules.RuleThresholds) -> None:
         self.t = thresholds
 
-    @staticmethod
-    def _active(db: Session, device_id: str) -> dict[str, Alert]:
-        rows = db.scalars(
-            select(Alert).where(Alert.device_id == device_id, Alert.state.in_(ACTIVE))
-        ).all()
-        return {a.rule: a for a in rows}
+    def observe_batch(
+        self,
+        db: Session,
+        states: Sequence[tuple[str, str, str | None, float]],
+        heartbeats: Sequence[tuple[str, dict[str, Any], float]],
+    ) -> list[AlertChange]:
+        """State changes (device, state, reason, at) first, then heartbeats, in order.
+
+        Runs in the caller's transaction with the device rows locked; reads what it needs
+        in two queries whatever the batch size.
+        """
+        snap = _Snapshot(db, [s[0] for s in states] + [h[0] for h in heartbeats])
+        steps: list[tuple[Alert, str, float]] = []  # in order; ids exist after the flush
+        with db.no_autoflush:
+            for device_id, state, reason, at in states:
+                self._state(db, snap, device_id, state, reason, at, steps)
+            for device_id, body, at in heartbeats:
+                self._heartbeat(db, snap, device_id, body, at, steps)
+        if steps:
+            db.flush()
+        return [_change(alert, state, at) for alert, state, at in steps]
+
+    def observe_state(
+        self, db: Session, device_id: str, state: str, reason: str | None, at: float
+    ) -> list[AlertChange]:
+        return self.observe_batch(db, [(device_id, state, reason, at)], [])
 
     def observe_heartbeat(
         self, db: Session, device_id: str, body: dict[str, Any], at: float
     ) -> list[AlertChange]:
+        return self.observe_batch(db, [], [(device_id, body, at)])
+
+    def _heartbeat(
+        self, db: Session, snap: _Snapshot, device_id: str, body: dict[str, Any], at: float,
+        steps: list[tuple[Alert, str, float]],
+    ) -> None:  # fmt: skip
         findings = rules.broken_rules(rules.evaluate(body, at, self.t))
-        active = self._active(db, device_id)
-        conditions = {
-            c.rule: c
-            for c in db.scalars(
-                select(AlertCondition).where(AlertCondition.device_id == device_id)
-            ).all()
-        }
-        changes: list[AlertChange] = []
         for rule in rules.RULES:
-            cond = conditions.get(rule)
+            key = (device_id, rule)
+            active = snap.active.get(key)
+            cond = snap.conditions.get(key)
             if cond is None:
-                if rule not in findings and rule not in active:
+                if rule not in findings and active is None:
                     continue  # nothing to remember
                 cond = AlertCondition(device_id=device_id, rule=rule, bad_count=0, good_count=0)
                 db.add(cond)
-            s = rules.step(rule in findings, cond.bad_count, cond.good_count, rule in active,
+                snap.conditions[key] = cond
+            s = rules.step(rule in findings, cond.bad_count, cond.good_count, active is not None,
                            self.t)  # fmt: skip
             cond.bad_count, cond.good_count = s.bad_count, s.good_count
             if s.open:
                 f = findings[rule]
-                changes.append(self._open(db, device_id, rule, f.severity, f.message, f.value, at))
-            elif s.resolve:
-                changes.append(self._resolve(active[rule], at))
-        return changes
+                alert = self._new(db, device_id, rule, f.severity, f.message, f.value, at)
+                snap.active[key] = alert
+                steps.append((alert, OPEN, at))
+            elif s.resolve and active is not None:
+                steps.append((self._resolve(active, at), RESOLVED, at))
+                del snap.active[key]
 
-    def observe_state(self, db: Session, device_id: str, state: str, reason: str | None,
-                      at: float) -> list[AlertChange]:  # fmt: skip
+    def _state(
+        self, db: Session, snap: _Snapshot, device_id: str, state: str, reason: str | None,
+        at: float, steps: list[tuple[Alert, str, float]],
+    ) -> None:  # fmt: skip
         """Offline opens the ``offline`` alert at once; online resolves it."""
-        active = self._active(db, device_id).get(rules.OFFLINE_RULE)
+        key = (device_id, rules.OFFLINE_RULE)
+        active = snap.active.get(key)
         if state == "offline" and active is None:
             msg = f"device offline ({reason or 'unknown reason'})"
-            return [self._open(db, device_id, rules.OFFLINE_RULE, rules.CRITICAL, msg, None, at)]
-        if state == "online" and active is not None:
-            return [self._resolve(active, at)]
-        return []
+            alert = self._new(db, device_id, rules.OFFLINE_RULE, rules.CRITICAL, msg, None, at)
+            snap.active[key] = alert
+            steps.append((alert, OPEN, at))
+        elif state == "online" and active is not None:
+            steps.append((self._resolve(active, at), RESOLVED, at))
+            del snap.active[key]
 
     @staticmethod
-    def _open(db: Session, device_id: str, rule: str, severity: str, message: str,
-              value: float | str | None, at: float) -> AlertChange:  # fmt: skip
+    def _new(db: Session, device_id: str, rule: str, severity: str, message: str,
+             value: float | str | None, at: float) -> Alert:  # fmt: skip
         alert = Alert(device_id=device_id, rule=rule, severity=severity, state=OPEN,
                       message=message[:256], value=None if value is None else str(value)[:64],
                       opened_at=at)  # fmt: skip
         db.add(alert)
-        db.flush()  # the id, for the notification
-        return _change(alert, at)
+        return alert
 
     @staticmethod
-    def _resolve(alert: Alert, at: float) -> AlertChange:
+    def _resolve(alert: Alert, at: float) -> Alert:
         alert.state = RESOLVED
         alert.resolved_at = at
-        return _change(alert, at)
+        return alert
 
     @staticmethod
     def acknowledge(db: Session, alert_id: int, who: str, at: float) -> AlertChange:
@@ -161,4 +206,4 @@ class AlertBook:
         alert.state = ACKNOWLEDGED
         alert.acknowledged_at = at
         alert.acknowledged_by = who[:64]
-        return _change(alert, at)
+        return _change(alert, ACKNOWLEDGED, at)

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server import commands, health
+from fleet_server import commands, events, health
 from fleet_server.alerts import AlertBook, AlertChange
 from fleet_server.db import Base, Device, Heartbeat
 
@@ -41,6 +41,7 @@ class ApplyStats:
     observed: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
     alerts: list[AlertChange] = field(default_factory=list)
     command_results: int = 0
+    events: int = 0
 
 
 def _insert(db: Session, table: type[Base]) -> Any:
@@ -62,6 +63,7 @@ class Registry:
         with self.sessions.begin() as db:
             devices = self._lock_devices(db, batch)
             rows: list[dict[str, Any]] = []
+            event_rows: list[dict[str, Any]] = []
             for msg in batch:
                 dev = devices[msg.device_id]
                 if msg.kind == "heartbeat":
@@ -73,9 +75,14 @@ class Registry:
                     stats.command_results += done is not None
                 elif msg.kind == "config_reported":
                     commands.apply_report(db, dev.id, msg.body, msg.received_at)
+                elif msg.kind == "event":  # issue 4: stored below, de-duplicated by event_id
+                    event_rows.append(events.event_row(dev.id, msg.body, msg.received_at))
                 else:
-                    stats.ignored += 1  # events, command results: later issues
+                    stats.ignored += 1
             db.flush()  # new devices first: heartbeats refer to them
+            stored, dups = events.store_events(db, event_rows)
+            stats.events += stored
+            stats.duplicates += dups
             if rows:
                 # the unique (device, seq, ts) index drops a redelivery another worker stored
                 db.execute(_insert(db, Heartbeat).on_conflict_do_nothing(), rows)
@@ -169,13 +176,12 @@ class Registry:
     ) -> None:
         """In the batch's transaction, with the device rows locked: state changes first
         (offline opens its alert at once), then the rules on each new heartbeat."""
-        for dev_id in dict.fromkeys(stats.went_offline + stats.went_online):
-            dev = devices[dev_id]
-            stats.alerts += book.observe_state(
-                db, dev_id, dev.state, dev.state_reason, dev.state_changed_at
-            )
-        for dev_id, body, at in stats.observed:
-            stats.alerts += book.observe_heartbeat(db, dev_id, body, at)
+        states = [
+            (dev_id, devices[dev_id].state, devices[dev_id].state_reason,
+             devices[dev_id].state_changed_at)
+            for dev_id in dict.fromkeys(stats.went_offline + stats.went_online)
+        ]  # fmt: skip
+        stats.alerts += book.observe_batch(db, states, stats.observed)
 
     def _status(self, dev: Device, msg: Accepted, stats: ApplyStats) -> None:
         body = msg.body
@@ -213,10 +219,9 @@ class Registry:
                     dev.state_reason = health.REASON_DEADLINE
                     dev.state_changed_at = now
                     gone.append(dev.id)
-                    if self.alerts is not None:
-                        changes += self.alerts.observe_state(
-                            db, dev.id, dev.state, dev.state_reason, now
-                        )
+            if self.alerts is not None and gone:
+                states = [(d, health.OFFLINE, health.REASON_DEADLINE, now) for d in gone]
+                changes = self.alerts.observe_batch(db, states, [])
         return gone, changes
 
     def expire_commands(self, now: float) -> list[str]:
