@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_banner(server: ServerProcess, broker: Broker, procs: list[Process], state: Path) -> None:
     print("\ncamfleet demo is running\n", flush=True)
+    print(f"  dashboard     {server.base_url}/ui/")
     print(f"  REST API      {server.base_url}/api/devices   (OpenAPI: {server.base_url}/openapi.json)")
     print(f"  metrics       {server.base_url}/metrics")
     print(f"  broker        mqtts://localhost:{broker.port} (TLS, client certificates)")
