@@ -62,6 +62,7 @@ class Ingest:
         self._stop = threading.Event()
         self._generation = 0
         self._connected = threading.Event()
+        self._unsubscribed = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -79,6 +80,7 @@ class Ingest:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_unsubscribe = lambda *_args: self._unsubscribed.set()
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -97,8 +99,27 @@ class Ingest:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def stop(self) -> None:
-        self.client.disconnect()
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Leave the shared group without losing anything, then end the session.
+
+        Unsubscribe first (the broker gives this worker's share to the others from then
+        on), store and acknowledge what already arrived, then disconnect with a session
+        expiry of 0: a worker that stopped cleanly must not keep a session in the group,
+        where the broker would go on queueing a share of the fleet's messages for it. A
+        worker that crashes keeps its session (and its share) until it returns or the
+        session expires (``session_expiry_s``).
+        """
+        if self._connected.is_set():
+            self._unsubscribed.clear()
+            filters = [t for t, _q in contract.server_subscriptions(shared=self.cfg.shared)]
+            self.client.unsubscribe(filters)
+            self._unsubscribed.wait(5.0)
+            until = time.monotonic() + drain_s
+            while time.monotonic() < until and self._queue.unfinished_tasks:
+                time.sleep(0.02)
+        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
         self._stop.set()
         self._writer.join(timeout=10)
@@ -201,7 +222,11 @@ class Ingest:
             batch = self._next_batch()
             self.metrics.queue_depth.set(self._queue.qsize())
             if batch:
-                self._store(batch)
+                try:
+                    self._store(batch)
+                finally:
+                    for _ in batch:  # counted as done once stored and acknowledged
+                        self._queue.task_done()
 
     def _store(self, batch: list[_Item]) -> None:
         delay = 0.2
