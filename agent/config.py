@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent.pipeline_config import PipelineSettings
+from agent.renewal import RenewalSettings
 from firmware import contract
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -92,10 +94,12 @@ class _CameraCommon(BaseModel):
 
 
 class FilesCameraSettings(_CameraCommon):
-    """Replays the image files of a folder, in name order, round and round."""
+    """Replays the image files of a folder in name order, round and round (or one file)."""
 
     type: Literal["files"] = Field(description="Source kind: image files from a folder.")
-    path: Path = Field(description="Folder holding the image files (.ppm .pgm .jpg .png .bmp).")
+    path: Path = Field(
+        description="Folder holding the image files (.ppm .pgm .jpg .png .bmp), or one file."
+    )
 
 
 class SyntheticCameraSettings(_CameraCommon):
@@ -106,13 +110,53 @@ class SyntheticCameraSettings(_CameraCommon):
     height: int = Field(48, ge=8, le=1080, description="Frame height in pixels.")
 
 
+class OpenCvCameraSettings(_CameraCommon):
+    """A V4L2 device, an RTSP/HTTP stream or a video file, read through OpenCV."""
+
+    type: Literal["opencv"] = Field(description="Source kind: OpenCV VideoCapture.")
+    url: str = Field(
+        min_length=1,
+        description='/dev/videoN, a device index ("0"), rtsp://... or a video file path.',
+    )
+    width: int | None = Field(None, ge=8, le=7680, description="Requested frame width.")
+    height: int | None = Field(None, ge=8, le=4320, description="Requested frame height.")
+    loop: bool = Field(True, description="Video files: start again at the end.")
+    timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Open and read timeout of a stream, seconds."
+    )
+
+
+class PiCameraSettings(_CameraCommon):
+    """The Raspberry Pi camera through picamera2 (only on Raspberry Pi OS)."""
+
+    type: Literal["picamera2"] = Field(description="Source kind: picamera2.")
+    width: int = Field(1280, ge=64, le=4608, description="Frame width.")
+    height: int = Field(720, ge=64, le=2592, description="Frame height.")
+
+
 CameraSettings = Annotated[
-    FilesCameraSettings | SyntheticCameraSettings, Field(discriminator="type")
+    FilesCameraSettings | SyntheticCameraSettings | OpenCvCameraSettings | PiCameraSettings,
+    Field(discriminator="type"),
 ]
 
 
 def _default_camera() -> SyntheticCameraSettings:
     return SyntheticCameraSettings(type="synthetic")
+
+
+class CommandSettings(BaseModel):
+    """What remote commands may do on this box."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_reboot: bool = Field(
+        False, description="Whether the fleet server's reboot command may reboot the box."
+    )
+    reboot_command: list[str] = Field(
+        default_factory=lambda: ["systemctl", "reboot"],
+        min_length=1,
+        description="The command run to reboot (when allowed).",
+    )
 
 
 class AgentSettings(BaseSettings):
@@ -135,6 +179,28 @@ class AgentSettings(BaseSettings):
         default_factory=_default_camera, description="Where frames come from."
     )
     log_level: LogLevel = Field("INFO", description="Lowest log level written.")
+    commands: CommandSettings = Field(
+        default_factory=CommandSettings, description="Remote commands (reboot permission)."
+    )
+    renewal: RenewalSettings | None = Field(
+        None, description="Certificate renewal over EST; absent: the certificate is not renewed."
+    )
+    pipeline: PipelineSettings | None = Field(
+        None,
+        description="Detection, tracking, counting, scene health and the outbox; "
+        "absent: the agent only sends heartbeats.",
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus metrics on 127.0.0.1:<port>; 0: off."
+    )
+    watchdog_stall_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="No systemd watchdog ping once the pipeline thread has made no "
+        "progress for this long, or it or the outbox sender has died (systemd then "
+        "restarts the agent).",
+    )
 
     @field_validator("device_id")
     @classmethod

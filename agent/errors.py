@@ -22,3 +22,19 @@ class CameraError(AgentError):
 
 class StateDirError(AgentError):
     """The state directory cannot be created or is not writable."""
+
+
+class ModelError(AgentError):
+    """A model or its model card cannot be fetched, loaded or does not match its card."""
+
+
+class DetectorError(AgentError):
+    """The detector backend is missing or failed to run."""
+
+
+class PipelineConfigError(AgentError):
+    """The detection pipeline's settings do not fit the model or the frame."""
+
+
+class OutboxError(AgentError):
+    """The on-disk outbox cannot be opened or written."""

@@ -40,6 +40,9 @@ _MAX_QUEUED = 100
 _SUBSCRIBE_KINDS = ("cmd_req", "config_desired")
 
 MessageHandler = Callable[[str, dict[str, Any]], None]
+# (generation, mid, ok): the broker acknowledged (PUBACK) message ``mid`` published on the
+# connection ``generation``; ok is False when it refused it in the PUBACK's reason code.
+PublishedHandler = Callable[[int, int, bool], None]
 
 _PAHO_LOG = logging.getLogger("agent.link.paho")
 
@@ -103,6 +106,8 @@ class Link:
         self._thread: threading.Thread | None = None
         self._connects = 0
         self._session_ts = 0.0  # ts of the current connection's will and online status
+        self._generation = 0  # counts the clients made; acks name the one they came on
+        self.on_published: PublishedHandler | None = None
         if not any(isinstance(f, _PahoNoise) for f in _PAHO_LOG.filters):
             _PAHO_LOG.addFilter(_PahoNoise())
 
@@ -142,6 +147,27 @@ class Link:
             log.debug("publish of %s not accepted: %s", kind, mqtt.error_string(info.rc))
             return False
         return True
+
+    def publish_raw(
+        self, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> tuple[int, int] | None:
+        """Hand an already encoded message to paho; (generation, mid), or None when not
+        connected or paho refused it. ``on_published`` later tells its PUBACK."""
+        with self._lock:
+            client = self._client
+            generation = self._generation
+        if client is None or not self._connected.is_set():
+            return None
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.debug("publish on %s not accepted: %s", topic, mqtt.error_string(info.rc))
+            return None
+        return generation, info.mid
+
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
 
     def close(self, reason: str = "shutdown", timeout: float = 10.0) -> None:
         """Say offline (retained, with ``reason``), disconnect, stop the thread."""
@@ -241,6 +267,22 @@ class Link:
         except OSError as exc:  # includes ssl.SSLError
             raise LinkError(f"cannot load TLS files: {exc}") from exc
         client.connect_timeout = s.connect_timeout_s
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+
+        def on_publish(
+            _c: mqtt.Client,
+            _u: Any,
+            mid: int,
+            reason_code: ReasonCode,
+            _p: Properties | None,
+        ) -> None:
+            handler = self.on_published
+            if handler is not None:
+                handler(generation, mid, not reason_code.is_failure)
+
+        client.on_publish = on_publish
         client.max_queued_messages_set(_MAX_QUEUED)
         # the will's ts is the time of this attempt: the broker sends it as it is, and the
         # online status of this connection repeats it

@@ -43,6 +43,15 @@ else:  # CPython
     sleep_ms = _cp_sleep_ms
 
 
+_T0 = ticks_ms()
+
+
+def log(level: str, fmt: str, *args: object) -> None:
+    """One line on stdout: seconds since start, level letter, message. Never key material."""
+    ms = ticks_diff(ticks_ms(), _T0)
+    print("[%6d.%03d] %s node: %s" % (ms // 1000, ms % 1000, level, fmt % args if args else fmt))
+
+
 # Ports whose epoch is 2000-01-01 (most microcontroller ports) report Unix time plus this.
 EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
@@ -99,3 +108,31 @@ class Every:
             return 0
         left = ticks_diff(self._next, now)
         return left if left > 0 else 0
+
+
+class Liveness:
+    """Which tasks have made progress lately.
+
+    Each task has an allowance; ``beat`` records that it finished a step. The main loop
+    feeds the watchdog only while ``stalled`` is None, so a task that hangs (the loop
+    stops) or keeps failing (its beat stops) leaves the watchdog hungry and the board
+    resets. One task's trouble is not hidden by the others' progress.
+    """
+
+    def __init__(self) -> None:
+        self._limit: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+
+    def add(self, name: str, limit_ms: int, now: int) -> None:
+        self._limit[name] = limit_ms
+        self._last[name] = now
+
+    def beat(self, name: str, now: int) -> None:
+        self._last[name] = now
+
+    def stalled(self, now: int) -> str | None:
+        """A task whose last beat is older than its allowance, or None."""
+        for name in self._limit:
+            if ticks_diff(now, self._last[name]) > self._limit[name]:
+                return name
+        return None

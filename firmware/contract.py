@@ -183,6 +183,13 @@ SCHEMAS = {
         "frames": (_T_INT, False),
         "camera": (_T_STR, False),
         "outbox": (_T_INT, False),
+        # detection pipeline and scene health (agent)
+        "outbox_dropped": (_T_INT, False),
+        "scene": (_T_LIST, False),
+        "brightness": (_T_NUM, False),
+        "sharpness": (_T_NUM, False),
+        "infer_ms": (_T_NUM, False),
+        "invokes": (_T_INT, False),
     },
     "event": {
         "seq": (_T_INT, True),
@@ -226,6 +233,9 @@ _RANGES = {
     "version": (0, 2**31),
     "fps": (0, 1000),
     "load1": (0, 10**4),
+    "brightness": (0, 255),
+    "sharpness": (0, 10**9),
+    "infer_ms": (0, 10**6),
 }
 _ENUMS = {
     ("status", "state"): STATUS_STATES,

@@ -1,32 +1,20 @@
 # The hardware seam: everything the node needs of its board, behind one small interface.
 #
-# HAL is the interface (and a board with nothing attached). SimHAL runs on the unix port:
-# its inputs are files a test or a rig writes into ``sim_dir`` (``pin_door`` holding "1"),
-# its outputs are files it writes there (``pin_relay``). hal_machine.MachineHAL drives the
-# real pins; it is imported only when chosen, so nothing touches hardware at import time.
+# HAL is the interface, and a board with nothing attached ("none"). Two implementations
+# of the same interface: hal_machine.MachineHAL drives real pins through ``machine``;
+# hal_sim.SimHAL runs on the unix port with pins and sensors that a test or a rig drives
+# through files. Each is imported only when chosen, so nothing touches hardware at import
+# time and a board carries no simulator.
 #
-# Files in sim_dir:
-#   inputs   pin_door, pin_box_heartbeat ("1"/"0"), temp_c ("31.5"), rssi ("-61"),
-#            reset_cause (read once at boot, then removed: the next boot is "power_on")
-#   outputs  pin_relay ("1"/"0"); wdt_fed (Unix time of the last feed, at most 1/s);
-#            reset_cause = "wdt" when the simulated watchdog fires
-
-import os
-import sys
-
-try:
-    import clock
-    import fsutil
-except ImportError:  # CPython: the firmware is the package ``firmware``
-    from firmware import clock, fsutil
+# The relay is the edge box's power cut: energised (True) = box power OFF, through a
+# normally-closed contact, so a board that resets or dies (its pins float back to 0)
+# leaves the box powered.
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any
 
 RESET_CAUSES = ("power_on", "hard", "wdt", "deep_sleep", "soft", "unknown")
-
-_FEED_NOTE_MS = 1000  # how often SimHAL records a watchdog feed in sim_dir
 
 
 class HALError(Exception):
@@ -42,6 +30,7 @@ class HAL:
         self._relay = False
 
     def set_relay(self, on: bool) -> None:
+        """Energise (True: box power off) or release the power-cut relay."""
         self._relay = bool(on)
 
     def relay(self) -> bool:
@@ -51,11 +40,28 @@ class HAL:
         """True when the cabinet door is open, None when there is no door switch."""
         return None
 
-    def box_heartbeat(self) -> bool | None:
+    def tamper(self) -> bool | None:
+        """True while the tamper switch is tripped, None when there is none."""
+        return None
+
+    def mains_ok(self) -> bool | None:
+        """True while mains power is present, None when it is not sensed."""
+        return None
+
+    def battery_v(self) -> float | None:
+        return None
+
+    def box_line(self) -> bool | None:
         """Level of the edge box's heartbeat line, None when not wired."""
         return None
 
+    def climate(self) -> "tuple[float, float] | None":
+        """(temperature C, humidity %) from the cabinet sensor, None when there is none.
+        Raises OSError when the sensor is there and fails."""
+        return None
+
     def temperature_c(self) -> float | None:
+        """The microcontroller's own temperature, None when it has no sensor."""
         return None
 
     def rssi(self) -> int | None:
@@ -64,139 +70,36 @@ class HAL:
     def reset_cause(self) -> str:
         return "unknown"
 
+    def network_up(self, cfg: "dict[str, Any]") -> bool:
+        """Bring the board's network up (Wi-Fi, clock) if it has to; False: not yet."""
+        return True
+
     def watchdog_start(self, timeout_ms: int) -> None:
         """Arm the watchdog; once armed it cannot be stopped, only fed."""
 
     def watchdog_feed(self) -> None:
         pass
 
-    def readings(self) -> dict[str, object]:
-        """The HAL's part of a heartbeat: present keys only."""
-        out: dict[str, object] = {"reset_cause": self.reset_cause()}
-        temp = self.temperature_c()
-        if temp is not None:
-            out["temp_c"] = temp
-        rssi = self.rssi()
-        if rssi is not None:
-            out["rssi"] = rssi
-        return out
-
-
-def _exists(path: str) -> bool:
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-class SimHAL(HAL):
-    """Simulated board for the unix port, driven through files in ``sim_dir``."""
-
-    name = "sim"
-
-    def __init__(self, sim_dir: str, exit_on_watchdog: bool = True) -> None:
-        super().__init__()
-        self.dir = sim_dir.rstrip("/") or "/"
-        self.exit_on_watchdog = exit_on_watchdog
-        if not _exists(self.dir):
-            try:
-                os.mkdir(self.dir)
-            except OSError as exc:
-                raise HALError("cannot create sim_dir %s: %s" % (self.dir, exc))  # noqa: B904
-        cause = self._read("reset_cause")
-        self._reset_cause = cause if cause in RESET_CAUSES else "power_on"
-        if cause is not None:
-            os.remove(self._path("reset_cause"))
-        self._wdt_timeout: int | None = None
-        self._wdt_fed = 0
-        self._wdt_noted = 0
-        self.set_relay(self._read("pin_relay") == "1")
-
-    def _path(self, name: str) -> str:
-        return self.dir + "/" + name
-
-    def _read(self, name: str) -> str | None:
-        try:
-            with open(self._path(name)) as f:
-                return f.read().strip()
-        except OSError:
-            return None
-
-    def _write(self, name: str, text: str) -> None:
-        fsutil.atomic_write(self._path(name), text.encode())
-
-    def _pin(self, name: str) -> bool | None:
-        value = self._read(name)
-        if value == "1":
-            return True
-        if value == "0":
-            return False
-        return None
-
-    def _number(self, name: str, convert: "Callable[[str], Any]") -> "Any":
-        value = self._read(name)
-        if value is None:
-            return None
-        try:
-            return convert(value)
-        except ValueError:
-            return None
-
-    def set_relay(self, on: bool) -> None:
-        super().set_relay(on)
-        self._write("pin_relay", "1" if on else "0")
-
-    def door_open(self) -> bool | None:
-        return self._pin("pin_door")
-
-    def box_heartbeat(self) -> bool | None:
-        return self._pin("pin_box_heartbeat")
-
-    def temperature_c(self) -> float | None:
-        return self._number("temp_c", float)
-
-    def rssi(self) -> int | None:
-        return self._number("rssi", int)
-
-    def reset_cause(self) -> str:
-        return self._reset_cause
-
-    def watchdog_start(self, timeout_ms: int) -> None:
-        self._wdt_timeout = timeout_ms
-        self._wdt_fed = clock.ticks_ms()
-        self._wdt_noted = clock.ticks_add(self._wdt_fed, -_FEED_NOTE_MS)
-
-    def watchdog_feed(self) -> None:
-        """Feed; a feed later than the timeout is what a real watchdog never sees: the
-        board has been reset by then. The simulation resets: reset_cause "wdt", exit 3."""
-        if self._wdt_timeout is None:
-            return
-        now = clock.ticks_ms()
-        late = clock.ticks_diff(now, self._wdt_fed)
-        if late > self._wdt_timeout:
-            self._write("reset_cause", "wdt")
-            if self.exit_on_watchdog:
-                print("E hal: watchdog expired (%d ms without a feed): reset" % late)
-                sys.exit(3)
-            raise HALError("watchdog expired after %d ms" % late)
-        self._wdt_fed = now
-        if clock.ticks_diff(now, self._wdt_noted) >= _FEED_NOTE_MS:
-            self._wdt_noted = now
-            self._write("wdt_fed", "%d" % clock.unix_time())
+    def reset(self) -> None:
+        """Reset the board now (machine.reset()); does not return."""
+        raise SystemExit(4)
 
 
 def make_hal(cfg: "dict[str, Any]") -> HAL:
     """The HAL ``cfg["hal"]`` names: "sim" (files in cfg["sim_dir"]), "machine" or "none"."""
     kind = cfg.get("hal", "sim")
     if kind == "sim":
-        return SimHAL(cfg.get("sim_dir") or "sim")
+        try:
+            import hal_sim
+        except ImportError:
+            from firmware import hal_sim
+        return hal_sim.SimHAL(cfg.get("sim_dir") or "sim")
     if kind == "machine":
         try:
             import hal_machine
         except ImportError:
             from firmware import hal_machine
-        return hal_machine.MachineHAL(cfg.get("pins") or {})
+        return hal_machine.MachineHAL(cfg.get("pins") or {}, cfg.get("battery_scale", 5.0))
     if kind == "none":
         return HAL()
     raise HALError("unknown hal %r (sim, machine or none)" % (kind,))

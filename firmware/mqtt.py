@@ -4,7 +4,10 @@
 # fleet member needs and no more: CONNECT with a last will and a kept session, PUBLISH at
 # QoS 0 and 1 (QoS 1 waits for PUBACK; unacknowledged messages are re-sent with DUP after
 # a reconnect that keeps the session), SUBSCRIBE with a SUBACK check, PINGREQ when the
-# keepalive is due, and a non-blocking ``poll()`` that reads what is there, bounded.
+# keepalive is due, and a non-blocking ``poll()`` that reads what is there, bounded. An
+# incoming PUBLISH larger than max_packet is acknowledged and dropped as it streams in,
+# never held (``on_oversized`` reports it): a retained message too big for the node's RAM
+# must not make it reconnect forever.
 #
 # Packets are built and parsed in mqtt_packet.py (tested byte for byte); the client holds
 # the socket in ``self.sock`` so a test can put a fake byte stream there. The error classes
@@ -76,6 +79,8 @@ class MQTTClient:
         self.max_packet = max_packet
         self.timeout_ms = timeout_ms
         self.on_message: "Callable[[str, bytes, bool], None] | None" = None
+        # called with (topic, size) for a PUBLISH over max_packet: acknowledged, dropped
+        self.on_oversized: "Callable[[str, int], None] | None" = None
         # called while blocking for an ack (feed a watchdog there)
         self.on_wait: "Callable[[], object] | None" = None
         self.sock: "Any" = None
@@ -83,9 +88,12 @@ class MQTTClient:
         self._poller: "Any" = None
         self._will: tuple[str, bytes, int, bool] | None = None
         self._rx = bytearray()
+        self._chunk = bytearray(_READ_CHUNK)
+        self._skip = 0  # bytes of an oversized PUBLISH still to drop
         self._pid = 0
         self._inflight: dict[int, bytes] = {}  # pid -> PUBLISH not yet acknowledged
         self._subacks: dict[int, bytes] = {}  # pid -> return codes
+        self._unsubacks: list[int] = []  # pids of UNSUBACKs received
         self._connack: tuple[bool, int] | None = None
         self._last_tx = 0
         self._ping_at: int | None = None  # ticks when a PINGREQ went out unanswered
@@ -164,6 +172,14 @@ class MQTTClient:
             raise SubscribeRefused("broker refused subscription to %r" % (topic,))
         return code
 
+    def unsubscribe(self, topic: str, timeout_ms: int | None = None) -> None:
+        """Drop one filter from the session; waits for UNSUBACK."""
+        self._require_connection()
+        pid = self._next_pid()
+        self._send(pk.unsubscribe_packet(pid, topic))
+        self._wait(lambda: pid in self._unsubacks, "UNSUBACK", timeout_ms)
+        self._unsubacks.remove(pid)
+
     def poll(self, now: int | None = None) -> None:
         """Non-blocking step: read what is there (bounded), dispatch it, ping when due."""
         self._require_connection()
@@ -233,7 +249,9 @@ class MQTTClient:
 
     def _reset_connection_state(self) -> None:
         self._rx = bytearray()
+        self._skip = 0
         self._subacks = {}
+        self._unsubacks = []
         self._connack = None
         self._ping_at = None
 
@@ -288,25 +306,51 @@ class MQTTClient:
     def _read_some(self) -> bool:
         """Read one chunk if there is one and handle every whole packet. False: no data."""
         try:
-            data = self.sock.read(_READ_CHUNK)
+            n = self.sock.readinto(self._chunk)  # into one buffer: no allocation per read
         except OSError as exc:
             if _would_block(exc):
                 return False
             self.close()
             raise NetworkError("read failed: %s" % (exc,))  # noqa: B904
-        if data is None:
+        if n is None:
             return False
-        if not data:
+        if not n:
             self.close()
             raise NetworkError("connection closed by the broker")
-        self._rx.extend(data)
-        while self.sock is not None:
-            found = pk.split_packet(self._rx, self.max_packet)
+        self._rx.extend(memoryview(self._chunk)[:n])
+        while self.sock is not None and self._rx:
+            if self._skip:
+                n = min(self._skip, len(self._rx))
+                self._rx[:n] = b""
+                self._skip -= n
+                continue
+            try:
+                found = pk.split_packet(self._rx, self.max_packet)
+            except PacketTooLarge:
+                if not self._skip_publish():
+                    break
+                continue
             if found is None:
                 break
             first, body, length = found
             self._rx[:length] = b""
             self._handle(pk.parse_packet(first, body))
+        return True
+
+    def _skip_publish(self) -> bool:
+        """Acknowledge and drop an oversized PUBLISH without holding it; False: its
+        header is not all here yet."""
+        head = pk.publish_prefix(self._rx, self.max_packet)
+        if head is None:
+            return False
+        topic, qos, pid, total = head
+        n = min(total, len(self._rx))
+        self._rx[:n] = b""
+        self._skip = total - n
+        if qos:
+            self._send(pk.puback_packet(pid))
+        if self.on_oversized is not None:
+            self.on_oversized(topic, total)
         return True
 
     def _handle(self, packet: "tuple[Any, ...]") -> None:
@@ -328,6 +372,9 @@ class MQTTClient:
             self._inflight.pop(packet[1], None)  # unknown ids: late duplicate acks
         elif ptype == pk.SUBACK:
             self._subacks[packet[1]] = packet[2]
+        elif ptype == pk.UNSUBACK:
+            if len(self._unsubacks) < 8:
+                self._unsubacks.append(packet[1])
         elif ptype == pk.PINGRESP:
             self._ping_at = None
 

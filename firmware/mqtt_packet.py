@@ -27,6 +27,7 @@ PUBLISH = const(0x30)
 PUBACK = const(0x40)
 SUBSCRIBE = const(0x80)
 SUBACK = const(0x90)
+UNSUBSCRIBE = const(0xA0)
 UNSUBACK = const(0xB0)
 PINGREQ = const(0xC0)
 PINGRESP = const(0xD0)
@@ -198,6 +199,11 @@ def subscribe_packet(pid: int, topic: str, qos: int) -> bytes:
     return _packet(SUBSCRIBE | 0x02, pid.to_bytes(2, "big") + _str(topic) + bytes([qos]))
 
 
+def unsubscribe_packet(pid: int, topic: str) -> bytes:
+    check_topic(topic, True)
+    return _packet(UNSUBSCRIBE | 0x02, pid.to_bytes(2, "big") + _str(topic))
+
+
 def puback_packet(pid: int) -> bytes:
     return bytes([PUBACK, 2]) + pid.to_bytes(2, "big")
 
@@ -228,7 +234,34 @@ def split_packet(buf: bytes | bytearray, max_packet: int) -> tuple[int, bytes, i
     return buf[0], bytes(buf[start : start + length]), start + length
 
 
-def _pid(body: bytes, at: int) -> int:
+def publish_prefix(buf: bytes | bytearray, max_packet: int) -> "tuple[str, int, int, int] | None":
+    """(topic, qos, pid, whole length) of the oversized PUBLISH at the start of ``buf``,
+    read from its first bytes alone (None while they are missing), so that the client can
+    acknowledge and skip it without holding it. Any other oversized packet is refused."""
+    rl = decode_remaining_length(buf, 1)
+    if rl is None:
+        return None
+    length, at = rl
+    if buf[0] & 0xF0 != PUBLISH:
+        raise PacketTooLarge("packet type 0x%x of %d bytes" % (buf[0] & 0xF0, at + length))
+    qos = (buf[0] >> 1) & 3
+    if qos > 1:
+        raise RemoteProtocolError("PUBLISH with QoS %d" % qos)
+    if len(buf) < at + 2:
+        return None
+    end = at + 2 + ((buf[at] << 8) | buf[at + 1])
+    if end + 2 > max_packet or end + (2 if qos else 0) > at + length:
+        raise RemoteProtocolError("PUBLISH topic longer than the packet allows")
+    if len(buf) < end + (2 if qos else 0):
+        return None
+    try:
+        topic = bytes(buf[at + 2 : end]).decode()
+    except UnicodeError:
+        raise RemoteProtocolError("PUBLISH topic is not UTF-8")  # noqa: B904 - no chaining on MicroPython
+    return topic, qos, _pid(buf, end) if qos else 0, at + length
+
+
+def _pid(body: bytes | bytearray, at: int) -> int:
     pid = (body[at] << 8) | body[at + 1]
     if pid == 0:
         raise RemoteProtocolError("packet id 0")

@@ -6,12 +6,15 @@ import datetime as dt
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from fleet_server import audit
 from fleet_server.alerts import Alert, AlertBook, AlertError
+from fleet_server.audit import Actor
+from fleet_server.auth import AUTH_RESPONSES, OPERATOR, require_role
 from fleet_server.notify import Notifier
 
 AlertState = Literal["open", "acknowledged", "resolved"]
@@ -40,7 +43,7 @@ class AlertPage(BaseModel):
 
 class AckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    by: str = Field(min_length=1, max_length=64, description="Who acknowledges")
+    note: str = Field("", max_length=256, description="Why, for the audit log")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -93,12 +96,24 @@ def alerts_router(sessions: sessionmaker[Session], notifier: Notifier) -> APIRou
     @router.post(
         "/{alert_id}/acknowledge",
         response_model=AlertOut,
-        responses={404: {"description": "No such alert"}, 409: {"description": "Not open"}},
+        responses={
+            404: {"description": "No such alert"},
+            409: {"description": "Not open"},
+            **AUTH_RESPONSES,
+        },
     )
-    def acknowledge(alert_id: Annotated[int, Path(ge=1, le=2**31)], body: AckIn) -> AlertOut:
+    def acknowledge(
+        alert_id: Annotated[int, Path(ge=1, le=2**31)],
+        body: AckIn,
+        who: Annotated[Actor, Depends(require_role(OPERATOR))],
+    ) -> AlertOut:
         try:
             with sessions.begin() as db:
-                change = AlertBook.acknowledge(db, alert_id, body.by, time.time())
+                change = AlertBook.acknowledge(db, alert_id, who.name, time.time())
+                audit.record(
+                    db, who, "alert.acknowledge", str(alert_id), "ok",
+                    {"note": body.note} if body.note else None,
+                )  # fmt: skip
         except AlertError as exc:
             with sessions() as db:
                 exists = db.get(Alert, alert_id) is not None

@@ -8,8 +8,11 @@ Layout of ``pki_dir``::
     broker.key broker.pem       the broker's TLS server certificate (leaf + issuing chain)
     server.key server.pem       the fleet server's MQTT client identity (CN _fleet-server)
     devices/<id>/               key.pem cert.pem root.pem (+ key.der cert.der root.der)
+    crl.pem                     CRL of the issuing CA (the broker's ``crlfile``)
+    est.key est.pem             TLS server certificate of the EST listener
 
-Every key and certificate is written atomically; keys with mode 0600.
+Every key and certificate is written atomically; keys with mode 0600. Signing CSRs, the CRL
+and CA rotation: ``fleet_server/ca_ops.py`` and docs/identity.md.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from firmware import contract
@@ -80,6 +83,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 class CertificateAuthority:
     def __init__(self, pki_dir: Path) -> None:
         self.dir = Path(pki_dir)
+        self._issuing_cache: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None
 
     # ---------------------------------------------------------------- paths
     @property
@@ -133,6 +137,10 @@ class CertificateAuthority:
             log.info("created root and issuing CA in %s", self.dir)
         if not self.broker_cert_path.exists():
             self.issue_broker_cert(broker_hosts or ["localhost", "127.0.0.1", "::1"])
+        if not (self.dir / "crl.pem").exists():
+            from fleet_server.ca_ops import write_crl
+
+            write_crl(self, [], days=7)
         if not self.server_cert_path.exists():
             key = _new_key()
             cert = self._leaf(contract.SERVER_IDENTITY, key.public_key(), 825, client=True)
@@ -180,12 +188,15 @@ class CertificateAuthority:
 
     # ---------------------------------------------------------------- internals
     def _issuing(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        if self._issuing_cache is not None:
+            return self._issuing_cache
         if not self.exists():
             raise CAError(f"no CA in {self.dir}: run 'camfleet-server init' first")
         key = serialization.load_pem_private_key((self.dir / "issuing.key").read_bytes(), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CAError("issuing key is not an EC key")
         cert = x509.load_pem_x509_certificate((self.dir / "issuing.pem").read_bytes())
+        self._issuing_cache = (key, cert)  # a rotation is a restart (docs/identity.md)
         return key, cert
 
     @staticmethod
@@ -222,7 +233,7 @@ class CertificateAuthority:
     def _leaf(
         self,
         cn: str,
-        public_key: ec.EllipticCurvePublicKey,
+        public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
         days: int,
         *,
         client: bool,

@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("broker", help="run Mosquitto with the generated config (foreground)")
     sub.add_parser("migrate", help="upgrade the database schema")
     sub.add_parser("run", help="run ingest, health monitor and the REST API")
+    user = sub.add_parser("add-user", help="add a person with a role; prints their API token")
+    user.add_argument("name")
+    user.add_argument("--role", required=True, help="admin, operator or technician")
     issue = sub.add_parser("issue-device", help="issue a device key and certificate")
     issue.add_argument("device_id")
     issue.add_argument("--out", type=Path, required=True, help="directory for the files")
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             from hil_tests.procs import mosquitto_bin
 
+            if layout.pid_file is not None:  # exec keeps this pid: the server SIGHUPs it
+                layout.pid_file.write_text(f"{os.getpid()}\n")
             os.execv(mosquitto_bin(), [mosquitto_bin(), "-c", str(layout.conf)])  # noqa: S606
         elif args.command == "migrate":
             from fleet_server.migrate import upgrade
@@ -66,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             from fleet_server.app import serve
 
             serve(settings)
+        elif args.command == "add-user":
+            from fleet_server.identity_cli import add_user
+
+            return add_user(settings, args.name, args.role)
         elif args.command == "issue-device":
             creds = ca.issue_device(args.device_id, args.out, args.days)
             print(f"issued {creds.device_id}: {creds.directory}")

@@ -7,13 +7,15 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from firmware import contract
-from fleet_server import commands
+from fleet_server import audit, commands
+from fleet_server.audit import Actor
+from fleet_server.auth import AUTH_RESPONSES, OPERATOR, require_role
 from fleet_server.commands import Command, CommandError, DeviceConfig, Outgoing
 from fleet_server.db import Device
 
@@ -24,6 +26,10 @@ DeviceId = Annotated[
 ]  # fmt: skip
 
 
+_BAD = "The message would break the protocol contract (e.g. too large)"
+Operator = Annotated[Actor, Depends(require_role(OPERATOR))]
+
+
 class CommandIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cmd: Literal["ping", "reboot", "restart", "snapshot", "logs", "relay", "sensors"] = Field(
@@ -31,7 +37,6 @@ class CommandIn(BaseModel):
     )
     args: dict[str, Any] = Field(default_factory=dict, description="Command arguments")
     timeout_s: float = Field(10.0, ge=0.5, le=300, description="Deadline for the answer, s")
-    by: str = Field("api", min_length=1, max_length=64, description="Who asks")
 
 
 class CommandOut(BaseModel):
@@ -51,7 +56,6 @@ class CommandOut(BaseModel):
 class ConfigIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any] = Field(description="Settings for the device")
-    by: str = Field("api", min_length=1, max_length=64, description="Who sets it")
 
 
 class ConfigOut(BaseModel):
@@ -98,22 +102,29 @@ def commands_router(sessions: sessionmaker[Session], send: Callable[[Outgoing], 
         "/api/devices/{device_id}/commands",
         response_model=CommandOut,
         status_code=202,
-        responses={404: {"description": "No such device"}},
+        responses={
+            404: {"description": "No such device"},
+            400: {"description": _BAD},
+            **AUTH_RESPONSES,
+        },
     )
     def post_command(
         device_id: DeviceId,
         body: CommandIn,
+        who: Operator,
         wait: Annotated[bool, Query(description="Answer only when the command is done")] = False,
     ) -> CommandOut:
         with sessions.begin() as db:
             _known(db, device_id)
             try:
                 rec, out = commands.new_command(
-                    db, device_id, body.cmd, body.args, body.timeout_s, body.by, time.time()
+                    db, device_id, body.cmd, body.args, body.timeout_s, who.name, time.time()
                 )
             except CommandError as exc:
-                raise HTTPException(status_code=422, detail=str(exc)) from exc
+                raise HTTPException(status_code=400, detail=str(exc)) from exc
             cid = rec.cid
+            audit.record(db, who, f"command.{body.cmd}", device_id, "sent",
+                         {"cid": cid, "args": body.args})  # fmt: skip
         send(out)
         if wait:  # bounded by the command's own deadline (at most 300 s) plus a margin
             until = time.monotonic() + body.timeout_s + 2.0
@@ -155,15 +166,20 @@ def commands_router(sessions: sessionmaker[Session], send: Callable[[Outgoing], 
     @router.put(
         "/api/devices/{device_id}/config",
         response_model=ConfigOut,
-        responses={404: {"description": "No such device"}},
+        responses={
+            404: {"description": "No such device"},
+            400: {"description": _BAD},
+            **AUTH_RESPONSES,
+        },
     )
-    def put_config(device_id: DeviceId, body: ConfigIn) -> ConfigOut:
+    def put_config(device_id: DeviceId, body: ConfigIn, who: Operator) -> ConfigOut:
         with sessions.begin() as db:
             _known(db, device_id)
             try:
-                rec, out = commands.set_desired(db, device_id, body.config, body.by, time.time())
+                rec, out = commands.set_desired(db, device_id, body.config, who.name, time.time())
             except CommandError as exc:
-                raise HTTPException(status_code=422, detail=str(exc)) from exc
+                raise HTTPException(status_code=400, detail=str(exc)) from exc
+            audit.record(db, who, "config.set", device_id, "ok", {"version": rec.version})
             result = config_out(rec)
         send(out)
         return result

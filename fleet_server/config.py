@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet_server.identity_config import IdentitySettings
 from fleet_server.rules import RuleThresholds
 
 
@@ -114,6 +115,9 @@ class ServerSettings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings, description="REST API")
     health: HealthSettings = Field(default_factory=HealthSettings, description="Health checks")
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="MQTT ingest")
+    identity: IdentitySettings = Field(
+        default_factory=IdentitySettings, description="Certificates, enrollment, revocation"
+    )
     alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alert delivery")
 
     @property

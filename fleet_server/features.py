@@ -19,6 +19,8 @@ from fleet_server.commands import Outgoing
 from fleet_server.commands_api import commands_router
 from fleet_server.config import ServerSettings
 from fleet_server.dashboard import dashboard_router
+from fleet_server.events import events_router
+from fleet_server.identity_api import identity_router
 from fleet_server.metrics import Metrics
 from fleet_server.notify import Notifier
 from fleet_server.registry import Registry
@@ -38,7 +40,9 @@ class ServerContext:
 
 def routers(ctx: ServerContext) -> list[APIRouter]:
     found: list[APIRouter] = []
+    found.append(identity_router(ctx))  # issue 3: tokens, revocation, commissioning, EST
     found.append(alerts_router(ctx.sessions, ctx.notifier))
     found.append(commands_router(ctx.sessions, ctx.send))
     found.append(dashboard_router(ctx.sessions))
+    found.append(events_router(ctx.sessions))  # issue 4: events, snapshots, counts
     return found

@@ -76,7 +76,9 @@ class Ingest:
             keyfile=str(ca.server_key_path),
         )
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(1, 30)
+        # back within seconds of a broker restart: Mosquitto 2.0 does not restore shared
+        # subscriptions, so what devices publish before we subscribe again reaches no one
+        self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message

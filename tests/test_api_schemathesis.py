@@ -16,8 +16,8 @@ from schemathesis.checks import (
 )
 
 from fleet_server.ca import CertificateAuthority
+from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker
-from hil_tests.server import ServerProcess
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]  # fmt: skip
@@ -26,17 +26,20 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def api_server(
     broker: Broker, ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("fuzz"), ca.dir, broker.port)
-    srv.start_and_wait()
+) -> Iterator[IdentityServer]:
+    srv = IdentityServer(tmp_path_factory.mktemp("fuzz"), ca, broker)
+    srv.start_all()
     yield srv
     assert srv.alive(), "the server died under fuzzing"
     srv.stop()
 
 
-def test_api_has_no_server_errors(api_server: ServerProcess) -> None:
+@pytest.mark.parametrize("as_admin", [False, True], ids=["no-token", "admin"])
+def test_api_has_no_server_errors(api_server: IdentityServer, as_admin: bool) -> None:
     """Each operation gets its own bounded Hypothesis run (schemathesis's pytest plugin does
-    not run under pytest 9, so the operations are driven from here)."""
+    not run under pytest 9, so the operations are driven from here), once without a token
+    (every protected route must say 401, documented) and once as an admin."""
+    headers = {"Authorization": f"Bearer {api_server.admin_token}"} if as_admin else {}
     schema = schemathesis.openapi.from_url(api_server.base_url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 8
@@ -46,6 +49,6 @@ def test_api_has_no_server_errors(api_server: ServerProcess) -> None:
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
                   database=None)  # fmt: skip
         def check(case: schemathesis.Case) -> None:
-            case.call_and_validate(checks=CHECKS)
+            case.call_and_validate(checks=CHECKS, headers=headers)
 
         check()

@@ -6,10 +6,12 @@ round trips with the real agent and the real MicroPython node are in their own t
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,8 +19,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware import contract
 from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from hil_tests.agent import agent_process
+from hil_tests.identity import IdentityServer
+from hil_tests.images import write_test_images
 from hil_tests.procs import Broker, wait_for
-from hil_tests.server import ServerProcess
 from tests.mqtt_helpers import Client
 
 MakeDevice = Callable[[str], DeviceCredentials]
@@ -27,9 +31,9 @@ MakeDevice = Callable[[str], DeviceCredentials]
 @pytest.fixture(scope="module")
 def server(
     broker: Broker, ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("cmd-server"), ca.dir, broker.port)
-    srv.start_and_wait()
+) -> Iterator[IdentityServer]:
+    srv = IdentityServer(tmp_path_factory.mktemp("cmd-server"), ca, broker)
+    srv.start_all()
     yield srv
     srv.stop()
 
@@ -83,21 +87,21 @@ class Responder:
 
 
 def test_command_round_trip_with_v5_properties(
-    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+    server: IdentityServer, broker: Broker, device_factory: MakeDevice
 ) -> None:
     dev = Responder(broker, device_factory("cmd-a"))
     try:
         wait_for(lambda: server.device("cmd-a") is not None, 10, what="cmd-a known")
-        status, done = server.post("/api/devices/cmd-a/commands?wait=true",
-                                   {"cmd": "ping", "timeout_s": 5, "by": "op-ana"})  # fmt: skip
+        status, done = server.call("POST", "/api/devices/cmd-a/commands?wait=true",
+                                   {"cmd": "ping", "timeout_s": 5})  # fmt: skip
         assert status == 202, done
         assert (done["state"], done["result"], done["requested_by"]) == (
-            "succeeded", {"pong": True}, "op-ana")  # fmt: skip
+            "succeeded", {"pong": True}, "admin")  # fmt: skip
         body, response_topic, correlation = dev.requests[-1]
         assert body["cid"] == done["cid"]
         assert response_topic == contract.topic("cmd-a", "cmd_res")
         assert correlation == done["cid"].encode()
-        status, failed = server.post("/api/devices/cmd-a/commands?wait=true",
+        status, failed = server.call("POST", "/api/devices/cmd-a/commands?wait=true",
                                      {"cmd": "reboot", "timeout_s": 5})  # fmt: skip
         assert (failed["state"], failed["error"]) == ("failed", "reboot not supported here")
         assert server.get(f"/api/commands/{done['cid']}")[1]["state"] == "succeeded"
@@ -108,7 +112,7 @@ def test_command_round_trip_with_v5_properties(
 
 
 def test_command_to_offline_device_times_out_with_clear_status(
-    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+    server: IdentityServer, broker: Broker, device_factory: MakeDevice
 ) -> None:
     creds = device_factory("cmd-gone")
     dev = Responder(broker, creds)
@@ -121,7 +125,7 @@ def test_command_to_offline_device_times_out_with_clear_status(
     dev.close()
     wait_for(lambda: (server.device("cmd-gone") or {}).get("state") == "offline", 10,
              what="offline")  # fmt: skip
-    status, res = server.post("/api/devices/cmd-gone/commands?wait=true",
+    status, res = server.call("POST", "/api/devices/cmd-gone/commands?wait=true",
                               {"cmd": "ping", "timeout_s": 1})  # fmt: skip
     assert status == 202
     assert res["state"] == "timed_out"
@@ -129,7 +133,7 @@ def test_command_to_offline_device_times_out_with_clear_status(
 
 
 def test_answers_that_match_nothing_change_nothing(
-    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+    server: IdentityServer, broker: Broker, device_factory: MakeDevice
 ) -> None:
     """An answer for another device's command, or a second answer, is ignored."""
     victim = Responder(broker, device_factory("cmd-b"))
@@ -140,7 +144,7 @@ def test_answers_that_match_nothing_change_nothing(
         wait_for(lambda: server.device("cmd-b") is not None, 10, what="cmd-b known")
         victim.client.unsubscribe(contract.topic("cmd-b", "cmd_req"))
         time.sleep(0.2)
-        status, pending = server.post("/api/devices/cmd-b/commands",
+        status, pending = server.call("POST", "/api/devices/cmd-b/commands",
                                       {"cmd": "ping", "timeout_s": 3})  # fmt: skip
         assert status == 202 and pending["state"] == "sent"
         forged = {"cid": pending["cid"], "ok": True, "result": {"pong": "forged"}}
@@ -155,24 +159,46 @@ def test_answers_that_match_nothing_change_nothing(
         other.close()
 
 
-def test_bad_command_requests_are_refused(server: ServerProcess) -> None:
-    assert server.post("/api/devices/nobody-here/commands", {"cmd": "ping"})[0] == 404
-    assert server.post("/api/devices/cmd-a/commands", {"cmd": "format-disk"})[0] == 422
-    assert server.post("/api/devices/cmd-a/commands", {"cmd": "ping", "x": 1})[0] == 422
-    assert server.post("/api/devices/cmd-a/commands", {"cmd": "ping", "timeout_s": 0})[0] == 422
+def test_commands_need_the_operator_role(server: IdentityServer) -> None:
+    assert server.post("/api/devices/cmd-a/commands", {"cmd": "ping"})[0] == 401  # no token
+    viewer = server.add_user("wall-screen", "viewer")
+    tech = server.add_user("tech-ben", "technician")
+    for token in (viewer, tech):
+        assert server.call("POST", "/api/devices/cmd-a/commands", {"cmd": "ping"},
+                           token=token)[0] == 403  # fmt: skip
+        assert server.call("PUT", "/api/devices/cmd-a/config", {"config": {}},
+                           token=token)[0] == 403  # fmt: skip
+    operator = server.add_user("op-ana", "operator")
+    status, _ = server.call("POST", "/api/devices/cmd-a/commands", {"cmd": "ping",
+                            "timeout_s": 1}, token=operator)  # fmt: skip
+    assert status == 202
+    _s, log = server.call("GET", "/api/audit?action=command.ping")
+    assert any(e["actor"] == "op-ana" and e["target"] == "cmd-a" for e in log)
+
+
+def test_bad_command_requests_are_refused(server: IdentityServer) -> None:
+    assert server.call("POST", "/api/devices/nobody-here/commands", {"cmd": "ping"})[0] == 404
+    assert server.call("POST", "/api/devices/cmd-a/commands", {"cmd": "format-disk"})[0] == 422
+    assert server.call("POST", "/api/devices/cmd-a/commands", {"cmd": "ping", "x": 1})[0] == 422
+    assert (
+        server.call("POST", "/api/devices/cmd-a/commands", {"cmd": "ping", "timeout_s": 0})[0]
+        == 422
+    )
     assert server.get("/api/commands/c-doesnotexist")[0] == 404
 
 
 def test_desired_config_is_versioned_retained_and_reported(
-    server: ServerProcess, broker: Broker, ca: CertificateAuthority, device_factory: MakeDevice,
+    server: IdentityServer, broker: Broker, ca: CertificateAuthority, device_factory: MakeDevice,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     dev = Responder(broker, device_factory("cfg-a"))
     try:
         wait_for(lambda: server.device("cfg-a") is not None, 10, what="cfg-a known")
-        status, first = server.put("/api/devices/cfg-a/config", {"config": {"heartbeat_s": 15}})
+        status, first = server.call(
+            "PUT", "/api/devices/cfg-a/config", {"config": {"heartbeat_s": 15}}
+        )
         assert status == 200 and first["version"] == 1
-        status, second = server.put("/api/devices/cfg-a/config", {"config": {"fps": 2}})
+        status, second = server.call("PUT", "/api/devices/cfg-a/config", {"config": {"fps": 2}})
         assert second["version"] == 2
         wait_for(lambda: server.get("/api/devices/cfg-a/config")[1]["reported_version"] == 2,
                  10, what="report of version 2")  # fmt: skip
@@ -186,3 +212,54 @@ def test_desired_config_is_versioned_retained_and_reported(
         assert (got["version"], got["config"]) == (2, {"fps": 2})
     finally:
         dev.close()
+
+
+def test_round_trip_with_the_real_agent(
+    server: IdentityServer, broker: Broker, device_factory: MakeDevice, tmp_path: Path
+) -> None:
+    images = write_test_images(tmp_path / "images", count=3)
+    agent = agent_process(device_factory("cmd-agent"), broker.port, tmp_path / "agent",
+                          heartbeat_s=5, camera_dir=images[0].parent).start()  # fmt: skip
+    try:
+        wait_for(lambda: (server.device("cmd-agent") or {}).get("state") == "online", 15,
+                 what="agent online")  # fmt: skip
+
+        def run(cmd: str, **args: object) -> dict[str, Any]:
+            status, res = server.call("POST", "/api/devices/cmd-agent/commands?wait=true",
+                                      {"cmd": cmd, "args": args, "timeout_s": 8})  # fmt: skip
+            assert status == 202
+            return dict(res)
+
+        ping = run("ping")
+        assert ping["state"] == "succeeded" and ping["result"]["pong"] is True
+        logs = run("logs", lines=20)
+        assert logs["state"] == "succeeded"
+        assert any("connected to" in line for line in logs["result"]["lines"])
+        snap = run("snapshot")
+        assert snap["state"] == "succeeded"
+        jpeg = base64.b64decode(snap["result"]["jpeg_b64"])
+        assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) == snap["result"]["bytes"]
+        reboot = run("reboot")
+        assert (reboot["state"], "not permitted" in reboot["error"]) == ("failed", True)
+        assert run("relay")["state"] == "failed"
+        # desired config: applied live, reported, and the heartbeat interval follows it
+        status, cfg = server.call("PUT", "/api/devices/cmd-agent/config",
+                                  {"config": {"heartbeat_s": 1}})  # fmt: skip
+        assert status == 200
+        wait_for(lambda: server.get("/api/devices/cmd-agent/config")[1]["reported_version"]
+                 == cfg["version"], 10, what="config report")  # fmt: skip
+        assert server.get("/api/devices/cmd-agent/config")[1]["reported_ok"] is True
+        wait_for(lambda: (server.device("cmd-agent") or {}).get("heartbeat_interval_s") == 1,
+                 10, what="heartbeats every second")  # fmt: skip
+        status, bad = server.call("PUT", "/api/devices/cmd-agent/config",
+                                  {"config": {"heartbeat_s": 1, "camera": "off"}})  # fmt: skip
+        wait_for(lambda: server.get("/api/devices/cmd-agent/config")[1]["reported_version"]
+                 == bad["version"], 10, what="refusal report")  # fmt: skip
+        refused = server.get("/api/devices/cmd-agent/config")[1]
+        assert refused["reported_ok"] is False and "camera" in refused["reported_error"]
+        # a restart command: the process ends cleanly (systemd starts it again)
+        assert run("restart")["state"] == "succeeded"
+        wait_for(lambda: not agent.alive(), 10, what="agent exit")
+        assert agent.proc is not None and agent.proc.returncode == 0
+    finally:
+        agent.stop()

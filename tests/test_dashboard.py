@@ -13,8 +13,8 @@ import pytest
 from firmware import contract
 from fleet_server.ca import CertificateAuthority, DeviceCredentials
 from fleet_server.dashboard import svg
+from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
-from hil_tests.server import ServerProcess
 from tests.mqtt_helpers import Client
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -55,16 +55,19 @@ def _publish_fleet(broker: Broker, make: Callable[[str], DeviceCredentials]) -> 
 
 @pytest.fixture(scope="module")
 def fleet_server(
-    broker: Broker, ca: CertificateAuthority, device_factory: Callable[[str], DeviceCredentials],
+    ca: CertificateAuthority, device_factory: Callable[[str], DeviceCredentials],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServerProcess]:  # fmt: skip
-    srv = ServerProcess(tmp_path_factory.mktemp("dash"), ca.dir, broker.port)
-    srv.start_and_wait()
+) -> Iterator[IdentityServer]:  # fmt: skip
+    # its own broker: retained statuses of other tests' devices would join this fleet
+    broker = Broker(ca, tmp_path_factory.mktemp("dash-broker")).start()
+    srv = IdentityServer(tmp_path_factory.mktemp("dash"), ca, broker)
+    srv.start_all()
     _publish_fleet(broker, device_factory)
     wait_for(lambda: srv.get("/api/alerts?active=true")[1]["total"] >= 2, 15,
              what="temperature and offline alerts")  # fmt: skip
     yield srv
     srv.stop()
+    broker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def browser() -> Iterator[object]:
 
 
 def test_dashboard_pages_in_chromium(
-    fleet_server: ServerProcess, browser: object, tmp_path: Path
+    fleet_server: IdentityServer, browser: object, tmp_path: Path
 ) -> None:
     page = browser.new_page()  # type: ignore[attr-defined]
     requests: list[str] = []
@@ -129,7 +132,11 @@ def test_dashboard_pages_in_chromium(
     page.goto(base + "/ui/alerts")
     row = page.locator("table.alerts tr", has_text=HOT)
     alert_id = int(str(row.get_attribute("id")).removeprefix("alert-"))
-    page.fill("#who", "op-ana")
+    row.locator("button.ack").click()  # without a token: refused, nothing changes
+    page.wait_for_selector("#msg.error")
+    assert "401" in page.inner_text("#msg")
+    assert fleet_server.get(f"/api/alerts?device_id={HOT}")[1]["items"][0]["state"] == "open"
+    page.fill("#token", fleet_server.add_user("op-ana", "operator"))
     row.locator("button.ack").click()
     page.wait_for_function(
         f"document.querySelector('#alert-{alert_id} .alert-state').textContent === 'acknowledged'"

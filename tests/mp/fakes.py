@@ -47,6 +47,13 @@ class FakeSocket:
         self.incoming[:n] = b""
         return out
 
+    def readinto(self, buf):
+        data = self.read(len(buf))
+        if data is None:
+            return None
+        buf[: len(data)] = data
+        return len(data)
+
     def write(self, data):
         data = bytes(data[: self.write_chunk])
         self.sent.extend(data)

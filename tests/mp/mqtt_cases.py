@@ -266,10 +266,44 @@ def test_packets_split_across_reads():
     assert got == [b"p" * 127]
 
 
-def test_oversized_packet_refused_from_header():
+def test_oversized_publish_acked_and_skipped_without_holding_it():
+    got, big = [], []
+    client = _client(max_packet=256)
+    sock = FakeSocket(CONNACK_OK, chunk=100)
+    client.connect(sock)
+    sock.sent = bytearray()
+    client.on_message = lambda topic, payload, retain: got.append((topic, payload))
+    client.on_oversized = lambda topic, size: big.append((topic, size))
+    # QoS 1, remaining length 1000: topic "a/b", pid 0x0102, 993 bytes of payload
+    sock.feed(b"\x32\xe8\x07\x00\x03a/b\x01\x02" + b"x" * 993)
+    sock.feed(b"\x30\x06\x00\x01cxyz")  # an ordinary one right behind it
+    for _ in range(40):
+        client.poll()
+        assert len(client._rx) <= 256, "never holds the oversized packet"
+    assert big == [("a/b", 1003)]
+    assert got == [("c", b"xyz")]
+    assert bytes(sock.sent) == b"\x40\x02\x01\x02"  # PUBACK: the broker will not resend it
+
+
+def test_oversized_other_packets_refused_from_header():
     client, sock = _connected(max_packet=256)
-    sock.feed(b"\x30\x80\x02\x00\x01t")  # remaining length 256: too big with its header
+    sock.feed(b"\x90\x80\x02\x00\x01")  # a 256-byte SUBACK: nothing the client skips
     raises(M.PacketTooLarge, client.poll)
+    client, sock = _connected(max_packet=256)
+    sock.feed(b"\x30\x80\x02\x01\x00" + b"t" * 10)  # a topic of 256 bytes: malformed
+    raises(M.RemoteProtocolError, client.poll)
+    assert P.publish_prefix(b"\x32\xe8", 256) is None  # header still incomplete
+    assert P.publish_prefix(b"\x32\xe8\x07\x00\x03a/", 256) is None
+    assert P.publish_prefix(b"\x30\xe8\x07\x00\x01t", 256) == ("t", 0, 0, 1003)
+
+
+def test_unsubscribe_waits_for_unsuback():
+    client, sock = _connected()
+    sock.reply[0xA2] = b"\xb0\x02\x00\x01"
+    client.unsubscribe("camfleet/v1/box-0001/heartbeat")
+    assert bytes(sock.sent) == b"\xa2\x22\x00\x01\x00\x1ecamfleet/v1/box-0001/heartbeat"
+    assert P.unsubscribe_packet(7, "a/#") == b"\xa2\x07\x00\x07\x00\x03a/#"
+    raises(M.AckTimeout, client.unsubscribe, "x")  # no UNSUBACK: timeout
 
 
 def test_malformed_incoming_packet_is_remote_error():

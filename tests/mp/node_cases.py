@@ -1,75 +1,16 @@
-# Cases for the node's logic apart from the network (firmware/node.py, clock.py, hal.py),
-# under CPython and MicroPython. The broker side, where needed, is a FakeSocket.
+# Cases for the node's logic apart from the network (firmware/node.py, clock.py), under
+# CPython and MicroPython. The broker side, where needed, is a FakeSocket; the board is
+# the simulated one (its watchdog thread off: expiry is checked by hand).
 
 import json
 import math
 
-from firmware import clock, contract, hal, mqtt_packet, node, version
-from tests.mp.checks import exists, raises, read_text, tmp_dir, write_text
+from firmware import clock, config, contract, hal_sim, mqtt_packet, node, version
+from tests.mp.checks import exists, read_text, tmp_dir, write_text
 from tests.mp.fakes import FakeSocket, sent_packets
 
 RAW = {"device_id": "node-0001", "broker_host": "broker.example"}
-
-
-def _sim(**files):
-    path = tmp_dir()
-    for name, text in files.items():
-        write_text(path + "/" + name, text)
-    return path
-
-
-# ---------------------------------------------------------------- config
-
-
-def test_config_defaults():
-    cfg = node.load_config(dict(RAW), "/etc/camfleet")
-    assert cfg["server_hostname"] == "broker.example"
-    assert cfg["broker_port"] == 8883 and cfg["heartbeat_s"] == 60 and cfg["hal"] == "sim"
-    assert cfg["ca"] == "/etc/camfleet/root.der" and cfg["key"] == "/etc/camfleet/key.der"
-    assert cfg["reconnect_first_spread_s"] == 20.0 and cfg["reconnect_cap_s"] == 300.0
-    assert sorted(cfg) == sorted(node._CONFIG)
-
-
-def test_config_keeps_absolute_paths_and_given_values():
-    raw = dict(RAW, ca="/pki/root.der", cert="c.der", server_hostname="localhost")
-    raw["heartbeat_s"] = 2.5
-    cfg = node.load_config(raw, "cfgdir")
-    assert cfg["ca"] == "/pki/root.der" and cfg["cert"] == "cfgdir/c.der"
-    assert cfg["server_hostname"] == "localhost" and cfg["heartbeat_s"] == 2.5
-    assert node.load_config(dict(RAW), "")["cert"] == "cert.der"
-
-
-def test_config_rejections():
-    bad = (
-        {"device_id": "node-0001"},  # broker_host missing
-        {"broker_host": "b"},  # device_id missing
-        dict(RAW, device_id="Node_1"),
-        dict(RAW, colour="red"),  # unknown key
-        dict(RAW, broker_port="8883"),
-        dict(RAW, broker_port=0),
-        dict(RAW, broker_port=70000),
-        dict(RAW, heartbeat_s=True),
-        dict(RAW, heartbeat_s=0.5),
-        dict(RAW, heartbeat_s=float("nan")),
-        dict(RAW, keepalive_s=0),
-        dict(RAW, keepalive_s=30.5),
-        dict(RAW, hal="gpio"),
-        dict(RAW, pins=[1, 2]),
-        dict(RAW, ca=None),
-    )
-    for raw in bad:
-        raises(node.ConfigError, node.load_config, raw)
-    raises(node.ConfigError, node.load_config, ["not", "a", "dict"])
-
-
-def test_config_file_paths_relative_to_it():
-    path = tmp_dir()
-    write_text(path + "/node.json", json.dumps(dict(RAW, key="keys/key.der")))
-    cfg = node.load_config_file(path + "/node.json")
-    assert cfg["key"] == path + "/keys/key.der"
-    assert cfg["sim_dir"] == path + "/sim"
-    write_text(path + "/broken.json", "{")
-    raises(ValueError, node.load_config_file, path + "/broken.json")
+DEV = "node-0001"
 
 
 # ---------------------------------------------------------------- payloads
@@ -149,76 +90,30 @@ def test_unix_time_is_epoch_1970():
     assert clock.EPOCH_OFFSET in (0, 946684800)
 
 
-# ---------------------------------------------------------------- SimHAL
-
-
-def test_sim_inputs_from_files():
-    path = _sim(pin_door="1", pin_box_heartbeat="0", temp_c="31.5\n", rssi="-61")
-    board = hal.SimHAL(path)
-    assert board.door_open() is True and board.box_heartbeat() is False
-    assert board.temperature_c() == 31.5 and board.rssi() == -61
-    assert board.readings() == {"reset_cause": "power_on", "temp_c": 31.5, "rssi": -61}
-    write_text(path + "/pin_door", "0")
-    write_text(path + "/temp_c", "warm")
-    write_text(path + "/rssi", "")
-    assert board.door_open() is False and board.temperature_c() is None and board.rssi() is None
-    write_text(path + "/pin_door", "maybe")
-    assert board.door_open() is None
-
-
-def test_sim_missing_inputs_are_none():
-    board = hal.SimHAL(tmp_dir() + "/fresh")  # created on demand
-    assert board.door_open() is None and board.temperature_c() is None and board.rssi() is None
-    assert board.readings() == {"reset_cause": "power_on"}
-
-
-def test_sim_relay_written_and_kept():
-    path = _sim()
-    board = hal.SimHAL(path)
-    assert read_text(path + "/pin_relay") == "0" and board.relay() is False
-    board.set_relay(True)
-    assert read_text(path + "/pin_relay") == "1" and board.relay() is True
-    assert hal.SimHAL(path).relay() is True  # like a latching relay across a reboot
-
-
-def test_sim_reset_cause_read_once():
-    path = _sim(reset_cause="wdt")
-    assert hal.SimHAL(path).reset_cause() == "wdt"
-    assert not exists(path + "/reset_cause")
-    assert hal.SimHAL(path).reset_cause() == "power_on"
-    write_text(path + "/reset_cause", "gremlins")
-    assert hal.SimHAL(path).reset_cause() == "power_on"
-
-
-def test_sim_watchdog_fed_in_time_and_expired():
-    path = _sim()
-    board = hal.SimHAL(path, exit_on_watchdog=False)
-    board.watchdog_feed()  # not armed yet: nothing happens
-    board.watchdog_start(60)
-    board.watchdog_feed()
-    assert exists(path + "/wdt_fed")
-    clock.sleep_ms(20)
-    board.watchdog_feed()
-    clock.sleep_ms(120)
-    raises(hal.HALError, board.watchdog_feed)
-    assert read_text(path + "/reset_cause") == "wdt"
-    assert hal.SimHAL(path).reset_cause() == "wdt"
-
-
-def test_make_hal_chooses():
-    path = tmp_dir()
-    assert isinstance(hal.make_hal({"hal": "sim", "sim_dir": path}), hal.SimHAL)
-    assert hal.make_hal({"hal": "none"}).readings() == {"reset_cause": "unknown"}
-    raises(hal.HALError, hal.make_hal, {"hal": "gpio"})
-    raises(hal.HALError, hal.make_hal, {"hal": "machine", "pins": {}})  # no board here
+def test_liveness_names_a_stalled_task():
+    t0 = clock.ticks_add(0, -100)
+    live = clock.Liveness()
+    live.add("link", 1000, t0)
+    live.add("box", 300, t0)
+    assert live.stalled(clock.ticks_add(t0, 300)) is None
+    assert live.stalled(clock.ticks_add(t0, 301)) == "box"
+    live.beat("box", clock.ticks_add(t0, 300))
+    assert live.stalled(clock.ticks_add(t0, 600)) is None
+    live.beat("box", clock.ticks_add(t0, 1000))
+    assert live.stalled(clock.ticks_add(t0, 1001)) == "link"
 
 
 # ---------------------------------------------------------------- the node over a fake broker
 
 
-def _node(sim_files=None):
-    cfg = node.load_config(dict(RAW, heartbeat_s=5), "")
-    board = hal.SimHAL(_sim(**(sim_files or {})), exit_on_watchdog=False)
+def _node(sim_files=None, **over):
+    raw = dict(RAW, heartbeat_s=5, state_dir=tmp_dir(), sim_dir=tmp_dir())
+    for key, value in over.items():
+        raw[key] = value
+    cfg = config.load_config(raw, "")
+    for name, text in (sim_files or {}).items():
+        write_text(cfg["sim_dir"] + "/" + name, text)
+    board = hal_sim.SimHAL(cfg["sim_dir"], wdt_thread=False)
     n = node.Node(cfg, board, None, lambda: 0.0)
     sock = FakeSocket(b"\x20\x02\x00\x00")
     n.client.connect(sock)
@@ -227,21 +122,34 @@ def _node(sim_files=None):
     return n, sock
 
 
+def _published(sock, suffix=None):
+    """(topic, body) of every PUBLISH the node wrote, optionally only on one topic kind."""
+    out = []
+    for packet in sent_packets(sock.sent):
+        if packet[0] != mqtt_packet.PUBLISH:
+            continue
+        topic, payload = packet[1], packet[2]
+        if suffix is None or topic.endswith("/" + suffix):
+            out.append((topic, contract.decode(topic, payload)[2]))
+    return out
+
+
+def _deliver(n, kind, body, device=DEV):
+    topic, data, _q, retain = contract.encode(kind, device, body, 1767225600)
+    n.on_message(topic, data, retain)
+
+
 def test_node_heartbeats_count_up():
     n, sock = _node({"temp_c": "22.5"})
+    n.step_cabinet(clock.ticks_ms())
     n.send_heartbeat()
     n.send_heartbeat()
-    sent = sent_packets(sock.sent)
-    assert [p[0] for p in sent] == [mqtt_packet.PUBLISH, mqtt_packet.PUBLISH]
-    seqs = []
-    for packet in sent:
-        _t, topic, payload, qos, retain, _dup, _pid = packet
-        assert topic == "camfleet/v1/node-0001/heartbeat" and qos == 1 and not retain
-        body = contract.decode(topic, payload)[2]
-        assert body["temp_c"] == 22.5 and body["interval_s"] == 5
+    beats = _published(sock)
+    assert [t for t, _b in beats] == ["camfleet/v1/node-0001/heartbeat"] * 2
+    for _topic, body in beats:
+        assert body["temp_c"] == 22.5 and body["interval_s"] == 5 and body["outbox"] == 0
         assert body["reset_cause"] == "power_on" and math.isfinite(body["uptime_s"])
-        seqs.append(body["seq"])
-    assert seqs == [0, 1]
+    assert [b["seq"] for _t, b in beats] == [0, 1]
     assert n.client.inflight() == []
 
 
@@ -257,13 +165,128 @@ def test_node_shutdown_says_offline_then_disconnects():
     assert sock.closed and not n.client.connected
 
 
-def test_node_ignores_bad_messages_and_counts_good_ones():
-    n, _sock = _node()
-    good = contract.encode("cmd_req", "node-0001", {"cid": "c1", "cmd": "ping"}, 1767225600)
-    n.on_message(good[0], good[1], False)
+def test_boot_event_and_events_flushed_in_order():
+    n, sock = _node()
+    n.start()
+    n.event("door.open", {})
+    n.event("door.closed", {})
+    assert n.ring.pending() == 3
+    n.flush()
+    got = _published(sock, "event")
+    assert [b["type"] for _t, b in got] == ["node.boot", "door.open", "door.closed"]
+    assert [b["seq"] for _t, b in got] == [1, 2, 3]
+    assert got[0][1]["data"] == {"reset_cause": "power_on", "firmware": version.VERSION}
+    assert got[1][1]["event_id"].startswith("node-0001-2-")
+    assert n.ring.pending() == 0
+
+
+def test_drop_report_goes_before_the_events_it_stands_for():
+    n, sock = _node(ring_slots=4)
+    for i in range(6):
+        n.event("tamper.alarm" if i % 2 else "tamper.clear", {"i": i})
+    n.flush()
+    got = [b for _t, b in _published(sock, "event")]
+    assert got[0]["type"] == "buffer.dropped" and got[0]["seq"] == 2
+    assert got[0]["data"] == {"dropped": 2, "first_seq": 1, "last_seq": 2, "total": 2}
+    assert [b["data"]["i"] for b in got[1:]] == [2, 3, 4, 5]
+    assert n.ring.drop_report() is None
+
+
+def test_commands_answered_refused_and_never_repeated():
+    n, sock = _node()
+    _deliver(n, "cmd_req", {"cid": "c-1", "cmd": "ping"})
+    _deliver(n, "cmd_req", {"cid": "c-2", "cmd": "launch"})
+    n.on_message(
+        "camfleet/v1/node-0001/cmd/req", b'{"v": 1, "id": "node-0001", "cid": "c-3"}', False
+    )
     n.on_message("camfleet/v1/node-0001/cmd/req", b"{broken", False)
-    n.on_message("camfleet/v1/node-0002/cmd/req", good[1], False)  # id of another node
-    assert n.received == 1
+    _deliver(n, "cmd_req", {"cid": "c-4", "cmd": "relay", "args": {"action": "off"}})
+    _deliver(n, "cmd_req", {"cid": "c-4", "cmd": "relay", "args": {"action": "on"}})
+    n.flush()
+    res = [b for _t, b in _published(sock, "cmd/res")]
+    assert [r["cid"] for r in res] == ["c-1", "c-2", "c-3", "c-4", "c-4"]
+    assert res[0]["ok"] and res[0]["result"]["pong"] is True
+    assert res[1]["error"].startswith("unknown_command: 'launch'")
+    assert res[2]["error"].startswith("bad_request: bad_schema:")
+    assert res[3]["result"] == res[4]["result"] == {"power": "off", "state": "held"}
+    assert n.hal.relay() is True, "the repeated c-4 (with other args) was not acted on"
+    assert n.received == 4 and n.rejected == 2
+
+
+def test_reboot_waits_for_its_answer_and_is_not_redone_after_boot():
+    n, _sock = _node()
+    _deliver(n, "cmd_req", {"cid": "c-9", "cmd": "reboot"})
+    assert n.reset_note == {"note": "command reboot", "cid": "c-9"} and n.replies
+    config.write_json(n.state_dir + "/note.json", n.reset_note)  # what reboot() writes
+    again = node.Node(n.cfg, hal_sim.SimHAL(n.cfg["sim_dir"], wdt_thread=False), None)
+    again.start()
+    assert not exists(n.state_dir + "/note.json")
+    sock2 = FakeSocket(b"\x20\x02\x00\x00")
+    again.client.connect(sock2)
+    sock2.sent = bytearray()
+    sock2.auto_puback = True
+    _deliver(again, "cmd_req", {"cid": "c-9", "cmd": "reboot"})
+    assert again.reset_note is None, "a redelivered reboot must not reboot again"
+    again.flush()
+    boot = _published(sock2, "event")[0][1]
+    assert boot["data"]["note"] == "command reboot"
+    assert _published(sock2, "cmd/res")[0][1]["result"] == {"rebooting": True}
+
+
+def test_desired_config_applied_refused_and_stale():
+    n, sock = _node()
+    _deliver(n, "config_desired", {"version": 7, "config": {"heartbeat_s": 2, "box_id": "cam-1"}})
+    assert n.version == 7 and n.settings["heartbeat_s"] == 2 and n.heartbeat.interval_ms == 2000
+    assert n.box.box == "cam-1" and n._box_wanted() == "camfleet/v1/cam-1/heartbeat"
+    saved = json.loads(read_text(n.state_dir + "/desired.json"))
+    assert saved == {"version": 7, "config": {"heartbeat_s": 2, "box_id": "cam-1"}}
+    _deliver(n, "config_desired", {"version": 8, "config": {"heartbeat_s": "soon"}})
+    _deliver(n, "config_desired", {"version": 6, "config": {}})
+    n.flush()
+    reps = [b for _t, b in _published(sock, "config/reported")]
+    assert reps[0] == {"v": 1, "id": DEV, "ts": reps[0]["ts"], "version": 7, "ok": True}
+    assert reps[1]["version"] == 8 and reps[1]["ok"] is False
+    assert "'heartbeat_s' must be num" in reps[1]["error"]
+    assert reps[2]["version"] == 7 and reps[2]["ok"] is True, "a stale one: the applied again"
+    assert n.version == 7 and n.settings["heartbeat_s"] == 2
+    assert json.loads(read_text(n.state_dir + "/desired.json"))["version"] == 7
+    restarted = node.Node(n.cfg, hal_sim.SimHAL(n.cfg["sim_dir"], wdt_thread=False), None)
+    assert restarted.version == 7 and restarted.settings["box_id"] == "cam-1"
+
+
+def test_box_heartbeats_arm_the_supervisor_and_bad_ones_are_refused():
+    n, _sock = _node(box_id="cam-0001")
+    n._box_topic = n._box_wanted()  # as after the subscription
+    body = {"seq": 1, "kind": "agent", "interval_s": 30, "uptime_s": 5}
+    bad = dict(body, seq=-1, v=1, id="cam-0001", ts=1767225600)
+    n.on_message("camfleet/v1/cam-0001/heartbeat", json.dumps(bad).encode(), False)
+    assert not n.box.mqtt_armed and n.rejected == 1
+    _deliver(n, "heartbeat", body, device="cam-0001")
+    assert n.box.mqtt_armed
+    n.on_oversized("camfleet/v1/node-0001/config/desired", 99999)
+    assert n.rejected == 2
+
+
+def test_a_failing_task_starves_the_watchdog_and_says_which():
+    n, _sock = _node()
+    n.hal.watchdog_start(100000)
+    now = clock.ticks_ms()
+    n.live.add("cabinet", 30, now)
+
+    def broken(_now):
+        raise ValueError("sensor driver bug")
+
+    n._task("cabinet", broken, now)
+    n.feed()
+    fed = n.hal._wdt_fed
+    clock.sleep_ms(40)
+    n._task("cabinet", broken, clock.ticks_ms())
+    n.feed()
+    assert n.hal._wdt_fed == fed, "not fed while a task is stalled"
+    assert json.loads(read_text(n.state_dir + "/note.json")) == {"note": "stalled: cabinet"}
+    n._task("cabinet", n.step_cabinet, clock.ticks_ms())  # it recovers: fed again
+    n.feed()
+    assert n.hal._wdt_fed != fed
 
 
 def test_node_backoff_counts_attempts():
@@ -271,3 +294,24 @@ def test_node_backoff_counts_attempts():
     n.backoff()
     n.backoff()
     assert n.attempt == 2
+
+
+def test_heartbeat_line_and_relay_wired_through_the_box_task():
+    n, _sock = _node({"pin_box_heartbeat": "0"}, box_deadline_s=2, box_off_s=0.5)
+    now = clock.ticks_ms()
+    n.step_box(now)
+    write_text(n.cfg["sim_dir"] + "/pin_box_heartbeat", "1")
+    n.step_box(clock.ticks_add(now, 100))
+    assert n.box.line_armed and exists(n.state_dir + "/box.json")
+    n.step_box(clock.ticks_add(now, 2200))
+    assert n.hal.relay() is True and read_text(n.cfg["sim_dir"] + "/pin_relay") == "1"
+    n.step_box(clock.ticks_add(now, 2700))
+    assert n.hal.relay() is False
+    types = []
+    for _ in range(10):
+        item = n.ring.peek()
+        if item is None:
+            break
+        types.append(json.loads(item[1])["type"])
+        n.ring.ack(item[0])
+    assert types == ["box.power_off", "box.power_on"]

@@ -9,15 +9,18 @@ function say(text, isError) {
   box.hidden = false;
 }
 
-function who() {
-  const field = document.getElementById("who");
-  return field && field.value.trim() ? field.value.trim() : "dashboard";
+// Actions need an operator's API token. It stays in this tab only (sessionStorage).
+function token() {
+  const field = document.getElementById("token");
+  const typed = field && field.value.trim();
+  if (typed) sessionStorage.setItem("camfleet-token", typed);
+  return typed || sessionStorage.getItem("camfleet-token") || "";
 }
 
 async function call(method, url, body) {
   const resp = await fetch(url, {
     method: method,
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token() },
     body: JSON.stringify(body),
   });
   let data = null;
@@ -31,7 +34,7 @@ async function call(method, url, body) {
 
 async function acknowledge(alertId) {
   try {
-    await call("POST", "/api/alerts/" + alertId + "/acknowledge", { by: who() });
+    await call("POST", "/api/alerts/" + alertId + "/acknowledge", {});
     say("alert " + alertId + " acknowledged", false);
     const row = document.getElementById("alert-" + alertId);
     if (row) {
@@ -49,7 +52,7 @@ async function sendCommand(deviceId) {
   say("sending " + cmd + " ...", false);
   try {
     const res = await call("POST", "/api/devices/" + deviceId + "/commands?wait=true",
-                           { cmd: cmd, timeout_s: 10, by: who() });
+                           { cmd: cmd, timeout_s: 10 });
     say(cmd + ": " + res.state + (res.error ? " (" + res.error + ")" : "") +
         (res.result ? " " + JSON.stringify(res.result) : ""), res.state !== "succeeded");
   } catch (err) {

@@ -1,0 +1,100 @@
+"""A fleet server with its EST listener and a first admin, for tests, the bench and the rig.
+
+``IdentityServer`` adds an admin through the real CLI (``camfleet-server add-user``), starts
+the real server process with ``[identity] est_port`` set and the broker's pid file (so a
+revocation reloads that broker), and offers a small authenticated client for the API.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from fleet_server.ca import CertificateAuthority
+from hil_tests.procs import Broker, free_port, port_open, wait_for
+from hil_tests.server import ServerProcess
+
+
+class IdentityServer(ServerProcess):
+    def __init__(
+        self,
+        workdir: Path,
+        ca: CertificateAuthority,
+        broker: Broker,
+        *,
+        database_url: str | None = None,
+        identity: dict[str, object] | None = None,
+        client_id: str = "fleet-server-1",  # one shared-subscription member per broker
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        self.est_port = free_port()
+        self.ca = ca
+        settings: dict[str, object] = {
+            "est_port": self.est_port,
+            "broker_pid_file": str(broker.layout.pid_file),
+            **(identity or {}),
+        }
+        super().__init__(
+            workdir,
+            ca.dir,
+            broker.port,
+            database_url=database_url,
+            client_id=client_id,
+            extra={**(extra or {}), "identity": settings},
+        )
+        self.admin_token = ""
+
+    @property
+    def est_url(self) -> str:
+        return f"https://localhost:{self.est_port}"
+
+    def add_user(self, name: str, role: str) -> str:
+        cli = [sys.executable, "-m", "fleet_server.cli", "--config", str(self.config_path)]
+        out = subprocess.run(
+            [*cli, "add-user", name, "--role", role],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    def start_all(self, timeout: float = 30.0) -> IdentityServer:
+        self.admin_token = self.add_user("admin", "admin")
+        self.start_and_wait(timeout)
+        wait_for(lambda: port_open(self.est_port), timeout, what="EST listener")
+        return self
+
+    def call(
+        self, method: str, path: str, body: object = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        """An API call with a bearer token (the admin's unless given)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token or self.admin_token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=20) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            status = err.code
+        try:
+            return status, json.loads(raw or b"null")
+        except ValueError:
+            return status, raw
+
+    def token(self, device_id: str, kind: str = "agent", **extra: object) -> str:
+        status, body = self.call(
+            "POST", "/api/enrollment-tokens", {"device_id": device_id, "kind": kind, **extra}
+        )
+        if status != 201:
+            raise RuntimeError(f"token for {device_id} refused: {status} {body}")
+        return str(body["token"])

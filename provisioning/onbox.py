@@ -1,0 +1,96 @@
+"""The part that runs ON the Linux box (``camfleet-provision on-box``), started by the
+technician's tool through its transport (or by the technician on the box itself).
+
+The box makes its key here and it never leaves: only the CSR goes to the EST server and
+only the signed record (with the certificate) goes back to the laptop. Parameters arrive
+as JSON on stdin (so the token never shows in a process list); the submission is the last
+line of stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from agent import est_client
+from agent.camera import make_source
+from agent.config import CameraSettings
+from agent.errors import AgentError
+from firmware.fsutil import atomic_write
+from hil_tests.toml_out import to_toml
+from provisioning import record
+from provisioning.errors import ProvisionError
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = "etc/camfleet-agent"
+STATE_DIR = "var/lib/camfleet-agent"
+
+
+def _capture(camera: dict[str, Any]) -> tuple[bytes, str]:
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(CameraSettings)  # type: ignore[arg-type]
+        settings = adapter.validate_python(camera)
+        source = make_source(settings)
+        source.open()
+        try:
+            frame = source.read()
+        finally:
+            source.close()
+    except (ValidationError, AgentError, OSError) as exc:
+        raise ProvisionError(f"no frame from the camera: {exc}", "check the camera cable") from exc
+    if frame is None:
+        raise ProvisionError("the camera gave no frame", "check the camera and its config")
+    return frame.data, record.media_type(frame.origin)
+
+
+def enroll(root: Path, params: dict[str, Any]) -> dict[str, Any]:
+    device_id = str(params["device_id"])
+    conf = root / CONF_DIR
+    conf.mkdir(parents=True, exist_ok=True)
+    ca = conf / "root.pem"
+    if not ca.exists():
+        raise ProvisionError(f"{ca} missing", "the tool writes it first; run it again")
+    client = est_client.EstClient(str(params["est_url"]), ca)
+    issuing = client.cacerts()[0]
+    key = est_client.new_key()
+    cert = client.simpleenroll(est_client.make_csr(key, device_id), str(params["token"]), device_id)
+    atomic_write(str(conf / "key.pem"), est_client.key_pem(key), 0o600)
+    cert_pem = est_client.pem(cert) + est_client.pem(issuing)
+    atomic_write(str(conf / "cert.pem"), cert_pem, 0o644)
+    camera = dict(params.get("camera") or {"type": "synthetic", "fps": 5.0})
+    config: dict[str, object] = {
+        "device_id": device_id,
+        "heartbeat_s": float(params.get("heartbeat_s", 30.0)),
+        "state_dir": str(root / STATE_DIR),
+        "mqtt": {
+            "host": str(params["mqtt_host"]),
+            "port": int(params["mqtt_port"]),
+            "ca": str(ca),
+            "cert": str(conf / "cert.pem"),
+            "key": str(conf / "key.pem"),
+        },
+        "camera": camera,
+        "renewal": {"est_url": str(params["est_url"])},
+    }
+    (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write(str(conf / "agent.toml"), to_toml(config).encode(), 0o644)
+    frame, ftype = _capture(camera)
+    body = record.build(
+        device_id, "agent", params["site"], params.get("layout") or {}, params["technician"],
+        frame, ftype,
+    )  # fmt: skip
+    return record.submission(body, key, cert_pem.decode(), frame)
+
+
+def main(root: Path, stdin_text: str) -> str:
+    """Run the on-box step; the submission as one JSON line."""
+    try:
+        params = json.loads(stdin_text)
+    except ValueError as exc:
+        raise ProvisionError(f"parameters are not JSON: {exc}") from exc
+    return json.dumps(enroll(root, params))

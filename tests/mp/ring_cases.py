@@ -1,0 +1,87 @@
+# Cases for the flash event ring (firmware/ring.py), under CPython and MicroPython.
+
+from firmware import config, ring
+from tests.mp.checks import raises, tmp_dir
+
+
+def _ring(slots=4, size=64, path=None):
+    path = path or tmp_dir() + "/events"
+    return ring.Ring(path, slots, size), path
+
+
+def _drain(r):
+    out = []
+    for _ in range(100):
+        item = r.peek()
+        if item is None:
+            return out
+        out.append(item)
+        r.ack(item[0])
+    raise AssertionError("ring never empties")
+
+
+def test_events_come_out_in_order_and_survive_a_reset():
+    r, path = _ring()
+    assert r.pending() == 0 and r.peek() is None
+    assert [r.push(b"e%d" % i) for i in range(3)] == [1, 2, 3]
+    assert r.pending() == 3
+    assert r.peek() == (1, b"e0")
+    assert r.peek() == (1, b"e0"), "peek does not consume"
+    r.ack(1)
+    again, _p = _ring(path=path)  # a reset: state and slots read back from flash
+    assert again.pending() == 2 and again.next == 4
+    assert _drain(again) == [(2, b"e1"), (3, b"e2")]
+    assert again.push(b"e3") == 4
+
+
+def test_full_ring_drops_the_oldest_and_counts_it():
+    r, path = _ring(slots=4)
+    for i in range(10):
+        r.push(b"e%d" % i)
+    assert r.pending() == 4 and r.dropped == 6
+    assert r.drop_report() == {"dropped": 6, "first_seq": 1, "last_seq": 6, "total": 6}
+    saved = config.read_json(path + ".json")
+    assert saved["unreported"] == 6 and saved["acked"] == 6
+    assert _drain(r) == [(7, b"e6"), (8, b"e7"), (9, b"e8"), (10, b"e9")]
+    r.reported()
+    assert r.drop_report() is None and r.dropped == 6
+    for i in range(5):
+        r.push(b"f%d" % i)
+    assert r.drop_report() == {"dropped": 1, "first_seq": 11, "last_seq": 11, "total": 7}
+
+
+def test_a_torn_slot_is_counted_as_lost_not_sent():
+    r, path = _ring(slots=4, size=64)
+    for i in range(3):
+        r.push(b"event-%d" % i)
+    with open(path, "r+b") as f:  # a power cut in the middle of writing slot 2
+        f.seek(2 * 64 + ring.HEADER + 2)
+        f.write(b"XX")
+    again, _p = _ring(slots=4, size=64, path=path)
+    assert _drain(again) == [(1, b"event-0"), (3, b"event-2")]
+    assert again.drop_report() == {"dropped": 1, "first_seq": 2, "last_seq": 2, "total": 1}
+
+
+def test_geometry_change_starts_a_fresh_file_after_the_acked_seq():
+    r, path = _ring(slots=4, size=64)
+    for _ in range(3):
+        r.push(b"x")
+    _drain(r)
+    bigger, _p = _ring(slots=8, size=64, path=path)
+    assert bigger.pending() == 0 and bigger.push(b"y") == 4
+
+
+def test_refusals():
+    r, _path = _ring(slots=4, size=32)
+    raises(ring.RingError, r.push, b"x" * (32 - ring.HEADER + 1))
+    assert r.push(b"x" * (32 - ring.HEADER)) == 1
+    raises(ring.RingError, ring.Ring, tmp_dir() + "/e", 1, 64)
+    raises(ring.RingError, ring.Ring, tmp_dir() + "/e", 4, ring.HEADER)
+
+
+def test_bad_state_file_is_ignored_not_trusted():
+    r, path = _ring()
+    r.push(b"a")
+    config.write_json(path + ".json", {"acked": -5, "dropped": "many"})
+    again, _p = _ring(path=path)
+    assert again.acked == 0 and again.dropped == 0 and again.pending() == 1
