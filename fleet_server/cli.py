@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings
-from fleet_server.broker import write_broker_config
+from fleet_server.broker import BrokerLayout, write_broker_config
 from fleet_server.ca import CAError, CertificateAuthority
 from fleet_server.config import ServerSettings
 
@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _write_broker(ca: CertificateAuthority, settings: ServerSettings) -> BrokerLayout:
+    b = settings.broker
+    return write_broker_config(ca, settings.broker_dir, b.listen_port, b.bind, pairs=b.pairs)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -45,19 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "init":
             ca.init(settings.broker.hosts)
-            layout = write_broker_config(
-                ca, settings.broker_dir, settings.broker.listen_port, settings.broker.bind
-            )
+            layout = _write_broker(ca, settings)
             print(f"CA in {settings.pki_dir}; broker config {layout.conf}")
         elif args.command == "broker-config":
-            layout = write_broker_config(
-                ca, settings.broker_dir, settings.broker.listen_port, settings.broker.bind
-            )
+            layout = _write_broker(ca, settings)
             print(f"wrote {layout.conf} and {layout.acl}")
         elif args.command == "broker":
-            layout = write_broker_config(
-                ca, settings.broker_dir, settings.broker.listen_port, settings.broker.bind
-            )
+            layout = _write_broker(ca, settings)
             from hil_tests.procs import mosquitto_bin
 
             if layout.pid_file is not None:  # exec keeps this pid: the server SIGHUPs it

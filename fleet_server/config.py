@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from firmware import contract
 from fleet_server.identity_config import IdentitySettings
 from fleet_server.rules import RuleThresholds
 
@@ -40,6 +41,21 @@ class BrokerSettings(_Section):
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
         description="Names and addresses put in the broker certificate",
     )
+    pairs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Cabinet node id -> the edge box id it supervises: the ACL lets each "
+        "node read that box's heartbeats (docs/firmware.md)",
+    )
+
+    @field_validator("pairs")
+    @classmethod
+    def _device_ids(cls, pairs: dict[str, str]) -> dict[str, str]:
+        for node, box in pairs.items():
+            if not (contract.valid_device_id(node) and contract.valid_device_id(box)):
+                raise ValueError(f"pair {node!r} -> {box!r}: both must be device ids")
+            if node == box:
+                raise ValueError(f"{node!r} cannot supervise itself")
+        return pairs
 
 
 class ApiSettings(_Section):

@@ -7,6 +7,7 @@ openssl s_client as clients.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -188,3 +189,20 @@ def test_ca_refuses_device_ids_that_could_escape_the_acl(
 
     with pytest.raises(CAError):
         ca.issue_device(bad_id, tmp_path / "bad")
+
+
+def test_broker_config_command_renders_the_node_box_pairs(tmp_path: Path) -> None:
+    """The operator names the pairs in the server config; broker-config writes them."""
+    cfg = tmp_path / "server.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path}"\n[broker]\nlisten_port = 18883\n'
+        '[broker.pairs]\n"node-0001" = "cam-0001"\n'
+    )
+    cli = [sys.executable, "-m", "fleet_server.cli", "--config", str(cfg)]
+    assert subprocess.run([*cli, "init"], capture_output=True, check=False).returncode == 0
+    acl = (tmp_path / "broker" / "acl").read_text()
+    assert "user node-0001\ntopic read camfleet/v1/cam-0001/heartbeat" in acl
+    cfg.write_text(cfg.read_text().replace('"cam-0001"', '"cam/#"'))
+    bad = subprocess.run([*cli, "broker-config"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "both must be device ids" in bad.stderr
+    assert (tmp_path / "broker" / "acl").read_text() == acl  # nothing changed
