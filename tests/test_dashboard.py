@@ -146,7 +146,14 @@ def test_dashboard_pages_in_chromium(
     acked = fleet_server.get(f"/api/alerts?device_id={HOT}")[1]["items"][0]
     assert (acked["state"], acked["acknowledged_by"]) == ("acknowledged", "op-ana")
 
-    for name in ("overview", "devices", "device", "alerts"):
+    page.goto(base + "/ui/sites")  # no commissioning in this fleet: the empty map says so
+    assert "no sites commissioned yet" in str(page.text_content("svg.map"))
+    page.screenshot(path=str(tmp_path / "sites.png"), full_page=True)
+    page.goto(base + "/ui/counts")
+    assert "no counts in the last day" in page.inner_text("#no-counts")
+    page.screenshot(path=str(tmp_path / "counts.png"), full_page=True)
+
+    for name in ("overview", "devices", "device", "alerts", "sites", "counts"):
         png = (tmp_path / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert errors == []
