@@ -100,8 +100,9 @@ def run(work: Path) -> list[Figure]:
         wait_for(lambda: _connected(stats) >= n, 240, interval=0.5,
                  what="every simulated device reconnected")  # fmt: skip
         back_s = time.monotonic() - t0
-        per_s = _stats(stats).get("connects_per_s", {})
-        after = [v for k, v in per_s.items() if int(k) >= int(restarted)]  # type: ignore[union-attr]
+        per_s = _stats(stats).get("connects_per_s")
+        seconds = per_s if isinstance(per_s, dict) else {}
+        after = [int(v) for k, v in seconds.items() if int(k) >= int(restarted)]
         peak = max(after) if after else 0
     finally:
         sim.stop()

@@ -39,34 +39,19 @@ def _lines(device: str, n: int, start_seq: int) -> bytes:
     return b"\n".join(out) + b"\n"
 
 
+def pub_argv(broker: Broker, ca: CertificateAuthority, device: str, creds_dir: Path) -> list[str]:
+    """mosquitto_pub reading one heartbeat per line from stdin, QoS 1, as ``device``."""
+    return [
+        "mosquitto_pub", "-h", "localhost", "-p", str(broker.port), "-q", "1", "-l",
+        "-t", contract.topic(device, "heartbeat"), "--cafile", str(ca.root_cert_path),
+        "--cert", str(creds_dir / "cert.pem"), "--key", str(creds_dir / "key.pem"), "-i", device,
+    ]  # fmt: skip
+
+
 def _pub(
     broker: Broker, creds_dir: Path, ca: CertificateAuthority, device: str, data: bytes
 ) -> None:
-    subprocess.run(
-        [
-            "mosquitto_pub",
-            "-h",
-            "localhost",
-            "-p",
-            str(broker.port),
-            "-q",
-            "1",
-            "-l",
-            "-t",
-            contract.topic(device, "heartbeat"),
-            "--cafile",
-            str(ca.root_cert_path),
-            "--cert",
-            str(creds_dir / "cert.pem"),
-            "--key",
-            str(creds_dir / "key.pem"),
-            "-i",
-            device,
-        ],
-        input=data,
-        check=True,
-        timeout=600,
-    )
+    subprocess.run(pub_argv(broker, ca, device, creds_dir), input=data, check=True, timeout=600)
 
 
 def run(work: Path) -> list[Figure]:

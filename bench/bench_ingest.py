@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.bench_heartbeat import _lines
+from bench.bench_heartbeat import _lines, pub_argv
 from bench.results import Figure
 from firmware import contract
 from fleet_server.ca import CertificateAuthority, DeviceCredentials
@@ -30,29 +30,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 def _publish_all(broker: Broker, ca: CertificateAuthority, devs: list[DeviceCredentials],
                  start_seq: int) -> None:  # fmt: skip
     procs = [
-        subprocess.Popen(
-            [
-                "mosquitto_pub",
-                "-h",
-                "localhost",
-                "-p",
-                str(broker.port),
-                "-q",
-                "1",
-                "-l",
-                "-t",
-                contract.topic(d.device_id, "heartbeat"),
-                "--cafile",
-                str(ca.root_cert_path),
-                "--cert",
-                str(d.cert_pem),
-                "--key",
-                str(d.key_pem),
-                "-i",
-                d.device_id,
-            ],
-            stdin=subprocess.PIPE,
-        )
+        subprocess.Popen(pub_argv(broker, ca, d.device_id, d.directory), stdin=subprocess.PIPE)
         for d in devs
     ]
     for d, p in zip(devs, procs, strict=True):

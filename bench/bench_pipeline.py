@@ -144,7 +144,7 @@ def _latency(work: Path, det: Detector) -> tuple[float, float, int]:
         ca=creds.root_pem,
         cert=creds.cert_pem,
         key=creds.key_pem,
-        **RIG_RECONNECT,  # type: ignore[arg-type]
+        **RIG_RECONNECT,
     )
     link = Link("bench-cam-1", settings)
     frame_time: dict[int, float] = {}

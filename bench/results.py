@@ -27,14 +27,15 @@ class Figure:
 
 
 def write(figures: list[Figure]) -> None:
+    generated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc = {
-        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "generated": generated,
         "machine": f"{platform.machine()}, {platform.python_implementation()} "
         f"{platform.python_version()}",
         "figures": [asdict(f) for f in figures],
     }
     atomic_write(str(RESULTS), (json.dumps(doc, indent=2) + "\n").encode())
-    update_readme(figures, doc["generated"])
+    update_readme(figures, generated)
 
 
 def table(figures: list[Figure], generated: str) -> str:

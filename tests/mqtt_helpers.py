@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -34,8 +35,8 @@ class Client:
             self.messages.append(msg)
 
     def _on_subscribe(
-        self, _c: mqtt.Client, _u: object, _mid: int, codes: list, _p: object
-    ) -> None:  # type: ignore[type-arg]
+        self, _c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object
+    ) -> None:
         self.suback.append([int(c.value) for c in codes])
         self._subscribed.set()
 
