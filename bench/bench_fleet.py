@@ -41,16 +41,23 @@ def _connected(path: Path) -> int:
     return int(value) if isinstance(value, int) else 0
 
 
-def _p99_from_histogram(server: ServerProcess, name: str) -> float:
-    """Upper bound of the bucket holding the 99th percentile (from /metrics)."""
+def _buckets(server: ServerProcess, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a Prometheus histogram from /metrics."""
     _status, text = server.get("/metrics")
-    buckets: list[tuple[float, float]] = []
+    out: list[tuple[float, float]] = []
     for line in str(text).splitlines():
         if line.startswith(name + "_bucket{"):
             le = line.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
-    total = buckets[-1][1] if buckets else 0.0
-    for bound, count in buckets:
+            out.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    return out
+
+
+def p99_between(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    """Upper bound of the bucket holding the 99th percentile of what was observed between
+    two scrapes (the steady state, without the connect surge before it)."""
+    delta = [(b, a - (before[i][1] if i < len(before) else 0.0)) for i, (b, a) in enumerate(after)]
+    total = delta[-1][1] if delta else 0.0
+    for bound, count in delta:
         if total and count >= 0.99 * total:
             return bound
     return float("nan")
@@ -85,9 +92,13 @@ def run(work: Path) -> list[Figure]:
         wait_for(lambda: server.get("/api/devices?state=online&limit=1")[1]["total"] >= n,
                  180, interval=1.0, what=f"{n} devices online")  # fmt: skip
         online_s = time.monotonic() - t0
-        time.sleep(2 * INTERVAL_S)  # steady state: every device has sent heartbeats
+        time.sleep(INTERVAL_S)  # let the connect surge drain
+        before = _buckets(server, "camfleet_ingest_lag_seconds")
+        time.sleep(3 * INTERVAL_S)  # steady state: every device sends three heartbeats
+        after = _buckets(server, "camfleet_ingest_lag_seconds")
+        lag_p99 = p99_between(before, after)
+        steady = after[-1][1] - before[-1][1] if after and before else 0.0
         online = server.get("/api/devices?state=online&limit=1")[1]["total"]
-        lag_p99 = _p99_from_histogram(server, "camfleet_ingest_lag_seconds")
         rss_mb = psutil.Process(server.pid).memory_info().rss / 2**20
         broker_mb = psutil.Process(broker.pid).memory_info().rss / 2**20
 
@@ -102,8 +113,8 @@ def run(work: Path) -> list[Figure]:
         back_s = time.monotonic() - t0
         per_s = _stats(stats).get("connects_per_s")
         seconds = per_s if isinstance(per_s, dict) else {}
-        after = [int(v) for k, v in seconds.items() if int(k) >= int(restarted)]
-        peak = max(after) if after else 0
+        since_restart = [int(v) for k, v in seconds.items() if int(k) >= int(restarted)]
+        peak = max(since_restart) if since_restart else 0
     finally:
         sim.stop()
         server.stop()
@@ -112,8 +123,8 @@ def run(work: Path) -> list[Figure]:
         Figure("sim_devices_online", online, "devices", f"{n} simulated, own certificates",
                f"all online {online_s:.0f} s after start (500 connects/s); certs {issue_s:.0f} s"),
         Figure("heartbeat_lag_p99_s", lag_p99, "s", "target < 1 s",
-               f"device timestamp to DB commit, {n / INTERVAL_S:.0f} heartbeats/s; "
-               "bucket upper bound"),
+               f"device timestamp to DB commit, steady state ({steady:.0f} heartbeats in "
+               f"{3 * INTERVAL_S:.0f} s after the connect surge); histogram bucket upper bound"),
         Figure("server_rss_mb", rss_mb, "MiB", f"broker {broker_mb:.0f} MiB",
                f"fleet server process with {n} devices"),
         Figure("reconnect_all_s", back_s, "s", "first retry spread over 20 s",

@@ -26,6 +26,15 @@ class Figure:
     detail: str = ""
 
 
+def previous() -> list[Figure]:
+    """The figures bench/results.json holds now (none when it is missing or unreadable)."""
+    try:
+        doc = json.loads(RESULTS.read_text())
+        return [Figure(**f) for f in doc.get("figures", [])]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
 def write(figures: list[Figure]) -> None:
     generated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc = {
@@ -38,6 +47,10 @@ def write(figures: list[Figure]) -> None:
     update_readme(figures, generated)
 
 
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e12 else f"{value:.4g}"
+
+
 def table(figures: list[Figure], generated: str) -> str:
     lines = [
         f"Latest `make bench` ({generated}):",
@@ -46,7 +59,9 @@ def table(figures: list[Figure], generated: str) -> str:
         "|---|---|---|---|---|",
     ]
     for f in figures:
-        lines.append(f"| `{f.name}` | {f.value:.3g} | {f.unit} | {f.compared_with} | {f.detail} |")
+        lines.append(
+            f"| `{f.name}` | {_num(f.value)} | {f.unit} | {f.compared_with} | {f.detail} |"
+        )
     return "\n".join(lines)
 
 

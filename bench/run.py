@@ -8,18 +8,21 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.results import ROOT, Figure, write
+from bench.results import ROOT, Figure, previous, write
 
 WORK = ROOT / "bench" / "work"
 
 
-def main() -> int:
-    figures: list[Figure] = []
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.run [bench_name ...]``: all benches, or the named ones, whose
+    figures then replace the same-named ones already in bench/results.json."""
+    wanted = sys.argv[1:] if argv is None else argv
+    figures: list[Figure] = [] if not wanted else previous()
     shutil.rmtree(WORK, ignore_errors=True)
     names = sorted(
         m.name
         for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-        if m.name.startswith("bench_")
+        if m.name.startswith("bench_") and (not wanted or m.name in wanted)
     )
     for name in names:
         module = importlib.import_module(f"bench.{name}")
@@ -27,7 +30,8 @@ def main() -> int:
         got: list[Figure] = module.run(WORK / name)
         for f in got:
             print(f"   {f.name} = {f.value:.4g} {f.unit}  ({f.detail})", flush=True)
-        figures.extend(got)
+        fresh = {f.name for f in got}
+        figures = [f for f in figures if f.name not in fresh] + got
     write(figures)
     print(f"wrote {ROOT / 'bench' / 'results.json'}")
     return 0
