@@ -23,11 +23,12 @@ from hil_tests.procs import REPO, Broker, Process, RigError, free_port, port_ope
 from hil_tests.server import ServerProcess
 
 AGENTS = ("cam-demo-01", "cam-demo-02")
+DETECTING = "cam-demo-01"  # runs the real detector on a replayed street scene
 NODES = ("node-demo-01",)
 
 
 def _port(preferred: int) -> int:
-    return preferred if not port_open(preferred) else free_port()
+    return preferred if preferred and not port_open(preferred) else free_port()
 
 
 def _stop_all(procs: list[Process]) -> None:
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-port", type=int, default=8883)
     parser.add_argument("--api-port", type=int, default=8080)
     parser.add_argument("--duration", type=float, default=0, help="stop after N s (0: Ctrl-C)")
+    parser.add_argument(
+        "--no-detection", action="store_true", help="all agents only report (no detector)"
+    )
     args = parser.parse_args(argv)
 
     state: Path = args.state_dir.resolve()
@@ -62,31 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(broker)
         server = ServerProcess(state / "server", ca.dir, broker_port, api_port=api_port)
         procs.append(server.start_and_wait())
-        images = write_test_images(state / "camera-images", count=24)
-        for device_id in AGENTS:
-            creds = ca.issue_device(device_id, state / "devices" / device_id)
-            procs.append(
-                agent_process(
-                    creds,
-                    broker_port,
-                    state / "agents" / device_id,
-                    heartbeat_s=5,
-                    keepalive_s=15,
-                    camera_dir=images[0].parent,
-                ).start()
-            )
-        for device_id in NODES:
-            creds = ca.issue_device(device_id, state / "devices" / device_id)
-            procs.append(
-                node_process(
-                    creds,
-                    broker_port,
-                    state / "nodes" / device_id,
-                    heartbeat_s=5,
-                    keepalive_s=15,
-                    sim_dir=state / "nodes" / device_id / "sim",
-                ).start()
-            )
+        _start_devices(ca, state, broker_port, procs, detect=not args.no_detection)
         everyone = (*AGENTS, *NODES)
         wait_for(
             lambda: (
@@ -119,6 +99,50 @@ def main(argv: list[str] | None = None) -> int:
         _stop_all(procs)
         print("stopped.", flush=True)
     return 0
+
+
+def _start_devices(
+    ca: CertificateAuthority, state: Path, broker_port: int, procs: list[Process], detect: bool
+) -> None:
+    """The two agents (one with the detector unless ``detect`` is off) and the node."""
+    images = write_test_images(state / "camera-images", count=24)
+    for device_id in AGENTS:
+        creds = ca.issue_device(device_id, state / "devices" / device_id)
+        camera, extra = images[0].parent, None
+        if device_id == DETECTING and detect:
+            camera, extra = _detection(state)
+        procs.append(
+            agent_process(
+                creds, broker_port, state / "agents" / device_id, heartbeat_s=5,
+                keepalive_s=15, camera_dir=camera, extra=extra,
+            ).start()
+        )  # fmt: skip
+    for device_id in NODES:
+        creds = ca.issue_device(device_id, state / "devices" / device_id)
+        node_dir = state / "nodes" / device_id
+        procs.append(
+            node_process(creds, broker_port, node_dir, heartbeat_s=5, keepalive_s=15,
+                         sim_dir=node_dir / "sim").start()
+        )  # fmt: skip
+
+
+def _detection(state: Path) -> tuple[Path, dict[str, object]]:
+    """Frames of people crossing a street (real photos moving over a background) and the
+    agent's pipeline: the real model, a counting line across the middle, counts every 30 s."""
+    from agent.model_fetch import ensure_model
+    from hil_tests.scenes import crossing_scene, write_frames
+
+    frames = state / "street-frames"
+    if not frames.exists():
+        write_frames(crossing_scene(count=2, frames_each=30, gap=10), frames, 80)
+    pipeline: dict[str, object] = {
+        "detector": {"model_dir": str(ensure_model().folder), "threads": 1},
+        "lines": [{"name": "middle", "a": [0.5, 0.0], "b": [0.5, 1.0],
+                   "directions": ["eastbound", "westbound"]}],
+        "counts_every_s": 30.0,
+    }  # fmt: skip
+    camera = {"type": "files", "path": str(frames), "fps": 5.0}
+    return frames, {"pipeline": pipeline, "camera": camera}
 
 
 def _print_banner(server: ServerProcess, broker: Broker, procs: list[Process], state: Path) -> None:

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hil_tests.procs import Process, free_port, wait_for
+from hil_tests.procs import Process, RigError, free_port, wait_for
 from hil_tests.toml_out import merge, to_toml
 
 
@@ -110,7 +110,7 @@ class ServerProcess(Process):
         self.start()
         wait_for(lambda: self.ready() or not self.alive(), timeout, what="fleet server API")
         if not self.alive():
-            raise RuntimeError(f"fleet server exited:\n{self.log_text()[-3000:]}")
+            raise RigError(f"fleet server exited:\n{self.log_text()[-3000:]}")
         return self
 
     def device(self, device_id: str) -> dict[str, Any] | None:

@@ -31,6 +31,8 @@ def _toml_value(value: object) -> str:
         return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (inside a list: an array of tables)
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 

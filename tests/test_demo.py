@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
-from hil_tests.procs import REPO, free_port
+from hil_tests.procs import REPO, free_port, wait_for
+
+
+def _events(api: str) -> int:
+    url = f"{api}/api/events?device_id=cam-demo-01&type=track.new&limit=1"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return int(json.loads(resp.read())["total"])
 
 
 def test_demo_brings_the_fleet_up_and_stops_cleanly(tmp_path: Path) -> None:
@@ -37,6 +45,10 @@ def test_demo_brings_the_fleet_up_and_stops_cleanly(tmp_path: Path) -> None:
             lines.append(line)
             if "Ctrl-C stops everything" in line:
                 break
+        api = re.search(r"REST API\s+(http://\S+)/api/devices", "".join(lines))
+        assert api, "".join(lines)
+        # the detecting agent runs the real model on its street scene: tracks reach the server
+        wait_for(lambda: _events(api.group(1)) > 0, 90, interval=1.0, what="detection events")
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         rest, _ = proc.communicate(timeout=60)
     finally:
