@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server import audit
 from fleet_server.alerts import Alert, AlertBook, AlertError
 from fleet_server.audit import Actor
-from fleet_server.auth import AUTH_RESPONSES, OPERATOR, require_role
+from fleet_server.auth import AUTH_RESPONSES, OPERATOR, READERS, require_role
 from fleet_server.notify import Notifier
 
 AlertState = Literal["open", "acknowledged", "resolved"]
@@ -67,7 +67,12 @@ def alert_out(a: Alert) -> AlertOut:
 
 
 def alerts_router(sessions: sessionmaker[Session], notifier: Notifier) -> APIRouter:
-    router = APIRouter(prefix="/api/alerts", tags=["alerts"])
+    router = APIRouter(
+        prefix="/api/alerts",
+        tags=["alerts"],
+        dependencies=[Depends(require_role(*READERS))],
+        responses=AUTH_RESPONSES,
+    )
 
     @router.get("", response_model=AlertPage)
     def list_alerts(

@@ -6,11 +6,12 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from firmware import contract
+from fleet_server.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.dashboard import mount_static
 from fleet_server.db import Device
 from fleet_server.metrics import Metrics
@@ -81,7 +82,15 @@ def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter
         redoc_url=None,
     )
 
-    @app.get("/api/devices", response_model=DevicePage, tags=["devices"])
+    reader = [Depends(require_role(*READERS))]
+
+    @app.get(
+        "/api/devices",
+        response_model=DevicePage,
+        tags=["devices"],
+        dependencies=reader,
+        responses=AUTH_RESPONSES,
+    )
     def list_devices(
         state: Annotated[
             Literal["online", "offline", "unknown"] | None, Query(description="Filter by state")
@@ -100,8 +109,9 @@ def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter
     @app.get(
         "/api/devices/{device_id}",
         response_model=DeviceOut,
-        responses={404: {"description": "No such device"}},
+        responses={404: {"description": "No such device"}, **AUTH_RESPONSES},
         tags=["devices"],
+        dependencies=reader,
     )
     def get_device(device_id: DeviceId) -> DeviceOut:
         dev = registry.get_device(device_id)

@@ -81,6 +81,10 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+COOKIE = "camfleet_token"
+# Everyone with an account may read the fleet's state.
+READERS = (VIEWER, TECHNICIAN, OPERATOR)
+
 # What every route behind ``require_role`` may answer besides its own codes (for OpenAPI).
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "No API token, or not a valid one"},
@@ -100,6 +104,9 @@ def require_role(*roles: str) -> Callable[..., Actor]:
         request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Actor:
+        if not authorization and request.cookies.get(COOKIE):
+            # the dashboard's session: the same token, in an HttpOnly, SameSite=Strict cookie
+            authorization = f"Bearer {request.cookies[COOKIE]}"
         auth: Authenticator | None = getattr(request.app.state, "camfleet_auth", None)
         if auth is None:
             raise HTTPException(503, "authentication is not set up on this server")

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from firmware import contract
 from fleet_server import audit, commands
 from fleet_server.audit import Actor
-from fleet_server.auth import AUTH_RESPONSES, OPERATOR, require_role
+from fleet_server.auth import AUTH_RESPONSES, OPERATOR, READERS, require_role
 from fleet_server.commands import Command, CommandError, DeviceConfig, Outgoing
 from fleet_server.db import Device
 
@@ -92,7 +92,11 @@ def config_out(c: DeviceConfig) -> ConfigOut:
 
 
 def commands_router(sessions: sessionmaker[Session], send: Callable[[Outgoing], None]) -> APIRouter:
-    router = APIRouter(tags=["commands"])
+    router = APIRouter(
+        tags=["commands"],
+        dependencies=[Depends(require_role(*READERS))],
+        responses=AUTH_RESPONSES,
+    )
 
     def _known(db: Session, device_id: str) -> None:
         if db.get(Device, device_id) is None:

@@ -15,13 +15,14 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from firmware import contract
+from fleet_server.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.db import Base
 
 
@@ -166,7 +167,11 @@ DeviceFilter = Annotated[
 
 
 def events_router(sessions: sessionmaker[Session]) -> APIRouter:
-    router = APIRouter(tags=["events"])
+    router = APIRouter(
+        tags=["events"],
+        dependencies=[Depends(require_role(*READERS))],
+        responses=AUTH_RESPONSES,
+    )
 
     @router.get("/api/events", response_model=EventPage)
     def list_events(

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         broker = Broker(ca, state / "broker", broker_port).start()
         procs.append(broker)
         server = ServerProcess(state / "server", ca.dir, broker_port, api_port=api_port)
+        login = server.add_user(f"demo-admin-{int(time.time())}", "admin")
         procs.append(server.start_and_wait())
         _start_devices(ca, state, broker_port, procs, detect=not args.no_detection)
         everyone = (*AGENTS, *NODES)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             60,
             what="every device online",
         )
-        _print_banner(server, broker, procs, state)
+        _print_banner(server, broker, procs, state, login)
         started = time.monotonic()
         next_line = 0.0
         while not stopping:
@@ -145,9 +146,11 @@ def _detection(state: Path) -> tuple[Path, dict[str, object]]:
     return frames, {"pipeline": pipeline, "camera": camera}
 
 
-def _print_banner(server: ServerProcess, broker: Broker, procs: list[Process], state: Path) -> None:
+def _print_banner(
+    server: ServerProcess, broker: Broker, procs: list[Process], state: Path, login: str
+) -> None:
     print("\ncamfleet demo is running\n", flush=True)
-    print(f"  dashboard     {server.base_url}/ui/")
+    print(f"  dashboard     {server.base_url}/ui/   (sign in with: {login})")
     api = server.base_url
     print(f"  REST API      {api}/api/devices   (OpenAPI: {api}/openapi.json)")
     print(f"  metrics       {server.base_url}/metrics")
@@ -155,7 +158,10 @@ def _print_banner(server: ServerProcess, broker: Broker, procs: list[Process], s
     print(f"  state         {state}\n")
     for proc in procs:
         print(f"  {proc.name:<24} pid {proc.pid:<8} log {proc.log_path}")
-    print(f"\n  try: curl -s {server.base_url}/api/devices | python3 -m json.tool")
+    print(
+        f'\n  try: curl -s -H "Authorization: Bearer {login}" {server.base_url}/api/devices'
+        " | python3 -m json.tool"
+    )
     print("  Ctrl-C stops everything.\n", flush=True)
 
 

@@ -8,8 +8,6 @@ revocation reloads that broker), and offers a small authenticated client for the
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -52,17 +50,6 @@ class IdentityServer(ServerProcess):
     @property
     def est_url(self) -> str:
         return f"https://localhost:{self.est_port}"
-
-    def add_user(self, name: str, role: str) -> str:
-        cli = [sys.executable, "-m", "fleet_server.cli", "--config", str(self.config_path)]
-        out = subprocess.run(
-            [*cli, "add-user", name, "--role", role],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return out.stdout.strip().splitlines()[-1]
 
     def start_all(self, timeout: float = 30.0) -> IdentityServer:
         self.admin_token = self.add_user("admin", "admin")

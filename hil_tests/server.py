@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ class ServerProcess(Process):
         extra: dict[str, object] | None = None,
     ) -> None:
         self.api_port = api_port or free_port()
+        self.reader_token = ""
         self.config_path = write_server_config(
             workdir / "server.toml",
             data_dir=workdir,
@@ -75,20 +78,38 @@ class ServerProcess(Process):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def get(self, path: str) -> tuple[int, Any]:
+    def add_user(self, name: str, role: str) -> str:
+        """A person with ``role`` through the real CLI; their API token."""
+        cli = [sys.executable, "-m", "fleet_server.cli", "--config", str(self.config_path)]
+        out = subprocess.run(
+            [*cli, "add-user", name, "--role", role],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return out.stdout.strip().splitlines()[-1]
+
+    def _headers(self, token: str | None) -> dict[str, str]:
+        use = token if token is not None else self.reader_token
+        return {"Authorization": f"Bearer {use}"} if use else {}
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        """GET as the rig's read-only user (or with ``token``; "" for none)."""
+        req = urllib.request.Request(self.base_url + path, headers=self._headers(token))
         try:
-            with urllib.request.urlopen(self.base_url + path, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=5) as resp:
                 body = resp.read()
                 ctype = resp.headers.get("content-type", "")
                 return resp.status, json.loads(body) if "json" in ctype else body.decode()
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
-    def post(self, path: str, body: object, method: str = "POST") -> tuple[int, Any]:
+    def post(
+        self, path: str, body: object, method: str = "POST", token: str | None = ""
+    ) -> tuple[int, Any]:
+        """POST (no token unless given: writes need a role the rig's reader does not have)."""
         req = urllib.request.Request(
             self.base_url + path,
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self._headers(token)},
             method=method,
         )
         try:
@@ -107,6 +128,8 @@ class ServerProcess(Process):
             return False
 
     def start_and_wait(self, timeout: float = 20.0) -> ServerProcess:
+        if not self.reader_token:  # the rig reads the API as a viewer
+            self.reader_token = self.add_user(f"rig-{uuid.uuid4().hex[:10]}", "viewer")
         self.start()
         wait_for(lambda: self.ready() or not self.alive(), timeout, what="fleet server API")
         if not self.alive():

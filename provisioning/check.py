@@ -24,16 +24,21 @@ class CheckResult:
     device: dict[str, Any] | None
 
 
-def fetch_device(api: str, device_id: str, timeout: float = 5.0) -> dict[str, Any] | None:
+def fetch_device(
+    api: str, device_id: str, token: str, timeout: float = 5.0
+) -> dict[str, Any] | None:
     url = f"{api.rstrip('/')}/api/devices/{urllib.parse.quote(device_id)}"
     if not url.startswith(("http://", "https://")):
         raise CheckError(f"API address must be http:// or https://, not {api!r}")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - scheme checked
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked
             data = json.loads(resp.read())
     except urllib.error.HTTPError as err:
         if err.code == 404:
             return None
+        if err.code in (401, 403):
+            raise CheckError(f"{url}: the API token was refused (HTTP {err.code})") from err
         raise CheckError(f"{url}: HTTP {err.code}") from err
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise CheckError(f"{url}: {err}") from err
@@ -45,6 +50,7 @@ def fetch_device(api: str, device_id: str, timeout: float = 5.0) -> dict[str, An
 def wait_online(
     api: str,
     device_id: str,
+    token: str,
     timeout_s: float,
     *,
     interval_s: float = 1.0,
@@ -55,9 +61,9 @@ def wait_online(
     device: dict[str, Any] | None = None
     while True:
         try:
-            device = fetch_device(api, device_id)
-        except CheckError:
-            if clock() - start >= timeout_s:
+            device = fetch_device(api, device_id, token)
+        except CheckError as exc:
+            if clock() - start >= timeout_s or "token was refused" in str(exc):
                 raise
             device = None
         if device is not None and device.get("state") == "online":

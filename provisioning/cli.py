@@ -68,6 +68,7 @@ def _transport(spec: str) -> Transport:
 def check(
     device_id: str,
     api: ApiOpt,
+    api_token: TokenOpt,
     timeout: Annotated[float, typer.Option(help="seconds to wait")] = 120.0,
 ) -> None:
     """Wait until the device is online in the fleet server."""
@@ -75,7 +76,7 @@ def check(
         err.print(f"camfleet-provision: {device_id!r} is not a valid device id")
         raise typer.Exit(2)
     try:
-        result = wait_online(api, device_id, timeout)
+        result = wait_online(api, device_id, api_token, timeout)
     except CheckError as exc:
         err.print(f"camfleet-provision: cannot reach the fleet server: {exc}")
         raise typer.Exit(1) from exc

@@ -72,12 +72,14 @@ def submit_or_queue(api: ApiClient, queue: OfflineQueue, sub: dict[str, Any], sa
     return True
 
 
-def wait_heartbeat(api_url: str, device_id: str, timeout_s: float) -> dict[str, Any] | None:
+def wait_heartbeat(
+    api_url: str, device_id: str, token: str, timeout_s: float
+) -> dict[str, Any] | None:
     """The device as the server shows it, once it is online with a heartbeat; or None."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            dev = fetch_device(api_url, device_id)
+            dev = fetch_device(api_url, device_id, token)
         except CheckError:
             dev = None
         if dev and dev.get("state") == "online" and dev.get("last_heartbeat"):
@@ -122,7 +124,7 @@ def provision_box(
     transport.reset()
     sent = submit_or_queue(api, queue, sub, say)
     say("waiting for the first heartbeat")
-    beat = wait_heartbeat(api.base, job.device_id, job.timeout_s)
+    beat = wait_heartbeat(api.base, job.device_id, api.token, job.timeout_s)
     return Outcome(job.device_id, sub["record"]["record_id"], sent, beat)
 
 
@@ -183,7 +185,7 @@ def provision_node(
         raise ProvisionError(str(exc), "press the reset button on the board") from exc
     sent = submit_or_queue(api, queue, sub, say)
     say("waiting for the first heartbeat")
-    beat = wait_heartbeat(api.base, job.device_id, job.timeout_s)
+    beat = wait_heartbeat(api.base, job.device_id, api.token, job.timeout_s)
     return Outcome(job.device_id, body["record_id"], sent, beat)
 
 

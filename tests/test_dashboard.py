@@ -85,6 +85,13 @@ def browser() -> Iterator[object]:
         b.close()
 
 
+def _sign_in(page: object, token: str) -> None:
+    page.goto(page.url.split("/ui/")[0] + "/ui/login")  # type: ignore[attr-defined]
+    page.fill("#login-token", token)  # type: ignore[attr-defined]
+    page.click("#login")  # type: ignore[attr-defined]
+    page.wait_for_url("**/ui/")  # type: ignore[attr-defined]
+
+
 def test_dashboard_pages_in_chromium(
     fleet_server: IdentityServer, browser: object, tmp_path: Path
 ) -> None:
@@ -95,6 +102,13 @@ def test_dashboard_pages_in_chromium(
     page.on("pageerror", lambda e: errors.append(str(e)))
     base = fleet_server.base_url
 
+    page.goto(base + "/ui/devices")  # not signed in: sent to the sign-in page
+    assert page.url.endswith("/ui/login")
+    page.fill("#login-token", "cf_api_wrong")
+    page.click("#login")
+    page.wait_for_selector("#msg.error")
+    assert "refused" in page.inner_text("#msg")
+    _sign_in(page, fleet_server.add_user("wall-screen", "viewer"))
     page.goto(base + "/")  # redirects to the overview
     assert page.inner_text("#n-total") == str(len(FLEET))
     assert page.inner_text("#n-offline") == "1"
@@ -132,11 +146,15 @@ def test_dashboard_pages_in_chromium(
     page.goto(base + "/ui/alerts")
     row = page.locator("table.alerts tr", has_text=HOT)
     alert_id = int(str(row.get_attribute("id")).removeprefix("alert-"))
-    row.locator("button.ack").click()  # without a token: refused, nothing changes
+    row.locator("button.ack").click()  # a viewer may look, not act: refused, nothing changes
     page.wait_for_selector("#msg.error")
-    assert "401" in page.inner_text("#msg")
+    assert "403" in page.inner_text("#msg")
     assert fleet_server.get(f"/api/alerts?device_id={HOT}")[1]["items"][0]["state"] == "open"
-    page.fill("#token", fleet_server.add_user("op-ana", "operator"))
+    page.click("#logout")
+    page.wait_for_url("**/ui/login")
+    _sign_in(page, fleet_server.add_user("op-ana", "operator"))
+    page.goto(base + "/ui/alerts")
+    row = page.locator("table.alerts tr", has_text=HOT)
     row.locator("button.ack").click()
     page.wait_for_function(
         f"document.querySelector('#alert-{alert_id} .alert-state').textContent === 'acknowledged'"

@@ -14,9 +14,10 @@ from pathlib import Path
 from hil_tests.procs import REPO, free_port, wait_for
 
 
-def _events(api: str) -> int:
+def _events(api: str, token: str) -> int:
     url = f"{api}/api/events?device_id=cam-demo-01&type=track.new&limit=1"
-    with urllib.request.urlopen(url, timeout=5) as resp:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
         return int(json.loads(resp.read())["total"])
 
 
@@ -46,9 +47,13 @@ def test_demo_brings_the_fleet_up_and_stops_cleanly(tmp_path: Path) -> None:
             if "Ctrl-C stops everything" in line:
                 break
         api = re.search(r"REST API\s+(http://\S+)/api/devices", "".join(lines))
-        assert api, "".join(lines)
+        login = re.search(r"sign in with: (\S+)\)", "".join(lines))
+        assert api and login, "".join(lines)
         # the detecting agent runs the real model on its street scene: tracks reach the server
-        wait_for(lambda: _events(api.group(1)) > 0, 90, interval=1.0, what="detection events")
+        wait_for(
+            lambda: _events(api.group(1), login.group(1)) > 0, 90, interval=1.0,
+            what="detection events",
+        )  # fmt: skip
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         rest, _ = proc.communicate(timeout=60)
     finally:

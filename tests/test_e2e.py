@@ -175,6 +175,8 @@ def test_technician_check_proves_the_device_reports(
             device_id,
             "--api",
             server.base_url,
+            "--api-token",
+            server.reader_token,
             "--timeout",
             "15",
         ],
@@ -192,6 +194,8 @@ def test_technician_check_proves_the_device_reports(
             "never-installed",
             "--api",
             server.base_url,
+            "--api-token",
+            server.reader_token,
             "--timeout",
             "1",
         ],
@@ -209,6 +213,8 @@ def test_technician_check_proves_the_device_reports(
             device_id,
             "--api",
             "http://127.0.0.1:9",
+            "--api-token",
+            server.reader_token,
             "--timeout",
             "0.5",
         ],
@@ -219,6 +225,13 @@ def test_technician_check_proves_the_device_reports(
     )
     assert unreachable.returncode == 1
     assert "cannot reach" in unreachable.stderr
+    refused = subprocess.run(
+        [_script("camfleet-provision"), "check", device_id, "--api", server.base_url,
+         "--api-token", "cf_api_not-a-real-token", "--timeout", "5"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "token was refused" in refused.stderr
 
 
 def _script(name: str) -> str:

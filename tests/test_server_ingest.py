@@ -69,6 +69,18 @@ def test_heartbeat_reaches_the_api(
     assert "ing-a" in [d["id"] for d in page["items"]]
 
 
+def test_reads_need_an_account(server: ServerProcess) -> None:
+    """Every role may read the fleet; nobody without a valid token may."""
+    for path in ("/api/devices", "/api/alerts", "/api/events", "/api/counts"):
+        assert server.get(path, token="")[0] == 401, path
+        assert server.get(path, token="cf_api_forged")[0] == 401, path
+        assert server.get(path)[0] == 200, path  # the rig's viewer
+    tech = server.add_user("tech-read", "technician")
+    assert server.get("/api/devices", token=tech)[0] == 200
+    assert server.get("/healthz", token="")[0] == 200  # liveness and metrics stay open
+    assert server.get("/metrics", token="")[0] == 200
+
+
 def test_api_refuses_bad_queries(server: ServerProcess) -> None:
     assert server.get("/api/devices/no-such-device")[0] == 404
     assert server.get("/api/devices/BAD_ID")[0] == 422

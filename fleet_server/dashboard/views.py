@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -23,6 +23,7 @@ from fleet_server import commands as cmds
 from fleet_server.alerts import ACTIVE, Alert
 from fleet_server.commands import Command
 from fleet_server.dashboard import svg
+from fleet_server.dashboard.login import ui_reader
 from fleet_server.db import Device, Heartbeat
 from fleet_server.rules import OFFLINE_RULE
 
@@ -93,7 +94,7 @@ def dashboard_router(
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
     )
     nav = NAV + [(href, name) for href, name, _render in pages]
-    router = APIRouter(prefix="/ui", include_in_schema=False)
+    router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(ui_reader)])
 
     def render(template: str, here: str, **ctx: Any) -> HTMLResponse:
         html = env.get_template(template).render(nav=nav, here=here, **ctx)

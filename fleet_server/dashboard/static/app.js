@@ -9,18 +9,26 @@ function say(text, isError) {
   box.hidden = false;
 }
 
-// Actions need an operator's API token. It stays in this tab only (sessionStorage).
-function token() {
-  const field = document.getElementById("token");
-  const typed = field && field.value.trim();
-  if (typed) sessionStorage.setItem("camfleet-token", typed);
-  return typed || sessionStorage.getItem("camfleet-token") || "";
+// The session cookie (HttpOnly, SameSite=Strict) carries the signed-in person's token.
+async function signIn() {
+  const token = document.getElementById("login-token").value.trim();
+  try {
+    await call("POST", "/ui/login", { token: token });
+    window.location = "/ui/";
+  } catch (err) {
+    say("sign-in refused: " + err.message, true);
+  }
+}
+
+async function signOut() {
+  await call("POST", "/ui/logout", {});
+  window.location = "/ui/login";
 }
 
 async function call(method, url, body) {
   const resp = await fetch(url, {
     method: method,
-    headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token() },
+    headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body),
   });
   let data = null;
