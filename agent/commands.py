@@ -108,7 +108,7 @@ def decide_command(body: dict[str, Any], now: float, can: Abilities) -> Answer:
             )
         can.reboot()
         return Answer(True, {"rebooting": True})
-    if cmd in ("relay", "sensors"):
+    if cmd in ("relay", "read_sensors"):
         return Answer(False, error=f"{cmd} is a cabinet node command, not an agent one")
     return Answer(False, error=f"unknown command {cmd!r}")
 

@@ -27,7 +27,7 @@ TIMED_OUT = "timed_out"
 OPEN_STATES = (PENDING, SENT)
 
 # Commands the fleet knows; a device may still refuse one it does not implement.
-KNOWN = ("ping", "reboot", "restart", "snapshot", "logs", "relay", "sensors")
+KNOWN = ("ping", "reboot", "restart", "snapshot", "logs", "relay", "read_sensors")
 
 
 class CommandError(Exception):

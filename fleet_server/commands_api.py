@@ -32,7 +32,7 @@ Operator = Annotated[Actor, Depends(require_role(OPERATOR))]
 
 class CommandIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cmd: Literal["ping", "reboot", "restart", "snapshot", "logs", "relay", "sensors"] = Field(
+    cmd: Literal["ping", "reboot", "restart", "snapshot", "logs", "relay", "read_sensors"] = Field(
         description="What the device should do"
     )
     args: dict[str, Any] = Field(default_factory=dict, description="Command arguments")

@@ -21,6 +21,7 @@ from fleet_server.config import ServerSettings
 from fleet_server.dashboard import dashboard_router, fleet_pages
 from fleet_server.dashboard.login import login_router
 from fleet_server.events import events_router
+from fleet_server.health_api import health_router
 from fleet_server.identity_api import identity_router
 from fleet_server.metrics import Metrics
 from fleet_server.notify import Notifier
@@ -44,6 +45,7 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(identity_router(ctx))  # issue 3: tokens, revocation, commissioning, EST
     found.append(alerts_router(ctx.sessions, ctx.notifier))
     found.append(commands_router(ctx.sessions, ctx.send))
+    found.append(health_router(ctx.sessions))
     found.append(login_router())
     found.append(dashboard_router(ctx.sessions, fleet_pages.SECTIONS, fleet_pages.PAGES))
     found.append(events_router(ctx.sessions))  # issue 4: events, snapshots, counts

@@ -22,6 +22,7 @@ from fleet_server.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.agent import agent_process
 from hil_tests.identity import IdentityServer
 from hil_tests.images import write_test_images
+from hil_tests.node import node_process
 from hil_tests.procs import Broker, wait_for
 from tests.mqtt_helpers import Client
 
@@ -263,3 +264,36 @@ def test_round_trip_with_the_real_agent(
         assert agent.proc is not None and agent.proc.returncode == 0
     finally:
         agent.stop()
+
+
+def test_round_trip_with_the_real_micropython_node(
+    server: IdentityServer, broker: Broker, device_factory: MakeDevice, tmp_path: Path
+) -> None:
+    """The server's commands reach the cabinet node (MQTT 3.1.1, cid in the payload) and
+    its answers close them; the relay moves on the simulated board."""
+    sim = tmp_path / "node" / "sim"
+    node = node_process(device_factory("cmd-node"), broker.port, tmp_path / "node",
+                        heartbeat_s=2, sim_dir=sim).start()  # fmt: skip
+    try:
+        wait_for(lambda: (server.device("cmd-node") or {}).get("state") == "online", 20,
+                 what="node online")  # fmt: skip
+
+        def run(cmd: str, **args: object) -> dict[str, Any]:
+            status, res = server.call("POST", "/api/devices/cmd-node/commands?wait=true",
+                                      {"cmd": cmd, "args": args, "timeout_s": 8})  # fmt: skip
+            assert status == 202
+            return dict(res)
+
+        assert run("ping")["state"] == "succeeded"
+        sensors = run("read_sensors")
+        assert sensors["state"] == "succeeded" and isinstance(sensors["result"], dict)
+        off = run("relay", action="off")  # box power off: the relay is energised
+        assert off["state"] == "succeeded" and off["result"]["power"] == "off", off
+        assert (sim / "pin_relay").read_text().strip() == "1"
+        assert run("relay", action="on")["state"] == "succeeded"
+        assert (sim / "pin_relay").read_text().strip() == "0"
+        bad = run("relay", action="sideways")
+        assert bad["state"] == "failed" and bad["error"]
+        assert run("snapshot")["state"] == "failed"  # not a node command: refused with a reason
+    finally:
+        node.stop()

@@ -192,3 +192,23 @@ def test_openapi_served_and_no_cdn_pages(server: ServerProcess) -> None:
     assert status == 200
     assert {"/api/devices", "/api/devices/{device_id}"} <= set(spec["paths"])
     assert server.get("/docs")[0] == 404  # Swagger UI would pull assets from a CDN
+
+
+def test_health_history_of_a_device(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    dev = _device(broker, device_factory("ing-hist"))
+    try:
+        for seq in range(3):
+            dev.publish(*_heartbeat("ing-hist", seq, cpu_pct=10.0 + seq, temp_c=40.0))
+        wait_for(lambda: (server.device("ing-hist") or {}).get("last_seq") == 2, 10,
+                 what="three heartbeats")  # fmt: skip
+    finally:
+        dev.close()
+    status, hist = server.get("/api/devices/ing-hist/health")
+    assert status == 200
+    assert [p["seq"] for p in hist["raw"]] == [0, 1, 2]
+    assert [p["values"]["cpu_pct"] for p in hist["raw"]] == [10.0, 11.0, 12.0]
+    assert hist["hourly"] == []  # nothing older than a day yet
+    assert server.get("/api/devices/nobody-here/health")[0] == 404
+    assert server.get("/api/devices/ing-hist/health", token="")[0] == 401
