@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import glob
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,3 +189,11 @@ def write_broker_config(
     conf = render_conf(ca, layout, port, bind, persistence, log_to_stderr)
     atomic_write(str(layout.conf), conf.encode(), 0o644)
     return layout
+
+
+def broker_binary() -> str:
+    """The mosquitto executable (Debian's package puts it in /usr/sbin)."""
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if cand and Path(cand).exists():
+            return cand
+    raise FileNotFoundError("mosquitto not found: apt-get install mosquitto (make setup does)")

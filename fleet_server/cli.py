@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings
-from fleet_server.broker import BrokerLayout, write_broker_config
+from fleet_server.broker import BrokerLayout, broker_binary, write_broker_config
 from fleet_server.ca import CAError, CertificateAuthority
 from fleet_server.config import ServerSettings
 
@@ -57,11 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {layout.conf} and {layout.acl}")
         elif args.command == "broker":
             layout = _write_broker(ca, settings)
-            from hil_tests.procs import mosquitto_bin
-
             if layout.pid_file is not None:  # exec keeps this pid: the server SIGHUPs it
                 layout.pid_file.write_text(f"{os.getpid()}\n")
-            os.execv(mosquitto_bin(), [mosquitto_bin(), "-c", str(layout.conf)])  # noqa: S606
+            mosquitto = broker_binary()
+            os.execv(mosquitto, [mosquitto, "-c", str(layout.conf)])  # noqa: S606
         elif args.command == "migrate":
             from fleet_server.migrate import upgrade
 
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "issue-device":
             creds = ca.issue_device(args.device_id, args.out, args.days)
             print(f"issued {creds.device_id}: {creds.directory}")
-    except CAError as exc:
+    except (CAError, FileNotFoundError) as exc:
         print(f"camfleet-server: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from fleet_server.broker import write_broker_config
+from fleet_server.broker import broker_binary, write_broker_config
 from fleet_server.ca import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,10 +73,10 @@ def micropython_bin() -> str:
 
 
 def mosquitto_bin() -> str:
-    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
-        if cand and Path(cand).exists():
-            return cand
-    raise RigError("mosquitto not found: apt-get install mosquitto (make setup does it)")
+    try:
+        return broker_binary()
+    except FileNotFoundError as exc:
+        raise RigError(str(exc)) from exc
 
 
 class Process:
