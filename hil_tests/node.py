@@ -80,7 +80,7 @@ class NodeProcess(Process):
         if self._board is not None:
             self._board.join(timeout=5)
 
-    def stop(self, grace: float = 5.0) -> int | None:
+    def stop(self, grace: float = 15.0) -> int | None:
         self._halt()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
