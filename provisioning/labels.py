@@ -102,12 +102,13 @@ def label_image(label: Label) -> Image.Image:
     import qrcode
     from PIL import Image, ImageDraw
 
-    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=4, border=2)
+    side = LABEL_H - 20
+    # the spec's quiet zone (4 modules) and whole pixels per module: scanners need both
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=1, border=4)
     qr.add_data(label.qr_text())
     qr.make(fit=True)
+    qr.box_size = max(1, side // (qr.modules_count + 8))
     code = qr.make_image(fill_color="black", back_color="white").get_image().convert("RGB")
-    side = LABEL_H - 20
-    code = code.resize((side, side), Image.Resampling.NEAREST)
     img = Image.new("RGB", (LABEL_W, LABEL_H), "white")
     img.paste(code, (10, 10))
     draw = ImageDraw.Draw(img)
@@ -120,6 +121,12 @@ def label_image(label: Label) -> Image.Image:
     return img
 
 
+def label_origin(i: int) -> tuple[int, int]:
+    """Top-left pixel of the ``i``-th label on its sheet (cut lines, tests)."""
+    cols, _rows = PER_PAGE
+    return 20 + (i % cols) * LABEL_W, 40 + (i // cols) * (LABEL_H + 30)
+
+
 def sheets(labels: list[Label]) -> list[Image.Image]:
     from PIL import Image
 
@@ -128,9 +135,7 @@ def sheets(labels: list[Label]) -> list[Image.Image]:
     for start in range(0, len(labels), cols * rows):
         page = Image.new("RGB", (1240, 1754), "white")  # A4 at 150 dpi
         for i, label in enumerate(labels[start : start + cols * rows]):
-            x = 20 + (i % cols) * (LABEL_W + 0)
-            y = 40 + (i // cols) * (LABEL_H + 30)
-            page.paste(label_image(label), (x, y))
+            page.paste(label_image(label), label_origin(i))
         pages.append(page)
     return pages
 
