@@ -6,15 +6,15 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from firmware import contract
 from fleet_server.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.dashboard import mount_static
 from fleet_server.db import Device
 from fleet_server.metrics import Metrics
+from fleet_server.params import DeviceId
 from fleet_server.registry import Registry
 
 
@@ -59,17 +59,6 @@ def device_out(dev: Device) -> DeviceOut:
         versions=dev.versions or {},
         last_heartbeat=dev.last_heartbeat,
     )
-
-
-DeviceId = Annotated[
-    str,
-    Path(
-        min_length=contract.ID_MIN,
-        max_length=contract.ID_MAX,
-        pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$",
-        description="Device id",
-    ),
-]
 
 
 def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter] = ()) -> FastAPI:

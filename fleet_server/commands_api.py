@@ -12,19 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from firmware import contract
 from fleet_server import audit, commands
 from fleet_server.audit import Actor
 from fleet_server.auth import AUTH_RESPONSES, OPERATOR, READERS, require_role
 from fleet_server.commands import Command, CommandError, DeviceConfig, Outgoing
 from fleet_server.db import Device
-
-DeviceId = Annotated[
-    str,
-    Path(min_length=contract.ID_MIN, max_length=contract.ID_MAX,
-         pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$", description="Device id"),
-]  # fmt: skip
-
+from fleet_server.params import DeviceId
 
 _BAD = "The message would break the protocol contract (e.g. too large)"
 Operator = Annotated[Actor, Depends(require_role(OPERATOR))]

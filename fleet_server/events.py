@@ -21,9 +21,9 @@ from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, func, in
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from firmware import contract
 from fleet_server.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.db import Base
+from fleet_server.params import DeviceFilter
 
 
 class Event(Base):
@@ -153,17 +153,6 @@ def sum_counts(datas: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
                 for label, n in per_class.items():
                     _add(target, label, n)
     return lines, zones
-
-
-DeviceFilter = Annotated[
-    str | None,
-    Query(
-        min_length=contract.ID_MIN,
-        max_length=contract.ID_MAX,
-        pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$",
-        description="Only this device",
-    ),
-]
 
 
 def events_router(sessions: sessionmaker[Session]) -> APIRouter:

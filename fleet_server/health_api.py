@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from firmware import contract
 from fleet_server.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.db import Device, Heartbeat
+from fleet_server.params import DeviceId
 from fleet_server.retention import FIELDS, HealthRollup
 
 
@@ -45,14 +45,7 @@ def health_router(sessions: sessionmaker[Session]) -> APIRouter:
         responses={404: {"description": "No such device"}},
     )
     def history(
-        device_id: Annotated[
-            str,
-            Path(
-                min_length=contract.ID_MIN,
-                max_length=contract.ID_MAX,
-                pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$",
-            ),
-        ],
+        device_id: DeviceId,
         since: Annotated[float | None, Query(ge=0, description="From (Unix time)")] = None,
         until: Annotated[float | None, Query(ge=0, description="Until (Unix time)")] = None,
         limit: Annotated[int, Query(ge=1, le=5000, description="Most raw points")] = 1000,

@@ -30,6 +30,7 @@ from fleet_server.auth import (
 from fleet_server.enrollment import EnrollError, Enrollment
 from fleet_server.est import EstListener, create_est_app
 from fleet_server.identity_db import Commissioning
+from fleet_server.params import DeviceId
 from fleet_server.revocation import CrlKeeper, Revoker
 from fleet_server.site_records import ID_PATTERN, SiteRecordError, SiteRecords
 
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from fleet_server.features import ServerContext
 
 log = logging.getLogger(__name__)
-
-DeviceId = Annotated[str, PathParam(pattern=ID_PATTERN, description="Device id")]
 
 
 class TokenRequest(BaseModel):
