@@ -44,6 +44,9 @@ KINDS = {
     "config_reported": ("config/reported", UP, 1, True, 4096),
     "cmd_req": ("cmd/req", DOWN, 1, False, 8192),
     "config_desired": ("config/desired", DOWN, 1, True, 16384),
+    # OTA (issue 6): the release a campaign wants on this device, and how its install goes
+    "update_desired": ("update/desired", DOWN, 1, True, 4096),
+    "update_state": ("update/state", UP, 1, False, 4096),
 }
 
 _SUFFIX_TO_KIND = {}
@@ -52,6 +55,12 @@ for _k in KINDS:
 
 DEVICE_KINDS = ("agent", "node")
 STATUS_STATES = ("online", "offline")
+# What an update installs: the agent application, the detector model bundle (both on the
+# Linux box), the node firmware.
+ARTIFACTS = ("agent", "model", "firmware")
+# States a device reports for one update, in the order they normally come. "pending" and
+# "skipped" are the server's own (not yet asked; left out by a campaign).
+UPDATE_STATES = ("downloading", "installing", "trial", "committed", "rolled_back", "failed")
 
 # Rejection reasons (metric labels).
 R_TOPIC = "bad_topic"
@@ -171,6 +180,7 @@ SCHEMAS = {
         "interval_s": (_T_NUM, True),
         "uptime_s": (_T_NUM, True),
         "versions": (_T_DICT, False),
+        "hardware": (_T_DICT, False),
         "cpu_pct": (_T_NUM, False),
         "load1": (_T_NUM, False),
         "mem_used_pct": (_T_NUM, False),
@@ -218,6 +228,24 @@ SCHEMAS = {
         "ok": (_T_BOOL, True),
         "error": (_T_STR, False),
     },
+    "update_desired": {
+        "campaign": (_T_STR, True),
+        "artifact": (_T_STR, True),
+        "release": (_T_STR, True),
+        "target": (_T_STR, True),
+        "allow_downgrade": (_T_BOOL, False),
+        "trial_s": (_T_NUM, False),
+    },
+    "update_state": {
+        "campaign": (_T_STR, True),
+        "artifact": (_T_STR, True),
+        "release": (_T_STR, True),
+        "state": (_T_STR, True),
+        "running": (_T_STR, False),
+        "progress": (_T_NUM, False),
+        "attempt": (_T_INT, False),
+        "error": (_T_STR, False),
+    },
 }
 
 # Percentages and other bounded numbers: field -> (min, max)
@@ -236,11 +264,17 @@ _RANGES = {
     "brightness": (0, 255),
     "sharpness": (0, 10**9),
     "infer_ms": (0, 10**6),
+    "progress": (0, 100),
+    "trial_s": (1, 86400),
+    "attempt": (0, 1000),
 }
 _ENUMS = {
     ("status", "state"): STATUS_STATES,
     ("status", "kind"): DEVICE_KINDS,
     ("heartbeat", "kind"): DEVICE_KINDS,
+    ("update_desired", "artifact"): ARTIFACTS,
+    ("update_state", "artifact"): ARTIFACTS,
+    ("update_state", "state"): UPDATE_STATES,
 }
 _MAX_STR = 256
 
