@@ -17,6 +17,20 @@ BODIES = {
     "config_reported": {"version": 2, "ok": False, "error": "bad zone"},
     "cmd_req": {"cid": "c-1", "cmd": "reboot", "args": {}, "deadline": TS + 60},
     "config_desired": {"version": 2, "config": {"heartbeat_s": 30}},
+    "update_desired": {
+        "campaign": "c-7",
+        "artifact": "firmware",
+        "release": "0.2.0",
+        "target": "firmware/camfleet-node-0.2.0.bundle",
+        "trial_s": 120,
+    },
+    "update_state": {
+        "campaign": "c-7",
+        "artifact": "firmware",
+        "release": "0.2.0",
+        "state": "downloading",
+        "progress": 12.5,
+    },
 }
 
 
@@ -347,3 +361,14 @@ def test_reconnect_cap_and_huge_attempts():
 def test_reconnect_defaults():
     assert C.reconnect_delay(0, 0.5) == 10.0
     assert C.reconnect_delay(100, 0.5) == 150.0
+
+
+def test_update_state_enums_and_ranges():
+    C.validate("update_state", _payload("update_state"))
+    for field, bad in (("state", "pending"), ("artifact", "kernel"), ("progress", 101)):
+        try:
+            C.validate("update_state", _payload("update_state", **{field: bad}))
+        except C.ProtocolError as exc:
+            assert exc.reason == C.R_SCHEMA, (field, exc.reason)
+        else:
+            raise AssertionError("update_state with %s=%r accepted" % (field, bad))
