@@ -83,6 +83,8 @@ def test_topic_for_every_kind():
         "config_reported": "config/reported",
         "cmd_req": "cmd/req",
         "config_desired": "config/desired",
+        "update_desired": "update/desired",
+        "update_state": "update/state",
     }
     assert sorted(C.KINDS) == sorted(want)
     for kind, suffix in want.items():
@@ -371,4 +373,4 @@ def test_update_state_enums_and_ranges():
         except C.ProtocolError as exc:
             assert exc.reason == C.R_SCHEMA, (field, exc.reason)
         else:
-            raise AssertionError("update_state with %s=%r accepted" % (field, bad))
+            raise AssertionError("update_state with " + field + "=" + repr(bad) + " accepted")
