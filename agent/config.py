@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent.ota.settings import OtaSettings
 from agent.pipeline_config import PipelineSettings
 from agent.renewal import RenewalSettings
 from firmware import contract
@@ -192,6 +193,9 @@ class AgentSettings(BaseSettings):
     )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics on 127.0.0.1:<port>; 0: off."
+    )
+    ota: OtaSettings | None = Field(
+        None, description="Over-the-air updates (docs/ota.md); absent: updates are ignored."
     )
     watchdog_stall_s: float = Field(
         30.0,

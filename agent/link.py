@@ -7,7 +7,8 @@ drops; then it waits a backoff delay with full jitter (``contract.reconnect_dela
 tries again. paho's own reconnect is switched off: it has no jitter.
 
 After every CONNACK the link publishes a retained status "online" and subscribes to the
-device's ``cmd/req`` and ``config/desired``. ``publish`` may be called from any thread.
+device's ``cmd/req``, ``config/desired`` and ``update/desired``. ``publish`` may be called
+from any thread.
 ``close`` publishes a retained status "offline" with a reason, waits for the broker's
 acknowledgement, and disconnects normally (so the broker drops the will).
 """
@@ -37,7 +38,7 @@ DEVICE_KIND = "agent"
 WILL_REASON = "connection_lost"
 # paho keeps unsent QoS 1 messages in memory; bound them.
 _MAX_QUEUED = 100
-_SUBSCRIBE_KINDS = ("cmd_req", "config_desired")
+_SUBSCRIBE_KINDS = ("cmd_req", "config_desired", "update_desired")
 
 MessageHandler = Callable[[str, dict[str, Any]], None]
 # (generation, mid, ok): the broker acknowledged (PUBACK) message ``mid`` published on the
@@ -370,6 +371,9 @@ class Link:
                 log.warning("subscription to %s refused: %s", kind, rc)
 
     def _on_message_cb(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:  # a retained message cleared (e.g. update/desired when done)
+            log.debug("empty message on %s: nothing to do", msg.topic)
+            return
         try:
             device_id, kind, body = contract.decode(msg.topic, msg.payload)
         except contract.ProtocolError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,10 @@ class PipelineThread:
         self.last_beat = time.monotonic()
         self._dropped_seen = 0
         self._invoked = 0
+        # frame taps (the model gate's shadow run) and a detector swap applied between frames
+        self._taps: list[Callable[[Image, float], None]] = []
+        self._next_detector: Detector | None = None
+        self._swap_lock = threading.Lock()
 
     def emit(self, event_type: str, data: dict[str, Any], ts: float, cls: str) -> str | None:
         try:
@@ -135,8 +140,35 @@ class PipelineThread:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def add_tap(self, tap: Callable[[Image, float], None]) -> None:
+        """``tap(rgb, t_mono)`` is called in the pipeline thread after each frame; it must
+        return at once (copy the frame and hand it to another thread)."""
+        with self._swap_lock:
+            self._taps = [*self._taps, tap]
+
+    def remove_tap(self, tap: Callable[[Image, float], None]) -> None:
+        with self._swap_lock:
+            self._taps = [t for t in self._taps if t is not tap]
+
+    def swap_detector(self, detector: Detector) -> None:
+        """Replace the detector between two frames (in the pipeline thread): no frame sees
+        half of a swap. Immediate when the thread is not running."""
+        with self._swap_lock:
+            self._next_detector = detector
+        if not self.alive():
+            self._apply_swap()
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            detector, self._next_detector = self._next_detector, None
+        if detector is not None:
+            self.pipeline.detector = detector
+            self._invoked = detector.invocations
+            log.info("detector swapped: now %s", detector.card.name)
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._apply_swap()
             self.last_beat = time.monotonic()
             frame = self.capture.queue.get(timeout=0.25)
             try:
@@ -163,6 +195,8 @@ class PipelineThread:
                 log.warning("frame %d from %s is not an image; skipped", frame.index, frame.origin)
                 return
         self.pipeline.process(rgb, frame.t_mono, frame.t_wall)
+        for tap in self._taps:
+            tap(rgb, frame.t_mono)
         self.metrics.frames.inc()
         if self.pipeline.new_reference and self.pipeline.reference is not None:
             save_reference(self.pipeline.reference.image.astype("uint8"), self.state_dir)

@@ -17,8 +17,10 @@ from agent.commands import Commands, LogRing
 from agent.config import AgentSettings
 from agent.errors import PayloadError, StateDirError
 from agent.health import HostReader, build_heartbeat, process_age_s, software_versions
-from agent.identity import start_identity
+from agent.identity import Identity, start_identity
+from agent.inventory import read_hardware
 from agent.link import Link
+from agent.ota.wiring import AgentOta
 from agent.remote import make_commands
 from agent.supervisor import Supervisor
 
@@ -46,22 +48,38 @@ def _make_capture(settings: AgentSettings) -> Capture:
 
 
 def _wire_downlink(
-    settings: AgentSettings, capture: Capture, stop_event: threading.Event
+    settings: AgentSettings,
+    capture: Capture,
+    stop_event: threading.Event,
+    ota: AgentOta,
 ) -> tuple[LogRing, Commands, Link]:
-    """The MQTT link with the command handler on its downlink, and the log ring it reads."""
+    """The MQTT link with the command handler (and the updater) on its downlink, and the
+    log ring it reads."""
     ring = LogRing()
     logging.getLogger().addHandler(ring)
     remote = make_commands(settings, capture, stop_event, ring)
-    link = Link(settings.device_id, settings.mqtt, on_message=remote.handle)
+    link = Link(settings.device_id, settings.mqtt, on_message=ota.route(remote.handle))
     remote.publish = link.publish
+    ota.attach(link.publish)
     return ring, remote, link
 
 
-def _publish_heartbeat(link: Link, body: dict[str, Any]) -> None:
+def _publish_heartbeat(link: Link, body: dict[str, Any]) -> bool:
+    """Hand the heartbeat to the link. False only when the link was down (worth sending
+    the same fields again); a body the contract refuses is logged and never retried."""
     try:
-        link.publish("heartbeat", body)
+        return link.publish("heartbeat", body)
     except PayloadError as exc:
         log.error("heartbeat not sent: %s", exc)
+        return True
+
+
+def _send_beat(link: Link, body: dict[str, Any], hardware: dict[str, object] | None) -> bool:
+    """Send a heartbeat, with the inventory when given; True when the inventory is still
+    to be sent (the link was down)."""
+    if hardware is not None:
+        body["hardware"] = hardware
+    return not _publish_heartbeat(link, body) and hardware is not None
 
 
 def run(settings: AgentSettings, stop_event: threading.Event) -> None:
@@ -71,14 +89,19 @@ def run(settings: AgentSettings, stop_event: threading.Event) -> None:
     if identity is None:
         return
     versions = software_versions()
+    ota = AgentOta.create(settings, stop_event, versions)  # no-op without [ota]
+    hardware = read_hardware(settings.camera.type)
     reader = HostReader(settings.state_dir)
     capture = _make_capture(settings)
-    ring, remote, link = _wire_downlink(settings, capture, stop_event)
+    ring, remote, link = _wire_downlink(settings, capture, stop_event, ota)
     extras = Supervisor(settings, capture, link)  # systemd, metrics, detection pipeline
+    if extras.detection is not None:
+        ota.use_pipeline(extras.detection.thread)  # model updates also judged in shadow
     started = time.monotonic()
     age_at_start = process_age_s()  # uptime_s counts from process start, on the monotonic clock
     seq = 0
-    seen_connects = 0
+    # the hardware inventory goes in the first heartbeat after each connect
+    seen_connects, send_hardware = 0, False
     next_due = started
     try:
         link.start()
@@ -99,6 +122,7 @@ def run(settings: AgentSettings, stop_event: threading.Event) -> None:
             if connects != seen_connects:
                 seen_connects = connects
                 next_due = now  # a heartbeat right after every (re)connect
+                send_hardware = True
             if now >= next_due:
                 interval = float(remote.applied["heartbeat_s"])  # live from desired config
                 next_due = now + interval
@@ -108,17 +132,30 @@ def run(settings: AgentSettings, stop_event: threading.Event) -> None:
                         capture.stats(), versions,
                     )  # fmt: skip
                     body.update(extras.heartbeat_fields())
-                    _publish_heartbeat(link, body)
+                    send_hardware = _send_beat(link, body, hardware if send_hardware else None)
                     seq += 1
                 elif seen_connects:
                     seq += 1  # a beat missed while the link is down: the gap shows in seq
+            ota.tick(link, seq, extras.detection, now)  # update state, trial, commit
             stop_event.wait(min(_TICK_S, max(0.0, next_due - time.monotonic())))
     finally:
-        log.info("stopping")
-        identity.stop()
-        capture.stop()
-        extras.stop()  # ends tracks, sends what it can; the rest waits on disk
-        link.close("shutdown")
-        extras.close()
-        logging.getLogger().removeHandler(ring)
-        log.info("stopped")
+        _shutdown(identity, capture, extras, link, ring, ota)
+
+
+def _shutdown(
+    identity: Identity,
+    capture: Capture,
+    extras: Supervisor,
+    link: Link,
+    ring: LogRing,
+    ota: AgentOta,
+) -> None:
+    log.info("stopping")
+    ota.stop()  # an install in progress stops between steps; the next start resumes it
+    identity.stop()
+    capture.stop()
+    extras.stop()  # ends tracks, sends what it can; the rest waits on disk
+    link.close("shutdown")
+    extras.close()
+    logging.getLogger().removeHandler(ring)
+    log.info("stopped")

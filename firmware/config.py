@@ -51,8 +51,16 @@ LOCAL = (
     "wifi_ssid str -",  # boards only; the key is never logged
     "wifi_key str -",
     "ntp_host str -",  # "" = keep the clock as it is
+    # updates (updater.py, docs/firmware.md "Updates")
+    "ota_url str -",  # https://<host>/ota: TUF repository base; "" = no updates
+    "ota_keys dict",  # pinned targets keys: key id -> ed25519 public key (hex)
+    "ota_threshold int 1 1 16",  # signatures of pinned keys needed
+    "ota_max_kb int 512 8 8192",  # largest firmware bundle taken
+    "ota_attempts int 3 1 10",  # boots of a new release without a commit before rollback
+    "ota_commit_heartbeats int 2 1 1000",  # heartbeats sent before a new release commits
+    "ota_trial_s num 300 5 86400",  # time to commit when update_desired gives no trial_s
 )
-_OPTIONAL = ("pins",)  # no default in the line, but not required: {}
+_OPTIONAL = ("pins", "ota_keys")  # no default in the line, but not required: {}
 _PATHS = ("ca", "cert", "key", "sim_dir", "state_dir")
 
 SETTINGS = (

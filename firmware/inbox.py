@@ -22,6 +22,7 @@ log = clock.log
 
 class Inbox(link.NodeState):
     reply: "Any"
+    ota_msg: "Any"
     _box_wanted: "Any"
 
     def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
@@ -29,6 +30,8 @@ class Inbox(link.NodeState):
             if topic == self._box_topic:
                 self._on_box(topic, payload)
                 return
+            if not payload and topic.endswith("/update/desired"):
+                return  # the server cleared its request (an empty retained message)
             try:
                 _device, kind, body = contract.decode(topic, payload)
             except contract.ProtocolError as exc:
@@ -39,6 +42,8 @@ class Inbox(link.NodeState):
                 self.on_command(body)
             elif kind == "config_desired":
                 self.on_config(body)
+            elif kind == "update_desired":
+                self.ota_msg = body  # for trial.py and updater.py, after a heartbeat
         except (OSError, ValueError, TypeError, KeyError, MemoryError) as exc:
             self.rejected += 1
             log("E", "message on %s not handled: %s: %s", topic, type(exc).__name__, exc)

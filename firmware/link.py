@@ -52,6 +52,28 @@ def mem_free() -> int | None:
     return fn() if fn is not None else None
 
 
+def hardware() -> "dict[str, Any]":
+    """The node's inventory (heartbeat ``hardware``): board, platform, Python heap size and
+    the chip's unique id where the board has one (not on the unix port)."""
+    hw: "dict[str, Any]" = {"platform": sys.platform}
+    model = getattr(sys.implementation, "_machine", None)
+    if isinstance(model, str) and model:
+        hw["model"] = model[:64]
+    free = getattr(gc, "mem_free", None)
+    alloc = getattr(gc, "mem_alloc", None)
+    if free is not None and alloc is not None:
+        hw["heap_kb"] = (free() + alloc()) // 1024
+    try:
+        import binascii
+
+        import machine
+
+        hw["uid"] = binascii.hexlify(machine.unique_id()).decode()
+    except (ImportError, AttributeError):
+        pass  # no machine module (CPython) or no unique id (unix port)
+    return hw
+
+
 def _finite(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -162,6 +184,8 @@ class NodeState:
 
 
 class Link(NodeState):
+    hw_due = False  # the inventory goes in the first heartbeat after each connect
+
     def publish(self, kind: str, body: "dict[str, Any]") -> None:
         topic, data, qos, retain = contract.encode(kind, self.device_id, body, clock.unix_time())
         self.client.publish(topic, data, qos, retain, ms(self.cfg["ack_timeout_s"]))
@@ -184,10 +208,11 @@ class Link(NodeState):
         session = self.client.connect()
         self._box_topic = None
         self.publish("status", status_body("online"))
-        for kind in ("cmd_req", "config_desired"):
+        for kind in ("cmd_req", "config_desired", "update_desired"):
             self.client.subscribe(contract.topic(self.device_id, kind), 1)
         self.attempt = 0
         self.heartbeat.reset()
+        self.hw_due = True
         self.box.link(True, clock.ticks_ms())
         config.write_json(self._state("last_good.json"), "%d" % now)
         log("I", "online as %s (session kept: %s)", self.device_id, session)
@@ -240,7 +265,10 @@ class Link(NodeState):
             versions(),
             self.ring.pending(),
         )
+        if self.hw_due:
+            body["hardware"] = hardware()
         self.publish("heartbeat", body)
+        self.hw_due = False
 
     def flush(self) -> None:
         """Send waiting replies, then any drop report, then events from the ring in order."""

@@ -11,6 +11,7 @@ metadata(description="camfleet cabinet node: fleet member and cabinet supervisor
 options.defaults(sim=False)
 
 for name in (
+    "startup",  # boot.py's and main.py's logic: in the factory tree, never in a bundle
     "version",
     "clock",
     "fsutil",
@@ -29,6 +30,15 @@ for name in (
     "link",
     "inbox",
     "node",
+    # updates (loaded only while one needs them)
+    "trial",
+    "ed25519",
+    "canonjson",
+    "tufcheck",
+    "bundle",
+    "fetch",
+    "install",
+    "updater",
 ):
     module(name + ".py")
 

@@ -14,6 +14,7 @@
 
 import gc
 import os
+import sys
 
 try:
     import cabinet
@@ -70,8 +71,10 @@ class Node(link.Link, inbox.Inbox):
         board: hal.HAL,
         ssl_context: "Any" = None,
         rnd: "Callable[[], float]" = link.rnd,
+        app_root: str = "",
     ) -> None:
         self.cfg = cfg
+        self.app_root = app_root  # where boot.py, main.py and the update slots are
         self.hal = board
         self.rnd = rnd
         self.device_id = cfg["device_id"]
@@ -131,6 +134,40 @@ class Node(link.Link, inbox.Inbox):
         self.client.on_message = self.on_message
         self.client.on_oversized = self.on_oversized
         self.client.on_wait = self.feed
+        self._ota_boot()
+
+    def _ota_boot(self) -> None:
+        self.ota_msg: "dict[str, Any] | None" = None  # update/desired, for trial.py
+        self.ota: "Any" = None  # trial.Trial while an update needs it
+        if self._ota_due():
+            self.ota = self._ota_load()
+
+    def _ota_due(self) -> bool:
+        sel = config.read_json((self.app_root or ".") + "/slots.json")
+        if isinstance(sel, dict) and (sel.get("trial") or sel.get("rolled_back")):
+            return True
+        rec = config.read_json(self._state("update.json"))
+        return isinstance(rec, dict) and rec.get("state") == "failed" and not rec.get("reported")
+
+    def _ota_load(self) -> "Any":
+        gc.collect()
+        try:
+            import trial
+        except ImportError:
+            from firmware import trial
+        return trial.Trial(self)
+
+    def _ota_step(self) -> None:
+        """Updates (trial.py), only while one needs it and after a heartbeat, when the
+        heap has settled; its module is dropped again when it has nothing left to do."""
+        if self.ota is None:
+            if self.ota_msg is None or not self.seq:
+                return
+            self.ota = self._ota_load()
+        self.ota.step()
+        if self.ota.idle():
+            self.ota = None
+            sys.modules.pop("trial", None)
 
     def _state(self, name: str) -> str:
         return self.state_dir + "/" + name
@@ -250,6 +287,8 @@ class Node(link.Link, inbox.Inbox):
                 self.send_heartbeat()
             left = 1 if self.ring.pending() else self.heartbeat.ms_left(clock.ticks_ms())
             client.wait_msg(min(max(left, 1), LOOP_MS))
+            if client.connected:
+                self._ota_step()
         except (OSError, MemoryError, mqtt.MQTTError) as exc:
             client.close()
             self.box.link(False, clock.ticks_ms())
@@ -261,6 +300,8 @@ class Node(link.Link, inbox.Inbox):
 
     def loop_once(self) -> None:
         now = clock.ticks_ms()
+        if self.ota is not None:
+            self.ota.check(now)
         self._task("box", self.step_box, now)
         self._task("cabinet", self.step_cabinet, now)
         self.feed()
@@ -293,7 +334,7 @@ class Node(link.Link, inbox.Inbox):
         log("I", "stopped")
 
 
-def main(config_path: str) -> int:
+def main(config_path: str, app_root: str = "") -> int:
     """Entry point: returns a process exit code (2 when the node cannot start)."""
     link.seed_random()
     try:
@@ -302,7 +343,7 @@ def main(config_path: str) -> int:
         board = hal.make_hal(cfg)
         gc.collect()
         ctx = tls_context(cfg)
-        node = Node(cfg, board, ctx)
+        node = Node(cfg, board, ctx, app_root=app_root)
         gc.collect()
     except (OSError, ValueError, ConfigError, hal.HALError, ring.RingError) as exc:
         log("E", "cannot start: %s", exc)

@@ -13,9 +13,11 @@ from pydantic import BaseModel, Field
 from fleet_server.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.dashboard import mount_static
 from fleet_server.db import Device
+from fleet_server.inventory import MAX_FILTER_TAGS
 from fleet_server.metrics import Metrics
 from fleet_server.params import DeviceId
 from fleet_server.registry import Registry
+from fleet_server.tags_api import TagText
 
 
 class DeviceOut(BaseModel):
@@ -31,6 +33,10 @@ class DeviceOut(BaseModel):
     seq_gaps: int = Field(description="Heartbeats missing, summed over the device's life")
     versions: dict[str, Any] = Field(description="Software versions the device reported")
     last_heartbeat: dict[str, Any] | None = Field(description="Last heartbeat payload")
+    hardware: dict[str, Any] | None = Field(
+        None, description="Hardware inventory the device last reported (board, serial, ...)"
+    )
+    tags: list[str] = Field(default_factory=list, description="The device's tags, sorted")
 
 
 class DevicePage(BaseModel):
@@ -44,7 +50,7 @@ def _iso(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts or 0.0, dt.UTC).isoformat()
 
 
-def device_out(dev: Device) -> DeviceOut:
+def device_out(dev: Device, tags: Sequence[str] = ()) -> DeviceOut:
     return DeviceOut(
         id=dev.id,
         kind=dev.kind,
@@ -58,6 +64,8 @@ def device_out(dev: Device) -> DeviceOut:
         seq_gaps=dev.seq_gaps,
         versions=dev.versions or {},
         last_heartbeat=dev.last_heartbeat,
+        hardware=dev.hardware,
+        tags=list(tags),
     )
 
 
@@ -89,11 +97,21 @@ def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 100,
         offset: Annotated[int, Query(ge=0, le=10_000_000, description="Skip this many")] = 0,
+        tag: Annotated[
+            list[TagText],
+            Query(max_length=MAX_FILTER_TAGS, description="Only devices with all these tags"),
+        ] = [],  # noqa: B006 (FastAPI copies defaults)
+        hardware: Annotated[
+            str | None,
+            Query(min_length=1, max_length=64, description="Part of the board model"),
+        ] = None,
     ) -> DevicePage:
-        rows, total = registry.list_devices(state, kind, limit, offset)
+        rows, total = registry.list_devices(state, kind, limit, offset, tag, hardware)
+        tags = registry.tags_of([d.id for d in rows])
         return DevicePage(
-            items=[device_out(d) for d in rows], total=total, limit=limit, offset=offset
-        )
+            items=[device_out(d, tags[d.id]) for d in rows], total=total, limit=limit,
+            offset=offset,
+        )  # fmt: skip
 
     @app.get(
         "/api/devices/{device_id}",
@@ -106,7 +124,7 @@ def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter
         dev = registry.get_device(device_id)
         if dev is None:
             raise HTTPException(status_code=404, detail=f"device {device_id} not found")
-        return device_out(dev)
+        return device_out(dev, registry.tags_of([dev.id])[dev.id])
 
     for router in routers:
         app.include_router(router)

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import uvicorn
 
@@ -23,6 +23,7 @@ from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
 from fleet_server.notify import Notifier
 from fleet_server.registry import Registry
+from fleet_server.rollouts.runner import RolloutRunner
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,14 @@ def serve(settings: ServerSettings) -> None:
         registry, metrics, notifier, settings.health.heartbeat_grace,
         settings.health.check_interval_s,
     )  # fmt: skip
+
+    def announce() -> Callable[[bytes], None] | None:  # campaign halts on the alerts topic
+        return notifier.publish if settings.alerts.publish_mqtt else None
+
+    rollouts = RolloutRunner(sessions, ingest.send, settings.rollouts, announce)
     ingest.start()
     monitor.start()
+    rollouts.start()
     app = create_app(registry, metrics, routers(ctx))
     server = _Server(
         uvicorn.Config(
@@ -112,6 +119,7 @@ def serve(settings: ServerSettings) -> None:
         server.run()  # returns on SIGINT/SIGTERM
     finally:
         monitor.stopped.set()
+        rollouts.stopped.set()
         ingest.stop()
         notifier.close()
         engine.dispose()

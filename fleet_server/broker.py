@@ -142,6 +142,9 @@ def render_conf(
             f"max_packet_size {contract.MAX_MESSAGE + 1024}",
             # the server's own session must not drop under load (default 1000, silent drops)
             "max_queued_messages 100000",
+            # QoS 1 messages sent and not yet acknowledged, per client (default 20): the
+            # server acknowledges a batch only after its commit, so this bounds its batches
+            "max_inflight_messages 2000",
             f"acl_file {layout.acl}",
             *plugin,
             "",

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("device_id")
     issue.add_argument("--out", type=Path, required=True, help="directory for the files")
     issue.add_argument("--days", type=int, default=30, help="certificate lifetime, days")
+    from fleet_server.ota.cli import add_release_parser
+
+    add_release_parser(sub)  # issue 6: camfleet-server release ... (docs/ota.md)
     return p
 
 
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             from fleet_server.identity_cli import add_user
 
             return add_user(settings, args.name, args.role)
+        elif args.command == "release":
+            from fleet_server.ota.cli import run_release
+
+            return run_release(args, settings)
         elif args.command == "issue-device":
             creds = ca.issue_device(args.device_id, args.out, args.days)
             print(f"issued {creds.device_id}: {creds.directory}")

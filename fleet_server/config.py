@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from firmware import contract
 from fleet_server.identity_config import IdentitySettings
+from fleet_server.ota.settings import OtaSettings
+from fleet_server.rollouts.settings import RolloutSettings
 from fleet_server.rules import RuleThresholds
 
 
@@ -135,6 +137,12 @@ class ServerSettings(BaseSettings):
         default_factory=IdentitySettings, description="Certificates, enrollment, revocation"
     )
     alerts: AlertSettings = Field(default_factory=AlertSettings, description="Alert delivery")
+    ota: OtaSettings = Field(
+        default_factory=OtaSettings, description="OTA release repository (docs/ota.md)"
+    )
+    rollouts: RolloutSettings = Field(
+        default_factory=RolloutSettings, description="Rollout campaigns (docs/ota.md)"
+    )
 
     @property
     def pki_dir(self) -> Path:

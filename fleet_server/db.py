@@ -42,6 +42,8 @@ class Device(Base):
     seq_gaps: Mapped[int] = mapped_column(Integer, default=0)
     versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_heartbeat: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # latest hardware inventory the device reported (heartbeat ``hardware``), if any
+    hardware: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Heartbeat(Base):
@@ -58,6 +60,19 @@ class Heartbeat(Base):
         Index("ix_heartbeats_device_ts", "device_id", "ts"),
         Index("ux_heartbeats_device_seq_ts", "device_id", "seq", "ts", unique=True),
     )
+
+
+class DeviceTag(Base):
+    """A free label on a device (``phase:1``, ``district:north``); a device has a set."""
+
+    __tablename__ = "device_tags"
+
+    device_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    __table_args__ = (Index("ix_device_tags_tag", "tag"),)
 
 
 def make_engine(url: str) -> Engine:

@@ -6,8 +6,13 @@ the TLS layer must ask for a client certificate (optional: first enrollment has 
 uses a one-time token). The REST API stays plain HTTP behind the operators' proxy; this
 listener is uvicorn with ``ssl_cert_reqs=CERT_OPTIONAL`` and the issuing CA bundle as
 ``ssl_ca_certs``. uvicorn does not put the peer certificate into the ASGI scope, so
-``TLSH11Protocol`` adds the ASGI TLS extension (``scope["extensions"]["tls"]``,
-``client_cert_chain``) from the connection's ``ssl_object``.
+``TLSHttpToolsProtocol`` (``TLSH11Protocol`` for other apps on such a listener) adds the
+ASGI TLS extension (``scope["extensions"]["tls"]``, ``client_cert_chain``) from the
+connection's ``ssl_object``.
+
+The app is plain ASGI (three routes need no framework, and a fleet re-enrolling at once
+pays for every layer), and it runs either in a thread of the server process or in several
+worker processes sharing one listening socket (``fleet_server.est_workers``).
 
 Bodies as the RFC has them: base64 DER PKCS#10 in (``application/pkcs10``), base64 DER
 PKCS#7 certs-only out (``application/pkcs7-mime; smime-type=certs-only``,
@@ -24,19 +29,19 @@ import binascii
 import logging
 import ssl
 import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from fastapi import FastAPI, Request, Response
-from prometheus_client import Counter
-from starlette.concurrency import run_in_threadpool
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fleet_server.ca import CertificateAuthority
 from fleet_server.ca_ops import ca_certs, certs_only, ensure_est_cert
-from fleet_server.enrollment import EnrollError, Enrollment
+from fleet_server.enrollment import EnrollError, Enrollment, Issued
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +49,20 @@ PREFIX = "/.well-known/est"
 PKCS7 = "application/pkcs7-mime; smime-type=certs-only"
 PKCS10 = "application/pkcs10"
 
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+CountFn = Callable[[str, str], None]  # (op, outcome): the EST requests metric
+
 
 def _b64(der: bytes) -> bytes:
     text = base64.b64encode(der)
     return b"\n".join(text[i : i + 64] for i in range(0, len(text), 64)) + b"\n"
 
 
-def _pkcs7_response(certs: list[x509.Certificate]) -> Response:
-    return Response(
-        _b64(certs_only(certs)),
-        media_type=PKCS7,
-        headers={"Content-Transfer-Encoding": "base64"},
-    )
-
-
-def _refusal(exc: EnrollError) -> Response:
-    headers = {"WWW-Authenticate": 'Basic realm="est"'} if exc.status == 401 else None
-    return Response(f"{exc.reason}: {exc.detail}\n", exc.status, headers, "text/plain")
-
-
-def _token_from(request: Request) -> tuple[str, str | None]:
-    """(token, device id claimed by HTTP Basic or None)."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+def token_from(authorization: str) -> tuple[str, str | None]:
+    """(token, device id claimed by HTTP Basic or None) from an Authorization header."""
+    scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer":
         return value.strip(), None
     if scheme.lower() == "basic":
@@ -79,27 +76,36 @@ def _token_from(request: Request) -> tuple[str, str | None]:
     return "", None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise EnrollError(413, "too_large", f"body is {length} bytes, limit {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise EnrollError(413, "too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
-def _check_type(request: Request) -> None:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+def _check_type(headers: dict[str, str]) -> None:
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != PKCS10:
         raise EnrollError(415, "bad_content_type", f"Content-Type must be {PKCS10}")
 
 
-def client_cert_der(scope: dict[str, Any]) -> bytes | None:
+async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
+    length = headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise EnrollError(413, "too_large", f"body is {length} bytes, limit {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            raise EnrollError(400, "incomplete", "the request body did not arrive")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise EnrollError(413, "too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def client_cert_der(scope: Scope) -> bytes | None:
     """The peer's leaf certificate (DER) from the ASGI TLS extension, if it sent one."""
     tls = (scope.get("extensions") or {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
@@ -113,56 +119,126 @@ def client_cert_der(scope: dict[str, Any]) -> bytes | None:
         return None
 
 
-def create_est_app(ca: CertificateAuthority, enrollment: Enrollment, registry: Any) -> FastAPI:
-    app = FastAPI(title="camfleet EST", docs_url=None, redoc_url=None, openapi_url=None)
-    requests = Counter(
-        "camfleet_est_requests_total",
-        "EST requests by operation and outcome (ok or the refusal reason)",
-        ["op", "outcome"],
-        registry=registry,
-    )
-    limit = enrollment.settings.max_csr_bytes
+async def _respond(
+    send: Send, status: int, body: bytes, ctype: str, extra: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [
+        (b"content-type", ctype.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    async def _checked_body(request: Request, action: str, source: str) -> bytes:
+
+async def _pkcs7(send: Send, certs: list[x509.Certificate]) -> None:
+    body = _b64(certs_only(certs))
+    await _respond(send, 200, body, PKCS7, [(b"content-transfer-encoding", b"base64")])
+
+
+async def _refusal(send: Send, exc: EnrollError) -> None:
+    extra = [(b"www-authenticate", b'Basic realm="est"')] if exc.status == 401 else []
+    await _respond(send, exc.status, f"{exc.reason}: {exc.detail}\n".encode(), "text/plain", extra)
+
+
+class EstApp:
+    """The three EST routes as one ASGI app. Enrollment work (database, signing) runs in a
+    small thread pool so that the event loop keeps doing TLS and HTTP meanwhile; fewer
+    threads than the database pool holds connections (5), so none is opened per request."""
+
+    ROUTES = {
+        PREFIX + "/cacerts": "GET",
+        PREFIX + "/simpleenroll": "POST",
+        PREFIX + "/simplereenroll": "POST",
+    }
+
+    def __init__(
+        self, ca: CertificateAuthority, enrollment: Enrollment, count: CountFn, threads: int = 4
+    ) -> None:
+        self.ca = ca
+        self.enrollment = enrollment
+        self.count = count
+        self.limit = enrollment.settings.max_csr_bytes
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="est")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        method = self.ROUTES.get(path)
+        if method is None:
+            await _respond(send, 404, b"not_found: no such EST operation\n", "text/plain", [])
+            return
+        if scope["method"] != method:
+            msg = f"method_not_allowed: use {method}\n".encode()
+            await _respond(send, 405, msg, "text/plain", [(b"allow", method.encode())])
+            return
+        op = path.rsplit("/", 1)[1]
+        if op == "cacerts":
+            self.count(op, "ok")
+            await _pkcs7(send, ca_certs(self.ca))
+            return
+        client = scope.get("client")
+        source = str(client[0]) if client else "unknown"
         try:
-            _check_type(request)
-            return await _read_body(request, limit)
+            issued = await self._enroll(op, scope, receive, source)
         except EnrollError as exc:
-            await run_in_threadpool(enrollment.record_refusal, action, source, exc.reason)
+            self.count(op, exc.reason)
+            await _refusal(send, exc)
+            return
+        self.count(op, "ok")
+        await _pkcs7(send, [issued.cert])
+
+    async def _enroll(self, op: str, scope: Scope, receive: Receive, source: str) -> Issued:
+        headers = _headers(scope)
+        action = "est.enroll" if op == "simpleenroll" else "est.reenroll"
+        loop = asyncio.get_running_loop()
+        try:
+            _check_type(headers)
+            body = await _read_body(headers, receive, self.limit)
+        except EnrollError as exc:
+            await loop.run_in_executor(
+                self.pool, self.enrollment.record_refusal, action, source, exc.reason
+            )
             raise
+        if op == "simpleenroll":
+            token, claimed = token_from(headers.get("authorization", ""))
+            return await loop.run_in_executor(
+                self.pool, self.enrollment.enroll, token, body, source, claimed
+            )
+        der = client_cert_der(scope)
+        return await loop.run_in_executor(self.pool, self.enrollment.reenroll, der, body, source)
 
-    @app.get(PREFIX + "/cacerts")
-    def cacerts() -> Response:
-        requests.labels(op="cacerts", outcome="ok").inc()
-        return _pkcs7_response(ca_certs(ca))
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
-    @app.post(PREFIX + "/simpleenroll")
-    async def simpleenroll(request: Request) -> Response:
-        source = request.client.host if request.client else "unknown"
-        try:
-            body = await _checked_body(request, "est.enroll", source)
-            token, claimed = _token_from(request)
-            issued = await run_in_threadpool(enrollment.enroll, token, body, source, claimed)
-        except EnrollError as exc:
-            requests.labels(op="simpleenroll", outcome=exc.reason).inc()
-            return _refusal(exc)
-        requests.labels(op="simpleenroll", outcome="ok").inc()
-        return _pkcs7_response([issued.cert])
 
-    @app.post(PREFIX + "/simplereenroll")
-    async def simplereenroll(request: Request) -> Response:
-        source = request.client.host if request.client else "unknown"
-        try:
-            body = await _checked_body(request, "est.reenroll", source)
-            der = client_cert_der(dict(request.scope))
-            issued = await run_in_threadpool(enrollment.reenroll, der, body, source)
-        except EnrollError as exc:
-            requests.labels(op="simplereenroll", outcome=exc.reason).inc()
-            return _refusal(exc)
-        requests.labels(op="simplereenroll", outcome="ok").inc()
-        return _pkcs7_response([issued.cert])
+def create_est_app(ca: CertificateAuthority, enrollment: Enrollment, count: CountFn) -> EstApp:
+    return EstApp(ca, enrollment, count)
 
-    return app
+
+def _tls_extension(transport: asyncio.Transport, inner: Any) -> Any:
+    """``inner`` wrapped to see the ASGI TLS extension of this connection."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    chain: list[str] = []
+    if isinstance(ssl_object, ssl.SSLObject):
+        der = ssl_object.getpeercert(binary_form=True)
+        if der:
+            chain.append(ssl.DER_cert_to_PEM_cert(der))
+    tls = {
+        "server_cert": None,
+        "client_cert_chain": chain,
+        "client_cert_name": None,
+        "client_cert_error": None,
+        "tls_version": None,
+        "cipher_suite": None,
+    }
+
+    async def with_tls(scope: Any, receive: Any, send: Any) -> None:
+        scope.setdefault("extensions", {})["tls"] = tls
+        await inner(scope, receive, send)
+
+    return with_tls
 
 
 class TLSH11Protocol(H11Protocol):
@@ -170,49 +246,74 @@ class TLSH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        chain: list[str] = []
-        if isinstance(ssl_object, ssl.SSLObject):
-            der = ssl_object.getpeercert(binary_form=True)
-            if der:
-                chain.append(ssl.DER_cert_to_PEM_cert(der))
-        tls = {
-            "server_cert": None,
-            "client_cert_chain": chain,
-            "client_cert_name": None,
-            "client_cert_error": None,
-            "tls_version": None,
-            "cipher_suite": None,
-        }
-        inner = self.app
+        self.app = _tls_extension(transport, self.app)
 
-        async def with_tls(scope: Any, receive: Any, send: Any) -> None:
-            scope.setdefault("extensions", {})["tls"] = tls
-            await inner(scope, receive, send)
 
-        self.app = with_tls
+class TLSHttpToolsProtocol(HttpToolsProtocol):
+    """The same on uvicorn's httptools (C) parser, which the EST listener uses."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app = _tls_extension(transport, self.app)
+
+
+def est_config(
+    app: Any,
+    ca: CertificateAuthority,
+    host: str,
+    port: int,
+    *,
+    session_tickets: bool = True,
+    http: type[asyncio.Protocol] = TLSH11Protocol,
+) -> uvicorn.Config:
+    """uvicorn settings of a listener with the EST certificate: TLS, optional client
+    certificate (verified against the CA bundle), the ASGI TLS extension.
+
+    The EST app runs without TLS session tickets: every enrollment is a new device with no
+    session to resume, and a renewal comes weeks after the last one; tickets would only
+    cost the server.
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=http,
+        ssl_certfile=str(ca.dir / "est.pem"),
+        ssl_keyfile=str(ca.dir / "est.key"),
+        ssl_ca_certs=str(ca.bundle_path),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        backlog=1024,
+        # TLS ends here (client certificates): no proxy in front whose X-Forwarded-For
+        # could be believed, so the audit log's source is the peer's own address
+        proxy_headers=False,
+    )
+    config.load()
+    if config.ssl is not None and not session_tickets:
+        config.ssl.num_tickets = 0
+    return config
 
 
 class EstListener:
-    """The EST HTTPS listener, in a thread of the fleet server process."""
+    """A TLS listener with the EST certificate in a thread of the fleet server process:
+    the EST app when ``est_workers`` is 0, and other features' HTTPS apps (OTA)."""
 
     def __init__(
-        self, app: FastAPI, ca: CertificateAuthority, host: str, port: int, hosts: list[str]
+        self,
+        app: Any,
+        ca: CertificateAuthority,
+        host: str,
+        port: int,
+        hosts: list[str],
+        *,
+        session_tickets: bool = True,
+        http: type[asyncio.Protocol] = TLSH11Protocol,
     ) -> None:
-        cert = ensure_est_cert(ca, hosts)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            http=TLSH11Protocol,
-            ssl_certfile=str(cert),
-            ssl_keyfile=str(ca.dir / "est.key"),
-            ssl_ca_certs=str(ca.bundle_path),
-            ssl_cert_reqs=ssl.CERT_OPTIONAL,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
+        ensure_est_cert(ca, hosts)
+        self.app = app
+        config = est_config(app, ca, host, port, session_tickets=session_tickets, http=http)
         self.server = uvicorn.Server(config)  # in a thread: no signal handlers
         self.thread = threading.Thread(target=self.server.run, name="est-listener", daemon=True)
         self.host = host
@@ -227,8 +328,10 @@ class EstListener:
             deadline.wait(0.05)
         if not self.server.started:
             raise RuntimeError(f"EST listener did not start on {self.host}:{self.port}")
-        log.info("EST listener on https://%s:%d%s", self.host, self.port, PREFIX)
+        log.info("TLS listener on https://%s:%d", self.host, self.port)
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        if isinstance(self.app, EstApp):
+            self.app.close()

@@ -25,7 +25,10 @@ from fleet_server.health_api import health_router
 from fleet_server.identity_api import identity_router
 from fleet_server.metrics import Metrics
 from fleet_server.notify import Notifier
+from fleet_server.ota.serve import ota_router
 from fleet_server.registry import Registry
+from fleet_server.rollouts.api import rollouts_routes
+from fleet_server.tags_api import tags_router
 
 
 @dataclass(frozen=True)
@@ -49,4 +52,9 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(login_router())
     found.append(dashboard_router(ctx.sessions, fleet_pages.SECTIONS, fleet_pages.PAGES))
     found.append(events_router(ctx.sessions))  # issue 4: events, snapshots, counts
+    found.append(tags_router(ctx.sessions))  # issue 5: device tags
+    found.append(ota_router(ctx))  # issue 6: TUF repository under /ota/ (docs/ota.md)
+    found.append(  # issue 6: rollout campaigns, their dashboard page
+        rollouts_routes(ctx.sessions, ctx.send, ctx.settings, fleet_pages.PAGES)
+    )
     return found

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response
 from fastapi import Path as PathParam
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from fleet_server import audit
@@ -28,7 +29,8 @@ from fleet_server.auth import (
     require_role,
 )
 from fleet_server.enrollment import EnrollError, Enrollment
-from fleet_server.est import EstListener, create_est_app
+from fleet_server.est import EstListener, TLSHttpToolsProtocol, create_est_app
+from fleet_server.est_workers import EstWorkers, WorkerParams, requests_counter
 from fleet_server.identity_db import Commissioning
 from fleet_server.params import DeviceId
 from fleet_server.revocation import CrlKeeper, Revoker
@@ -98,12 +100,8 @@ def identity_router(ctx: ServerContext) -> APIRouter:
         app.state.camfleet_auth = auth
         keeper = CrlKeeper(revoker, ident.crl_refresh_s)
         keeper.start()
-        listener: EstListener | None = None
-        if ident.est_port is not None:
-            est_app = create_est_app(ctx.ca, enrollment, ctx.metrics.registry)
-            listener = EstListener(
-                est_app, ctx.ca, ident.est_host, ident.est_port, ctx.settings.broker.hosts
-            )
+        listener = _est_listener(ctx, enrollment)
+        if listener is not None:
             listener.start()
         try:
             yield
@@ -168,6 +166,39 @@ def identity_router(ctx: ServerContext) -> APIRouter:
 
     _read_routes(router, ctx, records, technician, operator)
     return router
+
+
+def _est_listener(ctx: ServerContext, enrollment: Enrollment) -> EstListener | EstWorkers | None:
+    """The EST listener: worker processes sharing one socket, or a thread (est_workers 0)."""
+    ident = ctx.settings.identity
+    if ident.est_port is None:
+        return None
+    counter = requests_counter(ctx.metrics.registry)
+    hosts = ctx.settings.broker.hosts
+    if ident.est_workers == 0:
+        app = create_est_app(ctx.ca, enrollment, lambda op, outcome: _inc(counter, op, outcome))
+        return EstListener(
+            app,
+            ctx.ca,
+            ident.est_host,
+            ident.est_port,
+            hosts,
+            session_tickets=False,
+            http=TLSHttpToolsProtocol,
+        )
+    params = WorkerParams(
+        ctx.settings.db_url(),
+        str(ctx.settings.pki_dir),
+        ctx.settings.log_level,
+        ident.model_dump(mode="json"),
+    )
+    return EstWorkers(
+        params, ctx.ca, ident.est_host, ident.est_port, hosts, ident.est_workers, counter
+    )
+
+
+def _inc(counter: Counter, op: str, outcome: str) -> None:
+    counter.labels(op=op, outcome=outcome).inc()
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}

@@ -17,6 +17,13 @@ class IdentitySettings(BaseModel):
         description="HTTPS port of the EST enrollment listener (RFC 7030); unset = no listener",
     )
     est_host: str = Field("127.0.0.1", description="Address the EST listener binds to")
+    est_workers: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Processes serving the EST listener (one socket, shared); about one per "
+        "core for a fleet re-enrolling at once. 0 = a thread of the server process",
+    )
     cert_days: float = Field(
         30.0, gt=0, le=825, description="Lifetime of device certificates, days"
     )

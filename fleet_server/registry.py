@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server import commands, events, health
+from fleet_server import commands, events, health, inventory
 from fleet_server.alerts import AlertBook, AlertChange
 from fleet_server.db import Base, Device, Heartbeat
+from fleet_server.rollouts import store as rollout_store
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ class Accepted:
     kind: str
     body: dict[str, Any]
     received_at: float
+    raw: bytes | None = None  # the payload as received (JSON of ``body``), when at hand
 
 
 @dataclass
@@ -51,6 +54,38 @@ def _insert(db: Session, table: type[Base]) -> Any:
     return sqlite_insert(table)
 
 
+_PG_HEARTBEATS = text(
+    "INSERT INTO heartbeats (device_id, seq, ts, received_at, body) "
+    "SELECT e->1->>'id', CAST(e->1->>'seq' AS bigint), CAST(e->1->>'ts' AS float8), "
+    "CAST(e->>0 AS float8), e->1 FROM json_array_elements(CAST(:rows AS json)) AS e "
+    "ON CONFLICT (device_id, seq, ts) DO NOTHING"
+)
+
+
+def _insert_heartbeats(db: Session, msgs: Sequence[Accepted]) -> None:
+    """Store heartbeats; the unique (device, seq, ts) index drops a redelivery another
+    worker stored already.
+
+    On PostgreSQL: one statement with one parameter, a JSON array of [received_at,
+    payload] pairs, the payloads as received (not encoded again); PostgreSQL takes the
+    columns out of it. The contract already checked that ``id`` is the device's, ``seq``
+    an int and ``ts`` a number. Elsewhere: an executemany.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        pairs = ",".join(
+            f"[{m.received_at!r},{m.raw.decode() if m.raw is not None else json.dumps(m.body)}]"
+            for m in msgs
+        )
+        db.execute(_PG_HEARTBEATS, {"rows": "[" + pairs + "]"})
+        return
+    rows = [
+        {"device_id": m.device_id, "seq": int(m.body["seq"]), "ts": float(m.body["ts"]),
+         "received_at": m.received_at, "body": m.body}
+        for m in msgs
+    ]  # fmt: skip
+    db.execute(_insert(db, Heartbeat).on_conflict_do_nothing(), rows)
+
+
 class Registry:
     def __init__(self, sessions: sessionmaker[Session], alerts: AlertBook | None = None) -> None:
         self.sessions = sessions
@@ -62,12 +97,15 @@ class Registry:
         stats = ApplyStats()
         with self.sessions.begin() as db:
             devices = self._lock_devices(db, batch)
-            rows: list[dict[str, Any]] = []
+            rows: list[Accepted] = []
             event_rows: list[dict[str, Any]] = []
+            latest: dict[str, Accepted] = {}  # newest heartbeat per device, not yet applied
             for msg in batch:
                 dev = devices[msg.device_id]
+                if msg.kind != "heartbeat" and msg.device_id in latest:
+                    self._apply_latest(dev, latest.pop(msg.device_id))  # in order, as sent
                 if msg.kind == "heartbeat":
-                    self._heartbeat(dev, msg, stats, rows)
+                    self._heartbeat(dev, msg, stats, rows, latest)
                 elif msg.kind == "status":
                     self._status(dev, msg, stats)
                 elif msg.kind == "cmd_res":
@@ -77,15 +115,19 @@ class Registry:
                     commands.apply_report(db, dev.id, msg.body, msg.received_at)
                 elif msg.kind == "event":  # issue 4: stored below, de-duplicated by event_id
                     event_rows.append(events.event_row(dev.id, msg.body, msg.received_at))
+                elif msg.kind == "update_state":  # issue 6: a campaign's device moves on
+                    if not rollout_store.apply_update_state(db, dev.id, msg.body, msg.received_at):
+                        stats.ignored += 1
                 else:
                     stats.ignored += 1
+            for dev_id, msg in latest.items():
+                self._apply_latest(devices[dev_id], msg)
             db.flush()  # new devices first: heartbeats refer to them
             stored, dups = events.store_events(db, event_rows)
             stats.events += stored
             stats.duplicates += dups
             if rows:
-                # the unique (device, seq, ts) index drops a redelivery another worker stored
-                db.execute(_insert(db, Heartbeat).on_conflict_do_nothing(), rows)
+                _insert_heartbeats(db, rows)
             if self.alerts is not None:
                 self._run_alerts(db, self.alerts, devices, stats)
         return stats
@@ -137,38 +179,55 @@ class Registry:
         dev.state_reason = reason
 
     def _heartbeat(
-        self, dev: Device, msg: Accepted, stats: ApplyStats, rows: list[dict[str, Any]]
+        self,
+        dev: Device,
+        msg: Accepted,
+        stats: ApplyStats,
+        rows: list[Accepted],
+        latest: dict[str, Accepted],
     ) -> None:
+        """Check one heartbeat against the device's last one. The device's "last heartbeat"
+        columns are written once per batch (``_apply_latest``), from the newest one: ORM
+        attribute writes were a large part of the cost of a batch."""
         body = msg.body
-        last = dev.last_heartbeat or {}
-        step = health.seq_step(dev.last_seq, int(body["seq"]), last.get("ts"), body["ts"])
-        if step.duplicate and last.get("ts") == body["ts"]:
+        prev = latest.get(dev.id)
+        if prev is not None:
+            last_seq: int | None = int(prev.body["seq"])
+            last_ts = prev.body["ts"]
+        else:
+            last_seq, last_ts = dev.last_seq, (dev.last_heartbeat or {}).get("ts")
+        step = health.seq_step(last_seq, int(body["seq"]), last_ts, body["ts"])
+        if step.duplicate and last_ts == body["ts"]:
             stats.duplicates += 1
             return
-        dev.seq_gaps = max(0, (dev.seq_gaps or 0) + step.gap)
-        rows.append(
-            {
-                "device_id": dev.id,
-                "seq": int(body["seq"]),
-                "ts": float(body["ts"]),
-                "received_at": msg.received_at,
-                "body": body,
-            }
-        )
+        if step.gap:
+            dev.seq_gaps = max(0, (dev.seq_gaps or 0) + step.gap)
+        rows.append(msg)
         stats.heartbeats += 1
         if step.late:
             return  # stored in the history; the device's latest view stays as it is
         stats.observed.append((dev.id, body, msg.received_at))
+        latest[dev.id] = msg
+        versions = body.get("versions")
+        if isinstance(versions, dict) and versions != dev.versions:
+            dev.versions = versions
+        if "hardware" in body:  # sent after each connect only: kept till the next
+            hardware = inventory.clean_hardware(body["hardware"])
+            if hardware is not None:
+                dev.hardware = hardware
+        # a heartbeat proves the device is up, whatever an older status said
+        if dev.state != health.ONLINE or dev.state_reason is not None:
+            self._set_state(dev, health.ONLINE, None, msg.received_at, stats)
+
+    @staticmethod
+    def _apply_latest(dev: Device, msg: Accepted) -> None:
+        body = msg.body
         dev.last_seq = int(body["seq"])
         dev.kind = str(body["kind"])
         dev.last_seen = msg.received_at
         dev.last_heartbeat_at = msg.received_at
         dev.heartbeat_interval_s = float(body["interval_s"])
         dev.last_heartbeat = body
-        if isinstance(body.get("versions"), dict):
-            dev.versions = body["versions"]
-        # a heartbeat proves the device is up, whatever an older status said
-        self._set_state(dev, health.ONLINE, None, msg.received_at, stats)
 
     @staticmethod
     def _run_alerts(
@@ -230,8 +289,16 @@ class Registry:
 
     # ---------------------------------------------------------------- reads
     def list_devices(
-        self, state: str | None = None, kind: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        tags: Sequence[str] = (),
+        hardware: str | None = None,
     ) -> tuple[list[Device], int]:
+        """A page of devices; ``tags`` must all be on a device, ``hardware`` is a part of
+        its board model."""
         with self.sessions() as db:
             query = select(Device)
             count = select(func.count()).select_from(Device)
@@ -241,9 +308,15 @@ class Registry:
             if kind:
                 query = query.where(Device.kind == kind)
                 count = count.where(Device.kind == kind)
+            query = inventory.filter_devices(query, tags, hardware)
+            count = inventory.filter_devices(count, tags, hardware)
             rows = db.scalars(query.order_by(Device.id).limit(limit).offset(offset)).all()
             total = db.scalar(count) or 0
             return list(rows), int(total)
+
+    def tags_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]:
+        with self.sessions() as db:
+            return inventory.tags_of(db, device_ids)
 
     def get_device(self, device_id: str) -> Device | None:
         with self.sessions() as db:

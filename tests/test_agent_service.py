@@ -23,6 +23,7 @@ from agent.config import OpenCvCameraSettings, PiCameraSettings
 from agent.errors import CameraError
 from agent.sdnotify import Notifier
 from fleet_server.ca import DeviceCredentials
+from fleet_server.ota import release as release_mod
 from hil_tests import scenes
 from hil_tests.agent import agent_process
 from hil_tests.procs import REPO, Broker, wait_for
@@ -148,14 +149,16 @@ def test_systemd_unit_is_valid_notify_service_with_watchdog_and_dirs(tmp_path: P
         "StateDirectory=camfleet-agent",
         "ConfigurationDirectory=camfleet-agent",
         "Restart=always",
-        "ExecStart=/opt/camfleet/venv/bin/camfleet-agent --config /etc/camfleet-agent/agent.toml",
+        "ExecStart=/opt/camfleet/venv/bin/camfleet-agent-launch"
+        " --config /etc/camfleet-agent/agent.toml",
+        "NotifyAccess=all",  # the agent is the launcher's child
     ):
         assert line in text.splitlines(), line
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed")
     unit = tmp_path / "camfleet-agent.service"
-    unit.write_text(text.replace("/opt/camfleet/venv/bin/camfleet-agent", "/bin/true"))
+    unit.write_text(text.replace("/opt/camfleet/venv/bin/camfleet-agent-launch", "/bin/true"))
     proc = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, check=False
     )
@@ -177,10 +180,14 @@ def test_debian_package_holds_unit_config_and_wheel(tmp_path: Path) -> None:
     assert "./lib/systemd/system/camfleet-agent.service" in listing
     assert "./etc/camfleet-agent/agent.toml" in listing
     assert "./opt/camfleet/wheels/camfleet-" in listing
+    assert "./opt/camfleet/factory/camfleet-agent-" in listing  # the launcher's first release
     info = subprocess.run(
         ["dpkg-deb", "-I", str(deb)], capture_output=True, text=True, check=True
     ).stdout
     assert "postinst" in info and "conffiles" in info
+    factory = sorted((build / "factory").glob("camfleet-agent-*.tar.gz"))[-1]
+    release = factory.name.removeprefix("camfleet-agent-").removesuffix(".tar.gz")
+    assert release_mod.read_manifest(factory)["release"] == release
 
 
 # ---------------------------------------------------------------- camera sources

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import est_client
+from firmware import contract
 from fleet_server.ca import CertificateAuthority
 from fleet_server.ca_ops import read_crl
 from hil_tests.identity import IdentityServer
@@ -76,6 +78,17 @@ def test_revoked_device_is_disconnected_and_cannot_reconnect_or_renew(
         client.connect("localhost", broker.port, keepalive=30)
         client.loop_start()
         wait_for(dev.connected.is_set, 10, what=f"{dev.device_id} connected")
+    # the stolen box said it is online (retained status, as a device does after connecting)
+    topic, payload, qos, retain = contract.encode(
+        "status", bad.device_id, {"state": "online", "kind": "agent"}, time.time()
+    )
+    bad_client.publish(topic, payload, qos, retain).wait_for_publish(10)
+
+    def online() -> bool:
+        status, dev = server.call("GET", "/api/devices/rv-stolen-01")
+        return status == 200 and dev["state"] == "online"
+
+    wait_for(online, 20, what="the stolen box online at the server")
     try:
         status, body = server.call(
             "POST", "/api/devices/rv-stolen-01/revoke", {"reason": "stolen from pole 17"}
@@ -84,6 +97,9 @@ def test_revoked_device_is_disconnected_and_cannot_reconnect_or_renew(
         # the live session is closed by the broker ("administrative action", 0x98)
         wait_for(lambda: bool(bad.disconnects), 10, what="revoked device disconnected")
         assert "Administrative action" in bad.disconnects[0]
+        # its will cannot reach the server any more: the registry marks it offline itself
+        status, dev = server.call("GET", "/api/devices/rv-stolen-01")
+        assert status == 200 and (dev["state"], dev["state_reason"]) == ("offline", "revoked")
         # a new connection is refused at the TLS handshake (the CRL)
         again = bad.client()
         with pytest.raises((ssl.SSLError, OSError)):

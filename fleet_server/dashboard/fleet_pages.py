@@ -23,6 +23,7 @@ from fleet_server.dashboard.views import (
 from fleet_server.db import Device
 from fleet_server.events import Event, sum_counts
 from fleet_server.identity_db import Commissioning, IssuedCertificate, Site
+from fleet_server.rollouts import pages as rollout_pages
 
 COUNTS_WINDOW_S = 24 * 3600
 COUNTS_BUCKET_S = 3600
@@ -212,8 +213,10 @@ def events_section(db: Session, device_id: str) -> Section | None:
     )
 
 
-SECTIONS: list[DeviceSection] = [site_section, certificate_section, events_section]
+SECTIONS: list[DeviceSection] = [site_section, certificate_section, events_section,
+                                  rollout_pages.update_section]  # fmt: skip
 PAGES: list[ExtraPage] = [
     ("/ui/sites", "Sites", sites_page),
     ("/ui/counts", "Traffic", counts_page),
+    *rollout_pages.PAGES,  # issue 6: campaigns
 ]

@@ -22,9 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server import commands as cmds
 from fleet_server.alerts import ACTIVE, Alert
 from fleet_server.commands import Command
+from fleet_server.dashboard import inventory_view as inv
 from fleet_server.dashboard import svg
 from fleet_server.dashboard.login import ui_reader
 from fleet_server.db import Device, Heartbeat
+from fleet_server.inventory import filter_devices, hardware_model, tags_of
 from fleet_server.rules import OFFLINE_RULE
 
 HERE = Path(__file__).resolve().parent
@@ -112,9 +114,11 @@ def dashboard_router(
         state: Annotated[str, Query(pattern="^(|online|offline|degraded|unknown)$")] = "",
         kind: Annotated[str, Query(pattern="^(|agent|node)$")] = "",
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+        tag: Annotated[str, Query(max_length=400)] = "",
+        hardware: Annotated[str, Query(max_length=64)] = "",
     ) -> HTMLResponse:
         with sessions() as db:
-            ctx = device_list_context(db, q, state, kind, offset)
+            ctx = device_list_context(db, q, state, kind, offset, tag, hardware)
         return render("devices.html", "/ui/devices", title="Devices", **ctx)
 
     @router.get("/devices/{device_id}", response_class=HTMLResponse)
@@ -182,11 +186,15 @@ def overview_context(db: Session) -> dict[str, Any]:
         "counts": {s: counts.get(s, 0) for s in ("online", "degraded", "offline")},
         "active_alerts": active,
         "versions": sorted(versions.items()),
+        "hardware": inv.hardware_breakdown(devices),
     }
 
 
-def device_list_context(db: Session, q: str, state: str, kind: str, offset: int) -> dict[str, Any]:
-    query = select(Device).order_by(Device.id)
+def device_list_context(
+    db: Session, q: str, state: str, kind: str, offset: int, tag: str = "", hardware: str = ""
+) -> dict[str, Any]:
+    tags, bad_tags = inv.parse_tags(tag)
+    query = filter_devices(select(Device).order_by(Device.id), tags, hardware.strip() or None)
     if q:
         query = query.where(Device.id.contains(q.lower(), autoescape=True))
     if kind:
@@ -200,17 +208,22 @@ def device_list_context(db: Session, q: str, state: str, kind: str, offset: int)
     alerts = Counter(db.scalars(select(Alert.device_id).where(Alert.state.in_(ACTIVE))).all())
     if state:
         found = [d for d in found if shown_state(d, degraded) == state]
+    page = found[offset : offset + PAGE]
+    tags_on = tags_of(db, [d.id for d in page])
     rows = [
         {"id": d.id, "kind": d.kind, "shown_state": shown_state(d, degraded),
          "last_seen": _when(d.last_seen), "versions": _versions(d.versions),
-         "alerts": alerts.get(d.id, 0)}
-        for d in found[offset : offset + PAGE]
+         "alerts": alerts.get(d.id, 0), "tags": tags_on[d.id],
+         "model": hardware_model(d.hardware)}
+        for d in page
     ]  # fmt: skip
     more = ""
     if offset + PAGE < len(found):
-        params = {"q": q, "state": state, "kind": kind, "offset": offset + PAGE}
+        params = {"q": q, "state": state, "kind": kind, "offset": offset + PAGE, "tag": tag,
+                  "hardware": hardware}  # fmt: skip
         more = "/ui/devices?" + urllib.parse.urlencode(params)
-    return {"rows": rows, "total": len(found), "q": q, "state": state, "kind": kind, "more": more}
+    return {"rows": rows, "total": len(found), "q": q, "state": state, "kind": kind, "more": more,
+            "tag": tag, "hardware": hardware, "bad_tags": bad_tags}  # fmt: skip
 
 
 def device_context(
@@ -253,4 +266,5 @@ def device_context(
         "d": d, "charts": charts, "sections": extra, "alerts": _alert_rows(alerts),
         "commands": command_rows, "command_names": cmds.KNOWN,
         "last_heartbeat": json.dumps(dev.last_heartbeat, indent=2, sort_keys=True),
+        "tags": tags_of(db, [dev.id])[dev.id], "hardware": inv.hardware_rows(dev.hardware),
     }  # fmt: skip

@@ -9,6 +9,12 @@ getent passwd camfleet >/dev/null || useradd --system --gid camfleet --home-dir 
 install -d -o camfleet -g camfleet -m 0750 /var/lib/camfleet-agent
 CAMFLEET_MODEL_DIR=/var/lib/camfleet-agent/models /opt/camfleet/venv/bin/python -m agent.model_fetch || \
   echo "camfleet-agent: model not fetched yet (needs npm and the registry); run: python -m agent.model_fetch"
+# the first agent release (a later package upgrade leaves OTA-installed releases alone)
+if [ ! -e /var/lib/camfleet-agent/ota/current ]; then
+  v=$(ls /opt/camfleet/factory/ | sed -n 's/^camfleet-agent-\(.*\)\.tar\.gz$/\1/p' | tail -n 1)
+  /opt/camfleet/venv/bin/camfleet-agent-launch --config /etc/camfleet-agent/agent.toml \
+    init --bundle "/opt/camfleet/factory/camfleet-agent-$v.tar.gz" --release "$v"
+fi
 chown -R camfleet:camfleet /var/lib/camfleet-agent
 if command -v systemctl >/dev/null 2>&1; then
   systemctl daemon-reload || true

@@ -315,3 +315,10 @@ def test_heartbeat_line_and_relay_wired_through_the_box_task():
         types.append(json.loads(item[1])["type"])
         n.ring.ack(item[0])
     assert types == ["box.power_off", "box.power_on"]
+
+
+def test_a_cleared_update_request_is_neither_refused_nor_counted():
+    n, _sock = _node()
+    n.on_message("camfleet/v1/node-0001/update/desired", b"", True)  # the server cleared it
+    n.on_message("camfleet/v1/node-0001/config/desired", b"", True)  # not a kind that clears
+    assert n.received == 0 and n.rejected == 1 and n.ota_msg is None

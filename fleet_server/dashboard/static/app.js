@@ -67,3 +67,22 @@ async function sendCommand(deviceId) {
     say("command failed: " + err.message, true);
   }
 }
+
+async function saveTags(deviceId) {
+  const words = document.getElementById("tags-edit").value.toLowerCase().split(/[\s,]+/);
+  const tags = words.filter((w) => w.length > 0);
+  try {
+    const res = await call("PUT", "/api/devices/" + deviceId + "/tags", { tags: tags });
+    const box = document.getElementById("tags");
+    box.textContent = "";
+    for (const t of res.tags) {
+      const span = document.createElement("span");
+      span.className = "tag";
+      span.textContent = t;
+      box.append(span, " ");
+    }
+    say("tags saved: " + (res.tags.join(" ") || "none"), false);
+  } catch (err) {
+    say("tags not saved: " + err.message, true);
+  }
+}

@@ -1,0 +1,242 @@
+"""The launcher: the agent's "bootloader" for application-level A/B.
+
+``python -m agent.ota.launch --config agent.toml`` (systemd runs this, from the installed
+package, never from a release dir) starts the agent as a child process from the release
+that ``<slots_dir>/current`` names::
+
+    PYTHONPATH=<slots_dir>/releases/<release>  python -m agent.cli --config agent.toml
+
+(the resolved directory, so a switch while it runs never mixes two releases' modules), and
+starts it again whenever it exits (the updater's restart seam is a clean exit). Before each
+start and while a trial runs it reads the update record: a release that is not healthy by
+its trial deadline (or that crashed ``max_trial_boots`` times) is rolled back here, by code
+that does not come from the release under trial — so a release that cannot even start
+is rolled back too. After a power cut it first discards half-written release dirs.
+
+``init`` installs a first (factory) release: ``python -m agent.ota.launch --config X init
+--bundle camfleet-agent-1.0.0.tar.gz --release 1.0.0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from agent.config import AgentSettings
+from agent.ota import errors as e
+from agent.ota import machine as m
+from agent.ota.settings import OtaSettings
+from agent.ota.slots import AppSlots
+from agent.ota.store import StateStore
+from agent.ota.updater import KEPT_BUNDLE, check_manifest
+from common.logs import setup_logging
+from common.settings import ConfigError, load_settings
+
+log = logging.getLogger("agent.ota.launch")
+
+_POLL_S = 0.2
+_STOP_GRACE_S = 15.0
+_RESTART_MIN_S = 0.5
+_RESTART_MAX_S = 30.0
+_QUICK_EXIT_S = 10.0
+_PR_SET_PDEATHSIG = 1  # a child that lived less than this restarts with a growing delay
+
+
+class Launcher:
+    def __init__(
+        self,
+        config: Path,
+        settings: AgentSettings,
+        ota: OtaSettings,
+        python: str = sys.executable,
+    ) -> None:
+        self.config = Path(config).resolve()  # the agent starts in its release dir
+        self.ota = ota
+        self.python = python
+        self.slots = AppSlots(ota.slots_dir)
+        self.store = StateStore(Path(settings.state_dir) / "ota" / "state.json")
+        self.stop = threading.Event()
+        self.child: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    # ------------------------------------------------------------ decisions
+    def settle(self) -> m.Record:
+        """Before a start: discard half-written releases, roll back a failed trial, count
+        a start of a release under trial."""
+        rec = self.store.load()
+        self.slots.recover(rec.previous)
+        now = time.time()
+        decision = m.on_boot(
+            rec, self.slots.running(), now, self.ota.max_attempts, self.ota.max_trial_boots
+        )
+        if decision == m.BOOT_ROLLBACK:
+            return self.rollback(rec, "not healthy in its trial")
+        if decision == m.BOOT_TRIAL and rec.state == m.TRIAL:
+            rec = dataclasses.replace(rec, trial_boots=rec.trial_boots + 1)
+            self.store.save(rec)
+        return rec
+
+    def rollback(self, rec: m.Record, why: str) -> m.Record:
+        if rec.previous is None or not self.slots.is_complete(rec.previous):
+            log.error("trial failed (%s) but no complete previous release to go back to", why)
+            return rec
+        release = rec.desired.release if rec.desired else "?"
+        detail = f"{e.UNHEALTHY}: {release} {why} (start {rec.trial_boots})"
+        self.slots.switch(rec.previous)
+        new = m.step(rec, "unhealthy", error=detail[:256], reported=None)
+        self.store.save(new)
+        log.warning("rolled back from %s to %s: %s", release, rec.previous, why)
+        return new
+
+    def rollback_due(self) -> bool:
+        """Whether the next ``settle`` rolls back (then there is no reason to wait)."""
+        rec = self.store.load()
+        decision = m.on_boot(
+            rec, self.slots.running(), time.time(), self.ota.max_attempts, self.ota.max_trial_boots
+        )
+        return decision == m.BOOT_ROLLBACK
+
+    def trial_late(self) -> bool:
+        rec = self.store.load()
+        return (
+            rec.state == m.TRIAL
+            and rec.trial_deadline is not None
+            and time.time() > rec.trial_deadline
+        )
+
+    # ------------------------------------------------------------ processes
+    def spawn(self) -> subprocess.Popen[bytes]:
+        release_dir = self.slots.current_path().resolve()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(release_dir)
+        # systemd names the launcher in WATCHDOG_PID; the agent child is the one that pings
+        # (the unit has NotifyAccess=all), so it must not think the watchdog is someone else's
+        env.pop("WATCHDOG_PID", None)
+        argv = [self.python, "-m", "agent.cli", "--config", str(self.config)]
+        log.info("starting agent release %s", release_dir.name)
+        self.starts += 1
+        # the launcher runs no other thread, so preexec_fn is safe here
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=str(release_dir),
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+
+    def end_child(self, child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(10)
+
+    def run(self) -> int:
+        delay = _RESTART_MIN_S
+        while not self.stop.is_set():
+            try:
+                self.settle()
+                child = self.spawn()
+            except (e.OtaError, OSError) as exc:
+                log.error("cannot start the agent: %s", exc)
+                if self.stop.wait(_RESTART_MAX_S):
+                    break
+                continue
+            self.child = child
+            began = time.monotonic()
+            while child.poll() is None:
+                if self.stop.wait(_POLL_S):
+                    break
+                if self.trial_late():
+                    log.warning("trial deadline passed: stopping the release under trial")
+                    self.end_child(child)
+                    break
+            self.end_child(child)
+            log.info("agent exited with %s", child.returncode)
+            if self.stop.is_set():
+                break
+            if self.rollback_due():
+                continue  # back to the previous release at once
+            if time.monotonic() - began < _QUICK_EXIT_S:
+                delay = min(_RESTART_MAX_S, delay * 2)
+            else:
+                delay = _RESTART_MIN_S
+            if self.stop.wait(delay if child.returncode else _RESTART_MIN_S):
+                break
+        return 0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the launcher dies (Linux), so a killed
+    launcher never leaves an agent running on its own (systemd would kill the cgroup)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+
+
+def init_release(ota: OtaSettings, bundle: Path, release: str) -> None:
+    """Install ``bundle`` as the first release and point ``current`` at it."""
+    check_manifest(bundle, release)
+    sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    slots = AppSlots(ota.slots_dir)
+    slots.install_bundle(bundle, release, sha, keep=KEPT_BUNDLE)
+    slots.switch(release)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="camfleet-agent-launch", description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, required=True, help="agent TOML config file")
+    sub = p.add_subparsers(dest="cmd")
+    init = sub.add_parser("init", help="install a first release")
+    init.add_argument("--bundle", type=Path, required=True)
+    init.add_argument("--release", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(AgentSettings, args.config)
+    except ConfigError as exc:
+        print(f"camfleet-agent-launch: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    ota = settings.ota
+    if ota is None:
+        print("camfleet-agent-launch: the config has no [ota] table", file=sys.stderr)
+        return 2
+    if args.cmd == "init":
+        try:
+            init_release(ota, args.bundle, args.release)
+        except (e.OtaError, OSError) as exc:
+            log.error("init failed: %s", exc)
+            return 1
+        return 0
+    launcher = Launcher(args.config, settings, ota)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received", signal.Signals(signum).name)
+        launcher.stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    return launcher.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
