@@ -121,7 +121,8 @@ class Device:
                 "status", self.id, {"state": "online", "kind": "agent"}, ts
             )
             writer.write(mp.publish_packet(topic, online, 1, retain, self._next_pid()))
-            pump = asyncio.create_task(self._pump(reader))
+            self._connected(writer)
+            pump = asyncio.create_task(self._pump(reader, writer))
             try:
                 while not pump.done():
                     self._heartbeat(writer)
@@ -137,16 +138,22 @@ class Device:
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
 
+    def _connected(self, writer: asyncio.StreamWriter) -> None:
+        """Called once the online status is queued: a subclass subscribes here."""
+
+    def _versions(self) -> dict[str, str]:
+        return {"agent": "sim"}
+
     def _heartbeat(self, writer: asyncio.StreamWriter) -> None:
         body = {"seq": self.seq, "kind": "agent", "interval_s": self.cfg.interval_s,
                 "uptime_s": round(time.time() - self.boot, 1), "cpu_pct": 12.0,
-                "mem_used_pct": 40.0, "versions": {"agent": "sim"}}  # fmt: skip
+                "mem_used_pct": 40.0, "versions": self._versions()}  # fmt: skip
         topic, payload, qos, _r = contract.encode("heartbeat", self.id, body, time.time())
         writer.write(mp.publish_packet(topic, payload, qos, False, self._next_pid()))
         self.seq += 1
         self.stats.heartbeats += 1
 
-    async def _pump(self, reader: asyncio.StreamReader) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read acks until the connection ends (raises then)."""
         while True:
             first, body = await self._read(reader)

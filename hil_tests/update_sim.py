@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import random
@@ -65,62 +64,14 @@ class UpdateDevice(Device):
         self.step_s = step_s
         self.busy: asyncio.Task[None] | None = None
 
-    async def _session(self) -> None:
-        cfg = self.cfg
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(cfg.host, cfg.port, ssl=self.ctx, server_hostname="localhost"),
-            timeout=30,
-        )
-        connected = False
-        try:
-            ts = time.time()
-            will_topic, will, _q, _r = contract.encode(
-                "status", self.id, {"state": "offline", "kind": "agent"}, ts
-            )
-            writer.write(
-                mp.connect_packet(self.id, cfg.keepalive_s, True, (will_topic, will, 1, True))
-            )
-            first, body = await self._read(reader)
-            packet = mp.parse_packet(first, body)
-            if packet[0] != mp.CONNACK or packet[2] != 0:
-                raise mp.ConnectRefused(packet[2] if packet[0] == mp.CONNACK else -1)
-            connected = True
-            self.stats.connected += 1
-            self.stats.connects[int(time.time())] += 1
-            topic, online, _q, retain = contract.encode(
-                "status", self.id, {"state": "online", "kind": "agent"}, ts
-            )
-            writer.write(mp.publish_packet(topic, online, 1, retain, self._next_pid()))
-            desired = contract.topic(self.id, "update_desired")
-            writer.write(mp.subscribe_packet(self._next_pid(), desired, 1))
-            pump = asyncio.create_task(self._pump_updates(reader, writer))
-            try:
-                while not pump.done():
-                    self._beat(writer)
-                    await writer.drain()
-                    await asyncio.wait({pump}, timeout=cfg.interval_s)
-                pump.result()
-            finally:
-                pump.cancel()
-        finally:
-            if connected:
-                self.stats.connected -= 1
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+    def _connected(self, writer: asyncio.StreamWriter) -> None:
+        desired = contract.topic(self.id, "update_desired")
+        writer.write(mp.subscribe_packet(self._next_pid(), desired, 1))
 
-    def _beat(self, writer: asyncio.StreamWriter) -> None:
-        body = {"seq": self.seq, "kind": "agent", "interval_s": self.cfg.interval_s,
-                "uptime_s": round(time.time() - self.boot, 1), "cpu_pct": 12.0,
-                "versions": {"agent": self.release}}  # fmt: skip
-        topic, payload, qos, _r = contract.encode("heartbeat", self.id, body, time.time())
-        writer.write(mp.publish_packet(topic, payload, qos, False, self._next_pid()))
-        self.seq += 1
-        self.stats.heartbeats += 1
+    def _versions(self) -> dict[str, str]:
+        return {"agent": self.release}
 
-    async def _pump_updates(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             first, body = await self._read(reader)
             packet = mp.parse_packet(first, body)
@@ -175,7 +126,7 @@ class UpdateDevice(Device):
         else:
             self.release = release
             self._report(writer, want, "committed")
-            self._beat(writer)  # the next heartbeat already says the new release
+            self._heartbeat(writer)  # the next heartbeat already says the new release
             self.ustats.results["committed"] += 1
         self.ustats.last_result = time.time()
         await writer.drain()

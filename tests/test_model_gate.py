@@ -630,7 +630,7 @@ def test_the_agent_judges_a_model_update_in_shadow_on_its_live_pipeline(
         "max_drop": 1.0,
         "max_label_recall_drop": 1.0,
         "max_slowdown": LIMITS.max_slowdown,
-        "shadow": {"frames": 8, "every_s": 0.05, "timeout_s": 120},
+        "shadow": {"frames": 26, "every_s": 0.05, "timeout_s": 180},  # the replay twice over
     }
     agent = AgentSettings.model_validate(
         {
@@ -654,5 +654,5 @@ def test_the_agent_judges_a_model_update_in_shadow_on_its_live_pipeline(
     verdict = ota.updater.gate(worse, current)
     assert not verdict.ok and verdict.reason == SHADOW, verdict
     shadow = verdict.figures["shadow"]
-    assert isinstance(shadow, dict) and shadow["frames"] == 8 and shadow["agreement"] < 0.7
+    assert isinstance(shadow, dict) and shadow["frames"] == 26 and shadow["agreement"] < 0.7
     assert _wait(lambda: live.pipeline.frames > 0) and live.alive()

@@ -172,16 +172,21 @@ class _Collector:
             self.got.extend(messages)
 
 
-@pytest.fixture
-def paho_peer(broker: Broker, ca: CertificateAuthority) -> Iterator[tuple[mqtt.Client, list[Any]]]:
+def _paho(ca: CertificateAuthority, port: int, client_id: str) -> tuple[mqtt.Client, list[Any]]:
     """A paho v5 client with the server identity that records what it receives."""
     seen: list[Any] = []
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="mqtt5-peer", protocol=mqtt.MQTTv5)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     c.tls_set(ca_certs=str(ca.root_cert_path), certfile=str(ca.server_cert_path),
               keyfile=str(ca.server_key_path))  # fmt: skip
     c.on_message = lambda _c, _u, m: seen.append(m)
-    c.connect("localhost", broker.port)
+    c.connect("localhost", port)
     c.loop_start()
+    return c, seen
+
+
+@pytest.fixture
+def paho_peer(broker: Broker, ca: CertificateAuthority) -> Iterator[tuple[mqtt.Client, list[Any]]]:
+    c, seen = _paho(ca, broker.port, "mqtt5-peer")
     yield c, seen
     c.disconnect()
     c.loop_stop()
@@ -234,13 +239,7 @@ def test_client_keeps_to_the_brokers_receive_maximum(
     )
     assert "max_inflight_messages 5" in conf.read_text()
     small.start()
-    seen: list[Any] = []
-    peer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="mqtt5-rm-peer", protocol=mqtt.MQTTv5)
-    peer.tls_set(ca_certs=str(ca.root_cert_path), certfile=str(ca.server_cert_path),
-                 keyfile=str(ca.server_key_path))  # fmt: skip
-    peer.on_message = lambda _c, _u, m: seen.append(m)
-    peer.connect("localhost", small.port)
-    peer.loop_start()
+    peer, seen = _paho(ca, small.port, "mqtt5-rm-peer")
     states: list[bool] = []
     client = Mqtt5Client(
         ClientSettings("localhost", small.port, "mqtt5-test-rm", keepalive_s=5),

@@ -583,14 +583,117 @@ def test_ota_power_cut_at_each_update_state(scenario: Rig, ota_source: Any, cut_
         watch.close()
 
 
-def test_model_refused_by_the_accuracy_gate(scenario: Rig) -> None:
-    """A model update worse than the accuracy gate allows is refused; the box keeps its
-    model and says why."""
+@pytest.fixture(scope="module")
+def model_releases(
+    tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles, street: Path
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """Model bundles in a signed TUF repository: 1.0.0, the real detector with an
+    evaluation set of street frames (real photos of people), and 2.0.0, the same weights
+    with Person and Car swapped in its label map (it loads and runs, and finds cars where
+    there are people)."""
     _ota_ready()
-    pytest.skip(
-        "issue #6: the gate is checked end to end in tests/test_ota_agent_model.py; "
-        "driving a model release through the rig is still to be written"
-    )
+    from agent.detector import Detector
+    from agent.model_bundle import build_model_bundle, make_eval_set
+    from agent.modelcard import DEFAULT_CARD, load_card
+    from fleet_server.ota.release import add_model_release
+    from fleet_server.ota.tufrepo import TufRepo
+
+    tmp = tmp_path_factory.mktemp("model-releases")
+    frames = sorted(street.glob("*.png"))
+    images = [frames[k] for k in (6, 14, 26)]  # people on the street photo
+    detector = Detector(load_card(DEFAULT_CARD), model_files.folder, "litert", 1)
+    eval_dir = make_eval_set(detector, images, tmp / "eval")
+    labels = model_files.labels.read_text().splitlines()
+    i, j = labels.index("Person"), labels.index("Car")
+    labels[i], labels[j] = labels[j], labels[i]
+    wrong = tmp / "wrong-labels.txt"
+    wrong.write_text("\n".join(labels) + "\n")
+    repo = TufRepo.create(tmp / "repo", tmp / "keys")
+    (tmp / "work").mkdir()
+    targets: dict[str, str] = {}
+    for release, labels_file in (("1.0.0", model_files.labels), ("2.0.0", wrong)):
+        bundle = build_model_bundle(
+            model_files.model, labels_file, DEFAULT_CARD, eval_dir, release, tmp / f"m-{release}"
+        )
+        targets[release] = add_model_release(repo, bundle, release, tmp / "work")
+    repo.publish()
+    yield tmp, targets
+
+
+def test_model_refused_by_the_accuracy_gate(
+    scenario: Rig, street: Path, model_releases: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """A model update worse than the accuracy gate allows is refused: the box keeps its
+    model byte for byte, keeps detecting with it, and says why (update_state failed,
+    accuracy_gate); its heartbeats still name the old model."""
+    import hashlib
+    import shutil
+
+    from agent.ota.slots import AppSlots
+    from hil_tests.ota_rig import StaticHttps
+    from tests.test_ota_agent import Collector
+
+    rig = virtual(scenario)
+    src, targets = model_releases
+    https = StaticHttps(src / "repo", rig.ca).start()
+    models = tmp_path / "models"  # the factory model: release 1.0.0 in the model slot
+    shutil.copytree(src / "m-1.0.0", models / "releases" / "1.0.0")
+    (models / "complete").mkdir()
+    (models / "complete" / "1.0.0").write_text('{"release": "1.0.0"}')
+    slot = AppSlots(models, required="bundle.json", marker_beside=True)
+    slot.switch("1.0.0")
+
+    def digest() -> dict[str, str]:
+        here = slot.current_path()
+        return {str(p.relative_to(here)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(here.rglob("*")) if p.is_file()}  # fmt: skip
+
+    before = digest()
+    root = tmp_path / "root.json"  # pinned at provisioning
+    shutil.copyfile(src / "repo" / "metadata" / "1.root.json", root)
+    current = models / "current"
+    extra: dict[str, object] = {
+        "pipeline": {
+            "detector": {"model_dir": str(current), "card": str(current / "card.toml"),
+                         "threads": 1},
+            "scene": {"report_after_s": 600.0, "frozen_after_s": 600.0},
+        },
+        "ota": {
+            "metadata_url": f"{https.base}/metadata/",
+            "targets_url": f"{https.base}/targets/",
+            "trusted_root": str(root),
+            "slots_dir": str(tmp_path / "slots"),
+            "model_slots_dir": str(models),
+            "model_gate": {"max_slowdown": 5.0},  # timing on a shared test box is noisy
+        },
+    }  # fmt: skip
+    box = rig.box("hil-gate-01", frames=street, extra=extra)
+    watch = Collector(rig.ca, rig.broker_port, box)
+    try:
+        rig.power_on(box)
+        online(rig, box, 60)
+        wait_until(lambda: checks.heartbeat(rig.api, box).get("versions", {}).get("model")
+                   == "1.0.0", 30, "heartbeat names model 1.0.0")  # fmt: skip
+        watch.desire("m-gate", "2.0.0", artifact="model", target=targets["2.0.0"])
+        rig.recorder.observe(box, "update desired", "model 1.0.0 -> 2.0.0 (labels swapped)")
+        asked = time.monotonic()
+        failed = watch.wait_state("m-gate", "failed", timeout=240)
+        rig.recorder.observe(box, "update refused", str(failed.get("error")))
+        rig.recorder.figures(recover_s=time.monotonic() - asked)  # the time to a verdict
+        assert str(failed["error"]).startswith("accuracy_gate: "), failed
+        assert failed["running"] == "1.0.0"
+        assert not any(b["state"] == "committed" for b in watch.states("m-gate"))
+        assert slot.running() == "1.0.0" and digest() == before, "the running model changed"
+        assert slot.installed() == ["1.0.0"], "the refused candidate was left on disk"
+        invokes = int(checks.heartbeat(rig.api, box).get("invokes", 0))
+        wait_until(lambda: int(checks.heartbeat(rig.api, box).get("invokes", 0)) > invokes,
+                   60, "still detecting")  # fmt: skip
+        assert checks.heartbeat(rig.api, box)["versions"]["model"] == "1.0.0"
+        rig.recorder.check("model refused; the old one runs on, byte for byte")
+    finally:
+        rig.power_off(box)
+        watch.close()
+        https.stop()
 
 
 # ------------------------------------------------------------------ broker restart (last:
