@@ -105,6 +105,7 @@ class _Snapshot:
 class AlertBook:
     def __init__(self, thresholds: rules.RuleThresholds) -> None:
         self.t = thresholds
+        self.lag = rules.DeliveryLag()
 
     def observe_batch(
         self,
@@ -117,13 +118,18 @@ class AlertBook:
         Runs in the caller's transaction with the device rows locked; reads what it needs
         in two queries whatever the batch size.
         """
+        for device_id, body, at in heartbeats:
+            ts = body.get("ts")
+            if isinstance(ts, int | float) and not isinstance(ts, bool):
+                self.lag.add(device_id, at - ts)
+        lag_s = self.lag.seconds() if heartbeats else 0.0
         snap = _Snapshot(db, [s[0] for s in states] + [h[0] for h in heartbeats])
         steps: list[tuple[Alert, str, float]] = []  # in order; ids exist after the flush
         with db.no_autoflush:
             for device_id, state, reason, at in states:
                 self._state(db, snap, device_id, state, reason, at, steps)
             for device_id, body, at in heartbeats:
-                self._heartbeat(db, snap, device_id, body, at, steps)
+                self._heartbeat(db, snap, device_id, body, at, lag_s, steps)
         if steps:
             db.flush()
         return [_change(alert, state, at) for alert, state, at in steps]
@@ -140,9 +146,9 @@ class AlertBook:
 
     def _heartbeat(
         self, db: Session, snap: _Snapshot, device_id: str, body: dict[str, Any], at: float,
-        steps: list[tuple[Alert, str, float]],
+        lag_s: float, steps: list[tuple[Alert, str, float]],
     ) -> None:  # fmt: skip
-        findings = rules.broken_rules(rules.evaluate(body, at, self.t))
+        findings = rules.broken_rules(rules.evaluate(body, at, self.t, lag_s))
         for rule in rules.RULES:
             key = (device_id, rule)
             active = snap.active.get(key)

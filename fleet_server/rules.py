@@ -1,4 +1,5 @@
-"""Health rules: a heartbeat in, the conditions that are wrong out. No I/O, no state.
+"""Health rules: a heartbeat in, the conditions that are wrong out. No I/O; the one piece of
+state, the fleet's delivery lag (``DeliveryLag``), is kept by the caller.
 
 Thresholds live in the server config (``[health.rules]``); each rule names a heartbeat
 field of the contract. A field the device does not report never raises its rule.
@@ -6,6 +7,8 @@ field of the contract. A field the device does not report never raises its rule.
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +59,29 @@ def _num(body: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def evaluate(body: dict[str, Any], received_at: float, t: RuleThresholds) -> list[Finding]:
+class DeliveryLag:
+    """How late heartbeats reach the rules, fleet-wide: the median of (received - sent) over
+    the last ``window`` heartbeats. Most device clocks are right, so when the server falls
+    behind (a backlog in the broker, a busy database) this median is that backlog, which is
+    no device's clock drift; the clock rule measures drift from it. Trusted only once the
+    window holds heartbeats of ``min_devices`` devices; never below 0."""
+
+    def __init__(self, window: int = 201, min_devices: int = 5) -> None:
+        self._recent: deque[tuple[str, float]] = deque(maxlen=window)
+        self.min_devices = min_devices
+
+    def add(self, device_id: str, offset_s: float) -> None:
+        self._recent.append((device_id, offset_s))
+
+    def seconds(self) -> float:
+        if len({d for d, _ in self._recent}) < self.min_devices:
+            return 0.0
+        return max(0.0, statistics.median(o for _, o in self._recent))
+
+
+def evaluate(
+    body: dict[str, Any], received_at: float, t: RuleThresholds, lag_s: float = 0.0
+) -> list[Finding]:
     """Every rule that the heartbeat ``body`` breaks."""
     found: list[Finding] = []
 
@@ -89,8 +114,8 @@ def evaluate(body: dict[str, Any], received_at: float, t: RuleThresholds) -> lis
         what = ", ".join(str(s) for s in scene)[:64]
         found.append(Finding("scene", WARNING, what, f"scene: {what}"))
     ts = _num(body, "ts")
-    if ts is not None and abs(ts - received_at) > t.clock_drift_s_max:
-        drift = ts - received_at
+    drift = None if ts is None else ts - (received_at - lag_s)  # lag_s: DeliveryLag
+    if drift is not None and abs(drift) > t.clock_drift_s_max:
         found.append(Finding("clock", WARNING, round(drift, 1), f"clock off by {drift:+.0f} s"))
     return found
 

@@ -39,6 +39,28 @@ def test_rules_name_what_is_wrong_and_ignore_what_is_not_reported() -> None:
     assert set(rules.broken_rules(rules.evaluate({"ts": 1.0, "fps": 0.2}, 1.0, T))) == {"fps"}
 
 
+def test_clock_rule_measures_drift_from_the_fleets_delivery_lag() -> None:
+    """A server 53 s behind (a backlog) sees every heartbeat 53 s late: that is no device's
+    clock drift. One device whose clock is an hour behind is still found, and with too few
+    devices seen the lag is not trusted (a lone skewed device is not its own baseline)."""
+    lag = rules.DeliveryLag(window=50, min_devices=5)
+    assert lag.seconds() == 0.0
+    lag.add("cam-1", 100.0)
+    assert lag.seconds() == 0.0  # one device: not a fleet-wide figure
+    for i in range(40):
+        lag.add(f"cam-{i % 10}", 53.0 + (i % 3) * 0.1)
+    assert 53.0 <= lag.seconds() <= 53.2
+    late = lag.seconds()
+    assert rules.evaluate({"ts": 1000.0}, 1053.1, T, late) == []
+    assert "clock" in rules.broken_rules(rules.evaluate({"ts": 1000.0}, 1053.1, T))  # unaided
+    skewed = rules.broken_rules(rules.evaluate({"ts": 1000.0 - 3600}, 1053.1, T, late))
+    assert -3601 < float(skewed["clock"].value) < -3599
+    ahead = rules.DeliveryLag(window=20, min_devices=2)
+    for i in range(20):
+        ahead.add(f"cam-{i}", -5.0)  # clocks a little ahead of the server's
+    assert ahead.seconds() == 0.0  # never a negative lag
+
+
 def test_flap_suppression_steps() -> None:
     s = rules.step(True, 0, 5, active=False, t=T)
     assert (s.bad_count, s.good_count, s.open) == (1, 0, False)  # one bad is not enough
