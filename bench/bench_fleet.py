@@ -17,6 +17,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -28,16 +29,17 @@ from hil_tests.server import ServerProcess
 INTERVAL_S = 10.0
 
 
-def _stats(path: Path) -> dict[str, object]:
+def read_stats(path: Path) -> dict[str, Any]:
+    """The simulator's stats file (empty until it writes one)."""
     try:
-        data: dict[str, object] = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
         return data
     except (OSError, ValueError):
         return {}
 
 
 def _connected(path: Path) -> int:
-    value = _stats(path).get("connected", 0)
+    value = read_stats(path).get("connected", 0)
     return int(value) if isinstance(value, int) else 0
 
 
@@ -63,17 +65,24 @@ def p99_between(before: list[tuple[float, float]], after: list[tuple[float, floa
     return float("nan")
 
 
-def run(work: Path) -> list[Figure]:
+def sim_credentials(work: Path) -> tuple[CertificateAuthority, Path, int, float]:
+    """A CA and certificates for CAMFLEET_SIM_DEVICES (10,000) simulated devices under
+    ``work``: (ca, folder of device folders, count, seconds issuing took). Raises the open
+    file limit first, which the broker started after this inherits."""
     n = int(os.environ.get("CAMFLEET_SIM_DEVICES", "10000"))
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the broker inherits it
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ca = CertificateAuthority(work / "pki")
     ca.init()
     creds = work / "devices"
     t0 = time.perf_counter()
     for i in range(n):
         ca.issue_device(f"sim-{i:05d}", creds / f"sim-{i:05d}", days=2)
-    issue_s = time.perf_counter() - t0
+    return ca, creds, n, time.perf_counter() - t0
+
+
+def run(work: Path) -> list[Figure]:
+    ca, creds, n, issue_s = sim_credentials(work)
     broker = Broker(ca, work / "broker").start()
     server = ServerProcess(work / "server", ca.dir, broker.port, grace=3.0).start_and_wait()
     stats = work / "sim.json"
@@ -111,7 +120,7 @@ def run(work: Path) -> list[Figure]:
         wait_for(lambda: _connected(stats) >= n, 240, interval=0.5,
                  what="every simulated device reconnected")  # fmt: skip
         back_s = time.monotonic() - t0
-        per_s = _stats(stats).get("connects_per_s")
+        per_s = read_stats(stats).get("connects_per_s")
         seconds = per_s if isinstance(per_s, dict) else {}
         since_restart = [int(v) for k, v in seconds.items() if int(k) >= int(restarted)]
         peak = max(since_restart) if since_restart else 0

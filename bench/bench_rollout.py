@@ -17,29 +17,18 @@ Everything talks to 127.0.0.1 and every wait is bounded.
 
 from __future__ import annotations
 
-import json
-import os
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.bench_fleet import read_stats, sim_credentials
 from bench.results import Figure
-from fleet_server.ca import CertificateAuthority
 from hil_tests.procs import Broker, Process, RigError, wait_for
 from hil_tests.server import ServerProcess
 
 INTERVAL_S = 10.0
 FAIL_RATE = 0.02
-
-
-def _stats(path: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (OSError, ValueError):
-        return {}
 
 
 def _campaign(name: str, release: str, waves: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
@@ -64,14 +53,7 @@ def _wait_state(server: ServerProcess, cid: str, states: tuple[str, ...], timeou
 
 
 def run(work: Path) -> list[Figure]:
-    n = int(os.environ.get("CAMFLEET_SIM_DEVICES", "10000"))
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the broker inherits it
-    ca = CertificateAuthority(work / "pki")
-    ca.init()
-    creds = work / "devices"
-    for i in range(n):
-        ca.issue_device(f"sim-{i:05d}", creds / f"sim-{i:05d}", days=2)
+    ca, creds, n, _issue_s = sim_credentials(work)
     broker = Broker(ca, work / "broker").start()
     # offline after 6 missed heartbeats: a simulator starved of CPU is not a failed update
     server = ServerProcess(work / "server", ca.dir, broker.port, grace=6.0,
@@ -131,7 +113,7 @@ def run(work: Path) -> list[Figure]:
         camp2 = server.get(f"/api/rollouts/{cid2}")[1]
         canary = set(made2["plan"]["devices"][: made2["plan"]["wave_sizes"][0]])
         time.sleep(3.0)  # a few engine ticks after the halt
-        asked = {d for d, rels in _stats(stats).get("desired", {}).items() if "0.3.0" in rels}
+        asked = {d for d, rels in read_stats(stats).get("desired", {}).items() if "0.3.0" in rels}
     finally:
         sim.stop()
         server.stop()

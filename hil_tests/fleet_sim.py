@@ -22,8 +22,10 @@ import ssl
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from firmware import contract
 from firmware import mqtt_packet as mp
@@ -186,25 +188,51 @@ def load_devices(creds_dir: Path, root: Path) -> list[tuple[str, ssl.SSLContext]
     return out
 
 
-async def run_fleet(devices: list[tuple[str, ssl.SSLContext]], cfg: SimConfig, stats_path: Path,
-                    duration: float) -> FleetStats:  # fmt: skip
-    stats = FleetStats()
-    rng = random.Random(0x5EED)
-    tasks = [
-        asyncio.create_task(Device(dev_id, ctx, cfg, stats, rng).run(i / cfg.connect_rate))
-        for i, (dev_id, ctx) in enumerate(devices)
-    ]
+async def drive(sims: Sequence[Device], stats: FleetStats, cfg: SimConfig, stats_path: Path,
+                duration: float, every_s: float = 0.5) -> None:  # fmt: skip
+    """Run ``sims`` (connects spread at ``cfg.connect_rate``) for ``duration`` seconds,
+    writing ``stats`` to ``stats_path`` every ``every_s`` and once more at the end."""
+    tasks = [asyncio.create_task(d.run(i / cfg.connect_rate)) for i, d in enumerate(sims)]
     until = time.monotonic() + duration
     try:
         while time.monotonic() < until:
             atomic_write(str(stats_path), json.dumps(stats.as_dict()).encode())
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(every_s)
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         atomic_write(str(stats_path), json.dumps(stats.as_dict()).encode())
+
+
+async def run_fleet(devices: list[tuple[str, ssl.SSLContext]], cfg: SimConfig, stats_path: Path,
+                    duration: float) -> FleetStats:  # fmt: skip
+    stats = FleetStats()
+    rng = random.Random(0x5EED)
+    sims = [Device(dev_id, ctx, cfg, stats, rng) for dev_id, ctx in devices]
+    await drive(sims, stats, cfg, stats_path, duration)
     return stats
+
+
+def local_only(prog: str, host: str) -> bool:
+    """A simulator talks only to this machine; says so when asked for another host."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return True
+    print(f"{prog} talks only to this machine", file=sys.stderr)
+    return False
+
+
+def run_loop(fleet: Coroutine[Any, Any, object]) -> None:
+    """Many sockets: the hard file limit, and uvloop where installed (it keeps TLS buffers
+    small; plain asyncio holds 256 KiB per connection)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(fleet)
+    else:
+        uvloop.run(fleet)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,21 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, required=True, help="seconds, then stop")
     p.add_argument("--stats", type=Path, required=True)
     args = p.parse_args(argv)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("fleet_sim talks only to this machine", file=sys.stderr)
+    if not local_only("fleet_sim", args.host):
         return 2
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     devices = load_devices(args.creds, args.root)
     cfg = SimConfig(args.host, args.port, args.interval, args.keepalive, args.first_spread,
                     args.base, args.cap, args.rate)  # fmt: skip
-    fleet = run_fleet(devices, cfg, args.stats, args.duration)
-    try:  # uvloop keeps TLS buffers small; plain asyncio holds 256 KiB per connection
-        import uvloop
-    except ImportError:
-        asyncio.run(fleet)
-    else:
-        uvloop.run(fleet)
+    run_loop(run_fleet(devices, cfg, args.stats, args.duration))
     return 0
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import random
-import resource
 import ssl
 import sys
 import time
@@ -30,8 +28,15 @@ from typing import Any
 
 from firmware import contract
 from firmware import mqtt_packet as mp
-from firmware.fsutil import atomic_write
-from hil_tests.fleet_sim import Device, FleetStats, SimConfig, load_devices
+from hil_tests.fleet_sim import (
+    Device,
+    FleetStats,
+    SimConfig,
+    drive,
+    load_devices,
+    local_only,
+    run_loop,
+)
 
 
 @dataclass
@@ -140,17 +145,7 @@ async def run_update_fleet(
     rng = random.Random(0x5EED)
     sims = [UpdateDevice(dev_id, ctx, cfg, stats, rng, release, dev_id in failing, step_s)
             for dev_id, ctx in devices]  # fmt: skip
-    tasks = [asyncio.create_task(s.run(i / cfg.connect_rate)) for i, s in enumerate(sims)]
-    until = time.monotonic() + duration
-    try:
-        while time.monotonic() < until:
-            atomic_write(str(stats_path), json.dumps(stats.as_dict()).encode())
-            await asyncio.sleep(1.0)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        atomic_write(str(stats_path), json.dumps(stats.as_dict()).encode())
+    await drive(sims, stats, cfg, stats_path, duration, every_s=1.0)
     return stats
 
 
@@ -169,23 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, required=True, help="seconds, then stop")
     p.add_argument("--stats", type=Path, required=True)
     args = p.parse_args(argv)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("update_sim talks only to this machine", file=sys.stderr)
+    if not local_only("update_sim", args.host):
         return 2
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     devices = load_devices(args.creds, args.root)
     failing = {d for d in args.fail_ids.split(",") if d}
     failing |= {d for d, _c in devices if args.fail_rate and fails_by_rate(d, args.fail_rate)}
     cfg = SimConfig(args.host, args.port, args.interval, 60, 20.0, 1.0, 60.0, args.rate)
-    fleet = run_update_fleet(devices, cfg, args.stats, args.duration, args.release, failing,
-                             args.step)  # fmt: skip
-    try:  # uvloop keeps TLS buffers small; plain asyncio holds 256 KiB per connection
-        import uvloop
-    except ImportError:
-        asyncio.run(fleet)
-    else:
-        uvloop.run(fleet)
+    run_loop(run_update_fleet(devices, cfg, args.stats, args.duration, args.release, failing,
+                              args.step))  # fmt: skip
     return 0
 
 

@@ -35,7 +35,7 @@ def _campaign(name: str, artifact: str, release: str, target: str, device: str) 
     return {"name": name, "artifact": artifact, "release": release, "target": target,
             "filter": {"device_ids": [device]}, "waves": [{"percent": 100}],
             "success_threshold": 1.0, "failure_threshold": 0.0, "soak_s": 2.0,
-            "rate_per_min": 10, "device_deadline_s": 240, "trial_s": 60}  # fmt: skip
+            "rate_per_min": 10, "device_deadline_s": 240, "trial_s": 60.5}  # fmt: skip
 
 
 def _version(server: ServerProcess, device: str, artifact: str) -> str | None:

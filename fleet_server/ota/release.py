@@ -16,7 +16,6 @@ full target's custom data). On any mismatch the device falls back to the full bu
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -27,17 +26,16 @@ from pathlib import Path
 
 import bsdiff4
 
+from common import bundle
 from firmware.fsutil import atomic_write
 from fleet_server.ota.tufrepo import RepoError, TufRepo
 
 BUNDLE_FORMAT = 1
 MANIFEST = "MANIFEST.json"
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: any fixed value keeps bundles reproducible
-GZIP_LEVEL = 9
 _RELEASE_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_~-]{0,63}$")
 _AGENT_PACKAGES = ("agent", "common", "firmware")
 _AGENT_SUFFIXES = (".py", ".toml", ".json")
-_MAX_TAR = 512 * 1024 * 1024  # refuse to inflate anything larger (a gzip bomb)
 
 
 class ReleaseError(Exception):
@@ -79,22 +77,15 @@ def deterministic_tar(files: Iterable[tuple[str, bytes, bool]]) -> bytes:
 
 def gzip_bytes(data: bytes) -> bytes:
     """gzip with no file name, mtime 0 and a fixed level (reproducible on one zlib)."""
-    out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0) as g:
-        g.write(data)
-    return out.getvalue()
+    return bundle.gzip_fixed(data)
 
 
 def gunzip_file(path: Path) -> bytes:
     """The uncompressed bytes of a .tar.gz, bounded so a gzip bomb cannot fill memory."""
     try:
-        with gzip.open(path, "rb") as g:
-            data = g.read(_MAX_TAR + 1)
-    except (OSError, EOFError) as exc:
-        raise ReleaseError(f"{path} is not a valid gzip file: {exc}") from exc
-    if len(data) > _MAX_TAR:
-        raise ReleaseError(f"{path} inflates beyond {_MAX_TAR} bytes")
-    return data
+        return bundle.gunzip_bounded(path)
+    except bundle.BundleError as exc:
+        raise ReleaseError(f"{path}: {exc}") from exc
 
 
 def tar_directory(src: Path, out: Path) -> Path:
@@ -196,11 +187,9 @@ def apply_delta(old: Path, patch: Path, out: Path) -> Path:
     """Rebuild the full bundle from the running bundle ``old`` and a delta; the caller
     checks ``out``'s sha256 (or its tar's) against the signed full target before use."""
     try:
-        new_tar = bsdiff4.patch(gunzip_file(Path(old)), Path(patch).read_bytes())
-    except (ValueError, RuntimeError, OSError, EOFError) as exc:
+        return bundle.apply_delta(old, patch, out)
+    except bundle.BundleError as exc:
         raise ReleaseError(f"delta {patch} does not apply to {old}: {exc}") from exc
-    atomic_write(str(out), gzip_bytes(new_tar))
-    return Path(out)
 
 
 # -- target names and adding releases to a repository -----------------------------------

@@ -241,9 +241,8 @@ def desired_message(camp: Campaign, device_id: str, now: float) -> Outgoing:
                             "release": camp.release, "target": camp.target}  # fmt: skip
     if camp.allow_downgrade:
         body["allow_downgrade"] = True
-    if camp.trial_s is not None:  # whole seconds as an int: the node's clocks are ints
-        t = camp.trial_s
-        body["trial_s"] = int(t) if float(t).is_integer() else t
+    if camp.trial_s is not None:
+        body["trial_s"] = camp.trial_s
     topic, payload, qos, retain = contract.encode("update_desired", device_id, body, now)
     return Outgoing(topic, payload, qos, retain)
 
