@@ -39,7 +39,7 @@ from agent.errors import ModelError
 from agent.eval_metrics import Labelled
 from agent.model_fetch import sha256_of
 from agent.modelcard import ModelCard, load_card, load_labels
-from firmware.fsutil import atomic_write
+from firmware.fsutil import atomic_write, sync_dir
 
 if TYPE_CHECKING:
     from agent.detector import Detector
@@ -270,14 +270,6 @@ def card_toml(card: ModelCard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def build_model_bundle(
     model_file: Path,
     labels_file: Path,
@@ -329,9 +321,9 @@ def build_model_bundle(
             files[rel] = sha256_of(tmp / rel)
         manifest = {"format": FORMAT, "name": card.name, "release": release, "files": files}
         atomic_write(str(tmp / MANIFEST), json.dumps(manifest, indent=1).encode(), 0o644)
-        _fsync_dir(tmp / EVAL)
+        sync_dir(str(tmp / EVAL))
         os.rename(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        sync_dir(str(out_dir.parent))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read_model_bundle(out_dir).path

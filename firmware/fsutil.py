@@ -31,15 +31,16 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         os.replace(tmp, path)
     else:
         os.rename(tmp, path)
-    _sync_dir(path)
+    slash = path.rfind("/")
+    sync_dir(path[:slash] if slash > 0 else ".")
 
 
-def _sync_dir(path: str) -> None:
+# fsync a directory, so a rename or a new entry in it survives a power cut (where the port
+# can; MicroPython's filesystems commit on close).
+def sync_dir(directory: str) -> None:
     if _fsync is None or not hasattr(os, "O_DIRECTORY"):
         return
-    slash = path.rfind("/")
-    parent = path[:slash] if slash > 0 else "."
-    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         _fsync(fd)
     finally:

@@ -41,3 +41,32 @@ def write_card(folder: Path, **changes: object) -> Path:
     path = folder / "card.toml"
     path.write_text(card_text(**changes))
     return path
+
+
+def model_release_repo(
+    tmp: Path, model: ModelFiles, eval_dir: Path, swapped: dict[str, bool]
+) -> dict[str, str]:
+    """A signed TUF repository in ``tmp/repo`` with a model bundle per release (bundles in
+    ``tmp/m-<release>``): the real model, its label map as is, or, where ``swapped`` says
+    so, with Person and Car swapped (it loads and runs, and finds cars where there are
+    people). Returns release -> target path."""
+    from agent.model_bundle import build_model_bundle
+    from fleet_server.ota.release import add_model_release
+    from fleet_server.ota.tufrepo import TufRepo
+
+    labels = model.labels.read_text().splitlines()
+    i, j = labels.index("Person"), labels.index("Car")
+    labels[i], labels[j] = labels[j], labels[i]
+    wrong = tmp / "wrong-labels.txt"
+    wrong.write_text("\n".join(labels) + "\n")
+    repo = TufRepo.create(tmp / "repo", tmp / "keys")
+    (tmp / "work").mkdir()
+    targets: dict[str, str] = {}
+    for release, swap in swapped.items():
+        bundle = build_model_bundle(
+            model.model, wrong if swap else model.labels, DEFAULT_CARD, eval_dir, release,
+            tmp / f"m-{release}",
+        )  # fmt: skip
+        targets[release] = add_model_release(repo, bundle, release, tmp / "work")
+    repo.publish()
+    return targets

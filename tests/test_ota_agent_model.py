@@ -23,17 +23,14 @@ import pytest
 from skimage import data as skdata
 
 from agent.detector import Detector
-from agent.model_bundle import build_model_bundle, make_eval_set
+from agent.model_bundle import make_eval_set
 from agent.model_fetch import ModelFiles
-from agent.modelcard import DEFAULT_CARD
 from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.updater import Updater
 from fleet_server.ca import CertificateAuthority
-from fleet_server.ota.release import add_model_release
-from fleet_server.ota.tufrepo import TufRepo
 from hil_tests.ota_rig import StaticHttps
-from tests.detection_helpers import detector, model_files
+from tests.detection_helpers import detector, model_files, model_release_repo
 
 __all__ = ["detector", "model_files"]  # fixtures
 
@@ -94,24 +91,9 @@ def models(
     photos.mkdir()
     images = [_png(photos / f"{n}.png", n) for n in ("astronaut", "camera", "chelsea")]
     eval_dir = make_eval_set(detector, images, tmp / "eval")
-    labels = model_files.labels.read_text().splitlines()
-    i, j = labels.index("Person"), labels.index("Car")
-    labels[i], labels[j] = labels[j], labels[i]
-    wrong = tmp / "wrong-labels.txt"
-    wrong.write_text("\n".join(labels) + "\n")
-    repo = TufRepo.create(tmp / "repo", tmp / "keys")
-    (tmp / "work").mkdir()
-    targets: dict[str, str] = {}
-    for release, labels_file in (
-        ("1.0.0", model_files.labels),
-        ("1.1.0", model_files.labels),
-        ("2.0.0", wrong),
-    ):
-        bundle = build_model_bundle(
-            model_files.model, labels_file, DEFAULT_CARD, eval_dir, release, tmp / f"m-{release}"
-        )
-        targets[release] = add_model_release(repo, bundle, release, tmp / "work")
-    repo.publish()
+    targets = model_release_repo(
+        tmp, model_files, eval_dir, {"1.0.0": False, "1.1.0": False, "2.0.0": True}
+    )
     https = StaticHttps(tmp / "repo", ca).start()
     yield tmp, https, targets
     https.stop()

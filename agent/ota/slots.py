@@ -25,20 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.ota.errors import BAD_BUNDLE, OtaError, SlotError
-from firmware.fsutil import atomic_write
+from firmware.fsutil import atomic_write, sync_dir
 
 log = logging.getLogger(__name__)
 
 MARKER = ".release"
 _TMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -52,7 +44,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        sync_dir(dirpath)
 
 
 def valid_release_name(release: str) -> bool:
@@ -166,7 +158,7 @@ class AppSlots:
                 atomic_write(str(tmp / MARKER), marker)
             _fsync_tree(tmp)
             tmp.rename(final)
-            _fsync_dir(self.releases)
+            sync_dir(str(self.releases))
             if self.marker_beside:  # after the rename: a crash before it leaves no marker
                 self.marker_path(release).parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(str(self.marker_path(release)), marker)
@@ -186,7 +178,7 @@ class AppSlots:
             tmp.unlink()
         os.symlink(Path("releases") / release, tmp)
         os.replace(tmp, self.current)
-        _fsync_dir(self.base)
+        sync_dir(str(self.base))
         log.info("current -> %s", release)
 
     def recover(self, fallback: str | None = None) -> list[str]:

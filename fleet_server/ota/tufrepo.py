@@ -42,7 +42,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from firmware.fsutil import atomic_write
+from firmware.fsutil import atomic_write, sync_dir
 
 log = logging.getLogger(__name__)
 
@@ -465,8 +465,4 @@ def _copy_atomic(src: Path, dest: Path) -> None:
         fo.flush()
         os.fsync(fo.fileno())
     os.replace(tmp, dest)
-    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_dir(str(dest.parent))

@@ -23,7 +23,7 @@ from hil_tests import checks, scenes
 from hil_tests.procs import Process
 from hil_tests.rig import Rig, Unsupported
 from hil_tests.virtual_rig import VirtualRig, wait_until
-from tests.detection_helpers import model_files
+from tests.detection_helpers import model_files, model_release_repo
 
 __all__ = ["model_files"]  # fixture
 
@@ -593,31 +593,15 @@ def model_releases(
     there are people)."""
     _ota_ready()
     from agent.detector import Detector
-    from agent.model_bundle import build_model_bundle, make_eval_set
+    from agent.model_bundle import make_eval_set
     from agent.modelcard import DEFAULT_CARD, load_card
-    from fleet_server.ota.release import add_model_release
-    from fleet_server.ota.tufrepo import TufRepo
 
     tmp = tmp_path_factory.mktemp("model-releases")
     frames = sorted(street.glob("*.png"))
     images = [frames[k] for k in (6, 14, 26)]  # people on the street photo
     detector = Detector(load_card(DEFAULT_CARD), model_files.folder, "litert", 1)
     eval_dir = make_eval_set(detector, images, tmp / "eval")
-    labels = model_files.labels.read_text().splitlines()
-    i, j = labels.index("Person"), labels.index("Car")
-    labels[i], labels[j] = labels[j], labels[i]
-    wrong = tmp / "wrong-labels.txt"
-    wrong.write_text("\n".join(labels) + "\n")
-    repo = TufRepo.create(tmp / "repo", tmp / "keys")
-    (tmp / "work").mkdir()
-    targets: dict[str, str] = {}
-    for release, labels_file in (("1.0.0", model_files.labels), ("2.0.0", wrong)):
-        bundle = build_model_bundle(
-            model_files.model, labels_file, DEFAULT_CARD, eval_dir, release, tmp / f"m-{release}"
-        )
-        targets[release] = add_model_release(repo, bundle, release, tmp / "work")
-    repo.publish()
-    yield tmp, targets
+    yield tmp, model_release_repo(tmp, model_files, eval_dir, {"1.0.0": False, "2.0.0": True})
 
 
 def test_model_refused_by_the_accuracy_gate(
