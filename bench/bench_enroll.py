@@ -4,7 +4,10 @@ machine and the same CSRs.
 
 The fleet server runs as its real process (SQLite) with its EST worker processes. Every
 enrollment is a distinct device: its own P-256 key, CSR and one-time token, one new TCP
-connection with a full TLS handshake (no session resumption: counted). Keys, CSRs and
+connection with a full TLS handshake (no session resumption: counted) and TCP_NODELAY as
+``agent.est_client`` (http.client) and curl set it (a client without it is served as fast
+only because the server sends a session ticket: ``fleet_server.est.est_config``). Keys,
+CSRs and
 tokens are made before the clock starts (devices make their keys; tokens come from the
 operator beforehand). The clients (``bench.enroll_load``) run on the same 2 cores as the
 server, so the figure is a floor (a C client on libssl cost the same CPU per enrollment

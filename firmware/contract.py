@@ -90,9 +90,8 @@ def valid_device_id(device_id: object) -> bool:
     n = len(device_id)
     if n < ID_MIN or n > ID_MAX:
         return False
-    for ch in device_id:
-        if ch not in _ID_CHARS:
-            return False
+    if device_id.strip(_ID_CHARS):  # what is left is a character not allowed (C speed)
+        return False
     return device_id[0] != "-" and device_id[-1] != "-"
 
 

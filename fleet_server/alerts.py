@@ -92,14 +92,17 @@ class _Snapshot:
         ids = sorted(set(device_ids))
         self.active: dict[tuple[str, str], Alert] = {}
         self.conditions: dict[tuple[str, str], AlertCondition] = {}
+        self.devices: set[str] = set()  # those with an active alert or a flap counter
         if not ids:
             return
         for a in db.scalars(
             select(Alert).where(Alert.device_id.in_(ids), Alert.state.in_(ACTIVE))
         ).all():
             self.active[(a.device_id, a.rule)] = a
+            self.devices.add(a.device_id)
         for c in db.scalars(select(AlertCondition).where(AlertCondition.device_id.in_(ids))).all():
             self.conditions[(c.device_id, c.rule)] = c
+            self.devices.add(c.device_id)
 
 
 class AlertBook:
@@ -149,6 +152,9 @@ class AlertBook:
         lag_s: float, steps: list[tuple[Alert, str, float]],
     ) -> None:  # fmt: skip
         findings = rules.broken_rules(rules.evaluate(body, at, self.t, lag_s))
+        if not findings and device_id not in snap.devices:
+            return  # a healthy device with nothing to count down: the common case
+        snap.devices.add(device_id)
         for rule in rules.RULES:
             key = (device_id, rule)
             active = snap.active.get(key)

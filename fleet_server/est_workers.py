@@ -233,7 +233,7 @@ def worker_main(fd: int) -> int:
     enrollment = Enrollment(make_sessionmaker(engine), ca, IdentitySettings(**params.identity))
     app = create_est_app(ca, enrollment, counts.count)
     sock = socket.socket(fileno=fd)
-    config = est_config(app, ca, "", 0, session_tickets=False, http=TLSHttpToolsProtocol)
+    config = est_config(app, ca, "", 0, http=TLSHttpToolsProtocol)
     server = uvicorn.Server(config)
 
     def watch_parent() -> None:  # stdin closes when the parent stops or dies

@@ -183,7 +183,6 @@ def _est_listener(ctx: ServerContext, enrollment: Enrollment) -> EstListener | E
             ident.est_host,
             ident.est_port,
             hosts,
-            session_tickets=False,
             http=TLSHttpToolsProtocol,
         )
     params = WorkerParams(

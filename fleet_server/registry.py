@@ -96,8 +96,13 @@ class Registry:
         """Store a batch in one transaction."""
         stats = ApplyStats()
         with self.sessions.begin() as db:
+            self._ensure_devices(db, batch)
+            # stored before any device row is locked, so that two workers store their
+            # heartbeats at the same time; the unique index drops a repeat
+            beats = [msg for msg in batch if msg.kind == "heartbeat"]
+            if beats:
+                _insert_heartbeats(db, beats)
             devices = self._lock_devices(db, batch)
-            rows: list[Accepted] = []
             event_rows: list[dict[str, Any]] = []
             latest: dict[str, Accepted] = {}  # newest heartbeat per device, not yet applied
             for msg in batch:
@@ -105,7 +110,7 @@ class Registry:
                 if msg.kind != "heartbeat" and msg.device_id in latest:
                     self._apply_latest(dev, latest.pop(msg.device_id))  # in order, as sent
                 if msg.kind == "heartbeat":
-                    self._heartbeat(dev, msg, stats, rows, latest)
+                    self._heartbeat(dev, msg, stats, latest)
                 elif msg.kind == "status":
                     self._status(dev, msg, stats)
                 elif msg.kind == "cmd_res":
@@ -122,25 +127,17 @@ class Registry:
                     stats.ignored += 1
             for dev_id, msg in latest.items():
                 self._apply_latest(devices[dev_id], msg)
-            db.flush()  # new devices first: heartbeats refer to them
             stored, dups = events.store_events(db, event_rows)
             stats.events += stored
             stats.duplicates += dups
-            if rows:
-                _insert_heartbeats(db, rows)
             if self.alerts is not None:
                 self._run_alerts(db, self.alerts, devices, stats)
         return stats
 
     @staticmethod
-    def _lock_devices(db: Session, batch: Sequence[Accepted]) -> dict[str, Device]:
-        """Make sure every device of the batch has a row, and lock those rows.
-
-        Several ingest workers may hold messages of the same device at once (a shared
-        subscription spreads messages, not devices). New rows are inserted with ON CONFLICT
-        DO NOTHING, then all rows are read FOR UPDATE in id order, so two workers never
-        interleave their updates of one device and never deadlock on each other.
-        """
+    def _ensure_devices(db: Session, batch: Sequence[Accepted]) -> None:
+        """Make sure every device of the batch has a row (ON CONFLICT DO NOTHING, in id
+        order: two workers adding the same new devices wait for each other, in one order)."""
         first: dict[str, Accepted] = {}
         for msg in batch:
             first.setdefault(msg.device_id, msg)
@@ -163,8 +160,24 @@ class Registry:
         ]
         if new:
             db.execute(_insert(db, Device).on_conflict_do_nothing(index_elements=["id"]), new)
+
+    @staticmethod
+    def _lock_devices(db: Session, batch: Sequence[Accepted]) -> dict[str, Device]:
+        """Lock the batch's device rows, in id order.
+
+        Several ingest workers may hold messages of the same device at once (a shared
+        subscription spreads messages, not devices), so the rows are read FOR NO KEY
+        UPDATE in id order: two workers never interleave their updates of one device and
+        never deadlock on each other. Not FOR UPDATE: that lock also conflicts with the
+        KEY SHARE lock a heartbeat insert takes on its device (the foreign key), so a
+        worker that stored its heartbeats and waits here would block the holder's own.
+        """
+        ids = sorted({msg.device_id for msg in batch})
         rows = db.scalars(
-            select(Device).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
+            select(Device)
+            .where(Device.id.in_(ids))
+            .order_by(Device.id)
+            .with_for_update(key_share=True)
         ).all()
         return {dev.id: dev for dev in rows}
 
@@ -183,7 +196,6 @@ class Registry:
         dev: Device,
         msg: Accepted,
         stats: ApplyStats,
-        rows: list[Accepted],
         latest: dict[str, Accepted],
     ) -> None:
         """Check one heartbeat against the device's last one. The device's "last heartbeat"
@@ -202,7 +214,6 @@ class Registry:
             return
         if step.gap:
             dev.seq_gaps = max(0, (dev.seq_gaps or 0) + step.gap)
-        rows.append(msg)
         stats.heartbeats += 1
         if step.late:
             return  # stored in the history; the device's latest view stays as it is
@@ -270,7 +281,7 @@ class Registry:
                 select(Device)
                 .where(Device.state == health.ONLINE)
                 .order_by(Device.id)
-                .with_for_update(skip_locked=True)
+                .with_for_update(skip_locked=True, key_share=True)  # see _lock_devices
             ).all()
             for dev in rows:
                 if health.is_overdue(dev.last_seen, dev.heartbeat_interval_s, grace, now):

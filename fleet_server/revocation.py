@@ -90,7 +90,7 @@ class Revoker:
             count = int(getattr(done, "rowcount", 0) or 0)
             # its last will cannot reach us any more (the broker refuses all it publishes),
             # so the registry marks it offline here; a late status cannot bring it back
-            dev = db.get(Device, device_id, with_for_update=True)
+            dev = db.get(Device, device_id, with_for_update={"key_share": True})  # as ingest
             if dev is not None and (dev.state != health.OFFLINE or dev.state_reason != REVOKED):
                 dev.state, dev.state_reason = health.OFFLINE, REVOKED
                 dev.state_changed_at = now

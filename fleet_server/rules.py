@@ -79,34 +79,48 @@ class DeliveryLag:
         return max(0.0, statistics.median(o for _, o in self._recent))
 
 
+# (heartbeat field, threshold attribute, rule, severity, what), checked in this order; a
+# ``_max`` threshold is broken above, a ``_min`` one below
+_LIMITS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("temp_c", "temp_c_max", "temperature", CRITICAL, "temperature °C"),
+    ("disk_used_pct", "disk_used_pct_max", "disk", WARNING, "disk used %"),
+    ("mem_used_pct", "mem_used_pct_max", "memory", WARNING, "memory used %"),
+    ("infer_ms", "infer_ms_max", "inference_latency", WARNING, "inference ms"),
+    ("outbox", "outbox_max", "outbox", WARNING, "outbox depth"),
+    ("cert_days_left", "cert_days_min", "certificate", CRITICAL, "certificate days left"),
+)
+_FPS = ("fps", "fps_min", "fps", WARNING, "frames per second")
+
+
+def _check_limit(
+    body: dict[str, Any], t: RuleThresholds, check: tuple[str, str, str, str, str]
+) -> Finding | None:
+    key, attr, rule, severity, what = check
+    if key not in body:  # most fields of most heartbeats are fine: this stays cheap
+        return None
+    value = _num(body, key)
+    if value is None:
+        return None
+    limit = float(getattr(t, attr))
+    if attr.endswith("_max") and value > limit:
+        return Finding(rule, severity, value, f"{what} {value:g} > {limit:g}")
+    if attr.endswith("_min") and value < limit:
+        return Finding(rule, severity, value, f"{what} {value:g} < {limit:g}")
+    return None
+
+
 def evaluate(
     body: dict[str, Any], received_at: float, t: RuleThresholds, lag_s: float = 0.0
 ) -> list[Finding]:
-    """Every rule that the heartbeat ``body`` breaks."""
-    found: list[Finding] = []
-
-    def above(key: str, limit: float, rule: str, severity: str, what: str) -> None:
-        value = _num(body, key)
-        if value is not None and value > limit:
-            found.append(Finding(rule, severity, value, f"{what} {value:g} > {limit:g}"))
-
-    def below(key: str, limit: float, rule: str, severity: str, what: str) -> None:
-        value = _num(body, key)
-        if value is not None and value < limit:
-            found.append(Finding(rule, severity, value, f"{what} {value:g} < {limit:g}"))
-
-    above("temp_c", t.temp_c_max, "temperature", CRITICAL, "temperature °C")
-    above("disk_used_pct", t.disk_used_pct_max, "disk", WARNING, "disk used %")
-    above("mem_used_pct", t.mem_used_pct_max, "memory", WARNING, "memory used %")
-    above("infer_ms", t.infer_ms_max, "inference_latency", WARNING, "inference ms")
-    above("outbox", t.outbox_max, "outbox", WARNING, "outbox depth")
-    below("cert_days_left", t.cert_days_min, "certificate", CRITICAL, "certificate days left")
+    """Every rule that the heartbeat ``body`` breaks (it runs on every heartbeat of the
+    fleet: a plain loop over a table, no closures)."""
+    found = [f for check in _LIMITS if (f := _check_limit(body, t, check)) is not None]
     if body.get("camera") not in (None, "ok"):
         found.append(
             Finding("camera", CRITICAL, str(body["camera"]), f"camera state {body['camera']}")
         )
-    else:
-        below("fps", t.fps_min, "fps", WARNING, "frames per second")
+    elif (fps := _check_limit(body, t, _FPS)) is not None:
+        found.append(fps)
     if body.get("throttled") is True:
         found.append(Finding("throttling", WARNING, "throttled", "CPU throttled"))
     scene = body.get("scene")  # the problems the camera's scene check sees, e.g. ["dark"]

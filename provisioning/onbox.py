@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -33,7 +33,8 @@ STATE_DIR = "var/lib/camfleet-agent"
 
 def _capture(camera: dict[str, Any]) -> tuple[bytes, str]:
     try:
-        adapter: TypeAdapter[Any] = TypeAdapter(CameraSettings)  # type: ignore[arg-type]
+        # a union type, not a class: pydantic releases disagree on its type, so as Any
+        adapter: TypeAdapter[Any] = TypeAdapter(cast(Any, CameraSettings))
         settings = adapter.validate_python(camera)
         source = make_source(settings)
         source.open()

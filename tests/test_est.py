@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -312,3 +314,24 @@ def test_roles_and_audit(server: IdentityServer) -> None:
     assert tech.encode() not in text and body["token"].encode() not in text
     assert tech not in server.log_text() and body["token"] not in server.log_text()
     assert json.dumps(rows).find(body["token"]) < 0
+
+
+def test_listener_sends_a_session_ticket_after_the_handshake(server: IdentityServer) -> None:
+    """The EST listener answers the client's Finished with one TLS 1.3 session ticket, so a
+    client that leaves Nagle's algorithm on (no TCP_NODELAY) does not wait for a delayed
+    ACK before its request goes out (``fleet_server.est.est_config``)."""
+    ctx = ssl.create_default_context(cafile=str(server.ca.root_cert_path))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with (
+        socket.create_connection(("localhost", server.est_port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(
+            b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        session = tls.session
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert session is not None and session.has_ticket

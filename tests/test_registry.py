@@ -164,3 +164,59 @@ def test_rollup_merge_is_the_rollup_of_everything() -> None:
     assert whole == (5, {"temp_c": [5.0, 1.0, 4.8, 9.0]})
     assert parts[0] == whole[0]
     assert parts[1]["temp_c"] == pytest.approx(whole[1]["temp_c"])
+
+
+def test_two_writers_on_the_same_devices_store_everything_once(database_url: str) -> None:
+    """Two ingest workers hold heartbeats of the same devices at once (a shared subscription
+    spreads messages, not devices), some of them redelivered to both, while the deadline
+    monitor sweeps: no deadlock, no error, every heartbeat stored once and each device's
+    latest view is its newest heartbeat. On PostgreSQL this is the row-lock order of
+    ``Registry.apply`` (heartbeats stored before the device rows are locked)."""
+    import threading
+
+    from fleet_server.alerts import AlertBook
+    from fleet_server.rules import RuleThresholds
+
+    upgrade(database_url)
+    registry = Registry(make_sessionmaker(make_engine(database_url)), AlertBook(RuleThresholds()))
+    devices = [f"cam-w{i}" for i in range(6)]
+    per_device = 60
+    msgs = [
+        _msg("heartbeat", dev, 1000.0 + seq, seq=seq, kind="agent", interval_s=5.0,
+             uptime_s=float(seq), temp_c=95.0 if seq % 7 < 3 else 40.0)
+        for seq in range(per_device) for dev in devices
+    ]  # fmt: skip
+    # each worker gets every other batch, and both get every fifth batch (a redelivery)
+    batches = [msgs[i : i + 20] for i in range(0, len(msgs), 20)]
+    shares = [[b for n, b in enumerate(batches) if n % 2 == w or n % 5 == 0] for w in (0, 1)]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def work(share: list[list[Accepted]]) -> None:
+        try:
+            for batch in share:
+                registry.apply(batch)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    def sweep() -> None:
+        try:
+            while not done.is_set():
+                registry.mark_overdue(1000.0, 10.0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=work, args=(share,)) for share in shares]
+    sweeper = threading.Thread(target=sweep)
+    for t in [*writers, sweeper]:
+        t.start()
+    for t in writers:
+        t.join(120)
+    done.set()
+    sweeper.join(30)
+    assert not errors, errors
+    assert registry.heartbeat_count() == len(msgs)
+    for dev_id in devices:
+        dev = registry.get_device(dev_id)
+        assert dev is not None and dev.last_seq == per_device - 1
+        assert dev.last_heartbeat is not None and dev.last_heartbeat["seq"] == per_device - 1

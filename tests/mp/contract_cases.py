@@ -59,7 +59,23 @@ def test_valid_device_ids():
 
 
 def test_invalid_device_ids():
-    bad = ("ab", "a" * 65, "Node-1", "-abc", "abc-", "a_b", "a.b", "a/b", "a b", "", "a+b")
+    bad = (
+        "ab",
+        "a" * 65,
+        "Node-1",
+        "-abc",
+        "abc-",
+        "a_b",
+        "a.b",
+        "a/b",
+        "a b",
+        "",
+        "a+b",
+        "a\nb",
+        "ab\u00e9",
+        "--a",
+        "a--",
+    )
     for value in bad:
         assert not C.valid_device_id(value), value
     for value in (None, 123, b"abc", ["abc"]):
