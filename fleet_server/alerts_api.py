@@ -8,13 +8,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server import audit
 from fleet_server.alerts import Alert, AlertBook, AlertError
 from fleet_server.audit import Actor
 from fleet_server.auth import AUTH_RESPONSES, OPERATOR, READERS, require_role
+from fleet_server.db import page
 from fleet_server.notify import Notifier
 
 AlertState = Literal["open", "acknowledged", "resolved"]
@@ -90,12 +91,9 @@ def alerts_router(sessions: sessionmaker[Session], notifier: Notifier) -> APIRou
         if device_id:
             query = query.where(Alert.device_id == device_id)
         with sessions() as db:
-            total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = db.scalars(
-                query.order_by(Alert.opened_at.desc(), Alert.id.desc()).limit(limit).offset(offset)
-            ).all()
+            rows, total = page(db, query, limit, offset, Alert.opened_at.desc(), Alert.id.desc())
             return AlertPage(
-                items=[alert_out(a) for a in rows], total=int(total), limit=limit, offset=offset
+                items=[alert_out(a) for a in rows], total=total, limit=limit, offset=offset
             )
 
     @router.post(

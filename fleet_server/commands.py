@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import JSON, Float, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -27,7 +27,8 @@ TIMED_OUT = "timed_out"
 OPEN_STATES = (PENDING, SENT)
 
 # Commands the fleet knows; a device may still refuse one it does not implement.
-KNOWN = ("ping", "reboot", "restart", "snapshot", "logs", "relay", "read_sensors")
+CommandName = Literal["ping", "reboot", "restart", "snapshot", "logs", "relay", "read_sensors"]
+KNOWN: tuple[str, ...] = get_args(CommandName)
 
 
 class CommandError(Exception):

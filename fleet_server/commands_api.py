@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server import audit, commands
 from fleet_server.audit import Actor
 from fleet_server.auth import AUTH_RESPONSES, OPERATOR, READERS, require_role
-from fleet_server.commands import Command, CommandError, DeviceConfig, Outgoing
+from fleet_server.commands import Command, CommandError, CommandName, DeviceConfig, Outgoing
 from fleet_server.db import Device
 from fleet_server.params import DeviceId
 
@@ -25,9 +25,7 @@ Operator = Annotated[Actor, Depends(require_role(OPERATOR))]
 
 class CommandIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cmd: Literal["ping", "reboot", "restart", "snapshot", "logs", "relay", "read_sensors"] = Field(
-        description="What the device should do"
-    )
+    cmd: CommandName = Field(description="What the device should do")
     args: dict[str, Any] = Field(default_factory=dict, description="Command arguments")
     timeout_s: float = Field(10.0, ge=0.5, le=300, description="Deadline for the answer, s")
 

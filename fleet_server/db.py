@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -12,12 +12,17 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
     create_engine,
     event,
+    func,
+    select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+_Row = TypeVar("_Row")
 
 
 class Base(DeclarativeBase):
@@ -94,3 +99,13 @@ def make_engine(url: str) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def page(
+    db: Session, query: Select[tuple[_Row]], limit: int, offset: int, *order: Any
+) -> tuple[list[_Row], int]:
+    """One page of ``query`` in ``order``, and how many rows the whole query has (the
+    API's list endpoints: filters on ``query``, then this)."""
+    total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = db.scalars(query.order_by(*order).limit(limit).offset(offset)).all()
+    return list(rows), int(total)

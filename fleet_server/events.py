@@ -17,12 +17,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, func, insert, select
+from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from fleet_server.auth import AUTH_RESPONSES, READERS, require_role
-from fleet_server.db import Base
+from fleet_server.db import Base, page
 from fleet_server.params import DeviceFilter
 
 
@@ -173,15 +173,11 @@ def events_router(sessions: sessionmaker[Session]) -> APIRouter:
     ) -> EventPage:
         with sessions() as db:
             query = select(Event)
-            count = select(func.count()).select_from(Event)
             if device_id:
                 query = query.where(Event.device_id == device_id)
-                count = count.where(Event.device_id == device_id)
             if type:
                 query = query.where(Event.type == type)
-                count = count.where(Event.type == type)
-            rows = db.scalars(query.order_by(Event.id).limit(limit).offset(offset)).all()
-            total = int(db.scalar(count) or 0)
+            rows, total = page(db, query, limit, offset, Event.id)
             return EventPage(
                 items=[event_out(r) for r in rows], total=total, limit=limit, offset=offset
             )

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server import commands, events, health, inventory
 from fleet_server.alerts import AlertBook, AlertChange
-from fleet_server.db import Base, Device, Heartbeat
+from fleet_server.db import Base, Device, Heartbeat, page
 from fleet_server.rollouts import store as rollout_store
 
 log = logging.getLogger(__name__)
@@ -312,18 +312,12 @@ class Registry:
         its board model."""
         with self.sessions() as db:
             query = select(Device)
-            count = select(func.count()).select_from(Device)
             if state:
                 query = query.where(Device.state == state)
-                count = count.where(Device.state == state)
             if kind:
                 query = query.where(Device.kind == kind)
-                count = count.where(Device.kind == kind)
             query = inventory.filter_devices(query, tags, hardware)
-            count = inventory.filter_devices(count, tags, hardware)
-            rows = db.scalars(query.order_by(Device.id).limit(limit).offset(offset)).all()
-            total = db.scalar(count) or 0
-            return list(rows), int(total)
+            return page(db, query, limit, offset, Device.id)
 
     def tags_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]:
         with self.sessions() as db:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from fleet_server.commands import Outgoing
+from fleet_server.db import page
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts import plan, store
 from fleet_server.rollouts.model import Campaign, CampaignDevice
@@ -188,9 +189,7 @@ def device_rows(
         query = query.where(CampaignDevice.state == state)
     if wave is not None:
         query = query.where(CampaignDevice.wave == wave)
-    total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = db.scalars(query.order_by(CampaignDevice.position).limit(limit).offset(offset)).all()
-    return list(rows), int(total)
+    return page(db, query, limit, offset, CampaignDevice.position)
 
 
 def latest_for_device(db: Session, device_id: str) -> tuple[Campaign, CampaignDevice] | None:

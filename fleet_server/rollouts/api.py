@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server import audit
@@ -24,6 +24,7 @@ from fleet_server.auth import AUTH_RESPONSES, OPERATOR, READERS, require_role
 from fleet_server.commands import Outgoing
 from fleet_server.config import ServerSettings
 from fleet_server.dashboard.views import ExtraPage
+from fleet_server.db import page
 from fleet_server.inventory import MAX_FILTER_TAGS, TAG_PATTERN
 from fleet_server.ota.settings import repo_dir_of
 from fleet_server.params import DEVICE_ID_PATTERN, DeviceId
@@ -343,11 +344,8 @@ def rollouts_router(
             query = select(Campaign)
             if state:
                 query = query.where(Campaign.state == state)
-            total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = db.scalars(
-                query.order_by(Campaign.created_at.desc()).limit(limit).offset(offset)
-            ).all()
-            return CampaignPage(total=int(total), campaigns=[campaign_out(db, c) for c in rows])
+            rows, total = page(db, query, limit, offset, Campaign.created_at.desc())
+            return CampaignPage(total=total, campaigns=[campaign_out(db, c) for c in rows])
 
     @router.get("/api/rollouts/{cid}", response_model=CampaignOut, responses=_NOT_FOUND)
     def get_campaign(cid: CampaignId) -> CampaignOut:
