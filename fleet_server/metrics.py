@@ -48,7 +48,7 @@ class Metrics:
         self.lag = Histogram(
             "camfleet_ingest_lag_seconds",
             "From a heartbeat's device timestamp to its commit in the database",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=self.registry,
         )
         self.queue_depth = Gauge(
