@@ -8,7 +8,7 @@ score and each reference box is matched at most once (the PASCAL VOC rule).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 Box = tuple[float, float, float, float]
@@ -109,16 +109,6 @@ class Score:
         out: dict[str, object] = dict(self.total.figures())
         out["labels"] = {k: self.labels[k].figures() for k in sorted(self.labels)}
         return out
-
-
-def score_set(
-    pairs: Iterable[tuple[Sequence[Labelled], Sequence[Labelled]]], threshold: float
-) -> Score:
-    """Score of (found, expected) per image."""
-    s = Score()
-    for found, expected in pairs:
-        s.add(found, expected, threshold)
-    return s
 
 
 @dataclass

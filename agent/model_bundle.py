@@ -22,6 +22,7 @@ expected results; in production a person reviews and corrects them before the se
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -56,6 +57,7 @@ _MANIFEST_MAX = 256 * 1024  # bytes; a manifest lists a few dozen files
 _EXPECTED_MAX = 1024 * 1024
 _RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_BAD_RELEASE = "release {!r}: 1-64 characters of A-Z a-z 0-9 . _ + -"
 
 
 class BundleError(ModelError):
@@ -97,7 +99,7 @@ class Manifest(BaseModel):
     @classmethod
     def _release(cls, value: str) -> str:
         if not _RELEASE.match(value):
-            raise ValueError(f"release {value!r}: 1-64 characters of A-Z a-z 0-9 . _ + -")
+            raise ValueError(_BAD_RELEASE.format(value))
         return value
 
     @field_validator("files")
@@ -285,7 +287,7 @@ def build_model_bundle(
     beside ``out_dir`` and renamed into place: it appears whole or not at all."""
     out_dir = Path(out_dir)
     if not _RELEASE.match(release):
-        raise BundleError(f"release {release!r}: 1-64 characters of A-Z a-z 0-9 . _ + -")
+        raise BundleError(_BAD_RELEASE.format(release))
     if out_dir.exists():
         raise BundleError(f"{out_dir} exists already; a bundle is never overwritten")
     card = load_card(card_file).model_copy(update={"model_file": MODEL, "labels_file": LABELS})
@@ -318,7 +320,7 @@ def build_model_bundle(
             except OSError as exc:
                 raise BundleError(f"cannot read {src!s}: {exc}") from exc
             atomic_write(str(tmp / rel), data, 0o644)
-            files[rel] = sha256_of(tmp / rel)
+            files[rel] = hashlib.sha256(data).hexdigest()
         manifest = {"format": FORMAT, "name": card.name, "release": release, "files": files}
         atomic_write(str(tmp / MANIFEST), json.dumps(manifest, indent=1).encode(), 0o644)
         sync_dir(str(tmp / EVAL))

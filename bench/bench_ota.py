@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import time
 from pathlib import Path
 
 import bsdiff4
 
-from bench.results import ROOT, Figure
+from bench.results import Figure
 from fleet_server.ota import release as rel
-
-
-def _copy_tree(dest: Path) -> Path:
-    for package in ("agent", "common", "firmware"):
-        shutil.copytree(
-            ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    return dest
+from hil_tests.ota_rig import source_copy
 
 
 def _edit(tree: Path) -> None:
@@ -50,7 +42,7 @@ def _sha(path: Path) -> str:
 
 def run(work: Path) -> list[Figure]:
     work.mkdir(parents=True, exist_ok=True)
-    tree = _copy_tree(work / "src")
+    tree = source_copy(work / "src")
     old = rel.build_agent_bundle(tree, "0.1.0", work / "a.tar.gz")
     _edit(tree)
     new = rel.build_agent_bundle(tree, "0.2.0", work / "b.tar.gz")

@@ -1,15 +1,19 @@
 """Agent bundles as bytes: the one gzip form (reproducible, so a rebuilt bundle hashes like
-the signed one), bounded inflating, and applying a bsdiff4 delta. The fleet server makes
-bundles and deltas with these; the agent rebuilds a bundle from a delta with them. It lives
-in ``common`` because an agent release carries the agent, common and firmware packages and
-not the server's.
+the signed one), bounded inflating, the MANIFEST.json check, the delta target's name and
+applying a bsdiff4 delta. The fleet server makes bundles and deltas with these; the agent
+checks a bundle and rebuilds one from a delta with them. It lives in ``common`` because an
+agent release carries the agent, common and firmware packages and not the server's.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import bsdiff4
 
@@ -17,6 +21,7 @@ from firmware.fsutil import atomic_write
 
 GZIP_LEVEL = 9
 MAX_TAR = 512 * 1024 * 1024  # refuse to inflate anything larger (a gzip bomb)
+MANIFEST = "MANIFEST.json"  # in a bundle: {"release": ..., "files": {name: sha256}}
 
 
 class BundleError(ValueError):
@@ -41,6 +46,38 @@ def gunzip_bounded(path: Path, limit: int = MAX_TAR) -> bytes:
     if len(data) > limit:
         raise BundleError(f"{Path(path).name} inflates beyond {limit} bytes")
     return data
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The MANIFEST.json of a bundle, after checking that it lists exactly the bundle's
+    files, each with its sha256."""
+    name = Path(path).name
+    data = gunzip_bounded(path)
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar.getmembers():
+                f = tar.extractfile(member) if member.isfile() else None
+                if f is not None:
+                    blobs[member.name] = f.read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleError(f"{name} is not a valid tar: {exc}") from exc
+    try:
+        manifest = json.loads(blobs.pop(MANIFEST))
+        listed = dict(manifest["files"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"{name} has no valid {MANIFEST}: {exc}") from exc
+    if set(listed) != set(blobs):
+        raise BundleError(f"{name}: {MANIFEST} does not list exactly the bundle's files")
+    for member_name, digest in listed.items():
+        if hashlib.sha256(blobs[member_name]).hexdigest() != digest:
+            raise BundleError(f"{name}: {member_name} does not match its manifest hash")
+    return dict(manifest)
+
+
+def delta_target(from_release: str, to_release: str) -> str:
+    """The TUF target path of the agent delta between two releases."""
+    return f"agent/delta/camfleet-agent-{from_release}-to-{to_release}.bsdiff"
 
 
 def apply_delta(old: Path, patch: Path, out: Path) -> Path:

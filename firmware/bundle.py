@@ -169,24 +169,20 @@ def _write_file(stream: "Any", target: str, size: int, digest: str) -> None:
             h.update(part)
             out.write(part)
             left -= len(part)
-        out.flush()
-        fsync = getattr(os, "fsync", None)
-        if fsync is not None:
-            fsync(out.fileno())
+        sync_file(out)
     if hex_digest(h) != digest:
         os.remove(tmp)
         raise BundleError("%s does not match its sha256" % (target,))
     os.rename(tmp, target)  # replaces: littlefs and POSIX rename over a file
 
 
+def sync_file(f: "Any") -> None:
+    """Flush an open file and fsync it where the port has fsync (also install.py's)."""
+    f.flush()
+    fsync = getattr(os, "fsync", None)
+    if fsync is not None:
+        fsync(f.fileno())
+
+
 def hex_digest(h: "Any") -> str:
     return "".join("%02x" % b for b in h.digest())
-
-
-def build_bundle(src_tree: "Any", release: str, out: "Any", sim: bool = False) -> "Any":
-    """CPython: the bundle of ``release`` from ``src_tree`` (a firmware source folder with
-    manifest.py, compiled with version.VERSION set to ``release``, or a tree already
-    built by firmware.build) into the file ``out``; returns its Path. See bundle_build."""
-    from firmware import bundle_build
-
-    return bundle_build.build_bundle(src_tree, release, out, sim=sim)

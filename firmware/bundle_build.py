@@ -75,7 +75,7 @@ def build_bundle(src_tree: Path, release: str, out: Path, sim: bool = False) -> 
             build(built, sim=sim, source=source)
         else:
             built = src_tree
-        # the slot's completeness marker (boot.MARKER) goes last: present means all there
+        # the slot's completeness marker (startup.MARKER) goes last: present means all there
         files = sorted(
             (p for p in built.iterdir() if p.suffix == ".mpy" and p.name not in FIXED),
             key=lambda p: (p.name == "node.mpy", p.name),

@@ -74,10 +74,7 @@ class _File:
 
     def close(self) -> None:
         if self.f is not None:
-            self.f.flush()
-            fsync = getattr(os, "fsync", None)
-            if fsync is not None:
-                fsync(self.f.fileno())
+            bundle.sync_file(self.f)
             self.f.close()
             self.f = None
 

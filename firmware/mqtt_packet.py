@@ -106,7 +106,9 @@ def encode_remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def decode_remaining_length(buf: bytes | bytearray, start: int = 1) -> tuple[int, int] | None:
+def decode_remaining_length(
+    buf: bytes | bytearray | memoryview, start: int = 1
+) -> tuple[int, int] | None:
     """(value, index after it) from ``buf[start:]``, or None while bytes are missing."""
     value = 0
     shift = 0

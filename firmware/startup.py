@@ -131,18 +131,19 @@ def on_trial(root: str) -> bool:
     )
 
 
-def _state_dir(config_path: str) -> str:
+def _config_dir(config_path: str, key: str, default: str) -> str:
+    """The folder the config names under ``key``; a relative one is beside the config."""
     with open(config_path) as f:
-        state_dir = json.load(f).get("state_dir", "state")
-    if not state_dir.startswith("/") and "/" in config_path:
-        state_dir = config_path[: config_path.rfind("/")] + "/" + state_dir
-    return state_dir
+        path = json.load(f).get(key, default)
+    if not path.startswith("/") and "/" in config_path:
+        path = config_path[: config_path.rfind("/")] + "/" + path
+    return path
 
 
 def install_pending(config_path: str) -> bool:
     """Whether state/update.json holds an install to do (an install boot, updater.py)."""
     try:
-        with open(_state_dir(config_path) + "/update.json") as f:
+        with open(_config_dir(config_path, "state_dir", "state") + "/update.json") as f:
             return json.load(f).get("state") == "pending"
     except (OSError, ValueError, AttributeError):
         return False
@@ -159,10 +160,6 @@ def reset(config_path: str) -> None:
     if fn is not None:
         fn()
         return
-    with open(config_path) as f:
-        sim = json.load(f).get("sim_dir", "sim")
-    if not sim.startswith("/") and "/" in config_path:
-        sim = config_path[: config_path.rfind("/")] + "/" + sim
-    with open(sim + "/reset_cause", "w") as f:
+    with open(_config_dir(config_path, "sim_dir", "sim") + "/reset_cause", "w") as f:
         f.write("soft")
     sys.exit(4)

@@ -107,22 +107,6 @@ def _cert_row(cert: x509.Certificate, device_id: str, via: str, now: float) -> d
     }
 
 
-def _audit_row(
-    actor: Actor, action: str, target: str, outcome: str, detail: dict[str, Any], now: float
-) -> dict[str, Any]:
-    """The row ``fleet_server.audit.record`` would add, for a Core insert."""
-    return {
-        "at": now,
-        "actor": actor.name[:80],
-        "role": actor.role[:32],
-        "action": action[:64],
-        "target": target[:128],
-        "source": actor.source[:64],
-        "outcome": outcome[:32],
-        "detail": detail,
-    }
-
-
 @dataclass(frozen=True)
 class _Token:
     token_hash: str
@@ -182,7 +166,7 @@ class Enrollment:
         with self.engine.begin() as conn:
             conn.execute(
                 _INSERT_AUDIT,
-                _audit_row(actor, action, target, f"refused:{reason}", {}, time.time()),
+                audit.row(actor, action, target, f"refused:{reason}", {}, time.time()),
             )
 
     # ---------------------------------------------------------------- enroll
@@ -231,7 +215,7 @@ class Enrollment:
             conn.execute(_INSERT_CERT, _cert_row(cert, row.device_id, "enroll", now))
             detail = {"serial": _hex(cert)}
             conn.execute(
-                _INSERT_AUDIT, _audit_row(actor, "est.enroll", row.device_id, "ok", detail, now)
+                _INSERT_AUDIT, audit.row(actor, "est.enroll", row.device_id, "ok", detail, now)
             )
 
     def _usable_token(self, conn: Connection, token: str, claimed_id: str | None) -> _Token:
@@ -241,8 +225,8 @@ class Enrollment:
         found = _token_state(conn, digest)
         conn.rollback()  # end the read; the spend is a transaction of its own
         problem = _token_problem(found, claimed_id, time.time())
-        if problem is not None or found is None:
-            raise problem or EnrollError(401, "bad_token", "unknown enrollment token")
+        if problem is not None:  # also when the token is unknown (found is None)
+            raise problem
         return _Token(digest, str(found.device_id))
 
     # ---------------------------------------------------------------- re-enroll
@@ -265,7 +249,7 @@ class Enrollment:
                 conn.execute(_INSERT_CERT, _cert_row(cert, device_id, "reenroll", now))
                 conn.execute(
                     _INSERT_AUDIT,
-                    _audit_row(actor, "est.reenroll", device_id, "ok", detail, now),
+                    audit.row(actor, "est.reenroll", device_id, "ok", detail, now),
                 )
         except EnrollError as exc:
             self._refused(actor, "est.reenroll", device_id, exc.reason)

@@ -312,10 +312,13 @@ class EstListener:
         hosts: list[str],
         *,
         http: type[asyncio.Protocol] = TLSH11Protocol,
+        grace_s: int | None = None,
     ) -> None:
+        """``grace_s``: how long ``stop`` lets unfinished requests run (None: no limit)."""
         ensure_est_cert(ca, hosts)
         self.app = app
         config = est_config(app, ca, host, port, http=http)
+        config.timeout_graceful_shutdown = grace_s
         self.server = uvicorn.Server(config)  # in a thread: no signal handlers
         self.thread = threading.Thread(target=self.server.run, name="est-listener", daemon=True)
         self.host = host

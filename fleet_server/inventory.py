@@ -77,10 +77,19 @@ def hardware_model(hardware: dict[str, Any] | None) -> str:
 
 # ---------------------------------------------------------------- queries
 def filter_devices(
-    query: Select[Any], tags: Sequence[str] = (), hardware: str | None = None
+    query: Select[Any],
+    tags: Sequence[str] = (),
+    hardware: str | None = None,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
 ) -> Select[Any]:
-    """Narrow a query on Device: every tag in ``tags`` and a model containing ``hardware``
-    (case-insensitive)."""
+    """Narrow a query on Device: every tag in ``tags``, a model containing ``hardware``
+    (case-insensitive), and the ``state`` and ``kind`` given."""
+    if state:
+        query = query.where(Device.state == state)
+    if kind:
+        query = query.where(Device.kind == kind)
     for tag in tags:
         query = query.where(Device.id.in_(select(DeviceTag.device_id).where(DeviceTag.tag == tag)))
     if hardware:

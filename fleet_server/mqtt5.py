@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from firmware import mqtt_packet
+
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 PUBREC, PUBREL, PUBCOMP = 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 8, 9, 10, 11
@@ -42,15 +44,13 @@ _PROPERTY_TYPES = {
     0x25: _BYTE, 0x26: _PAIR, 0x27: _U32, 0x28: _BYTE, 0x29: _BYTE, 0x2A: _BYTE,
 }  # fmt: skip
 
-MAX_PACKET = 268_435_455  # the largest remaining length MQTT can express
+MAX_PACKET = mqtt_packet.MAX_REMAINING  # the largest remaining length MQTT can express
 
 
-class MqttError(Exception):
-    """Anything that ends an MQTT connection."""
-
-
-class RemoteProtocolError(MqttError):
-    """The broker sent bytes that are not MQTT v5 as this client speaks it."""
+# The error tree, the fixed header, strings and variable byte integers are the same in MQTT
+# 3.1.1 and 5, so they come from the node's packet code (firmware/mqtt_packet.py).
+MqttError = mqtt_packet.MQTTError  # anything that ends an MQTT connection
+RemoteProtocolError = mqtt_packet.RemoteProtocolError  # the broker sent bytes not MQTT v5
 
 
 class RefusedError(MqttError):
@@ -103,46 +103,10 @@ Packet = Publish | ConnAck | Ack | Disconnect | PingResp
 
 
 # ---------------------------------------------------------------- primitives
-def varint(n: int) -> bytes:
-    if not 0 <= n <= MAX_PACKET:
-        raise ValueError(f"variable byte integer out of range: {n}")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int] | None:
-    """(value, next position), or None when the bytes end before it does."""
-    value = 0
-    shift = 0
-    for i in range(4):
-        if pos + i >= end:
-            return None
-        byte = buf[pos + i]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos + i + 1
-        shift += 7
-    raise RemoteProtocolError("variable byte integer longer than 4 bytes")
-
-
-def _str(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return struct.pack("!H", len(data)) + data
-
-
-def _bin(data: bytes) -> bytes:
-    return struct.pack("!H", len(data)) + data
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + varint(len(body)) + body
+varint = mqtt_packet.encode_remaining_length
+_read_varint = mqtt_packet.decode_remaining_length  # (value, next position) or None
+_str = mqtt_packet._str  # str or bytes, with its 2-byte length
+_packet = mqtt_packet._packet
 
 
 def encode_properties(props: Sequence[tuple[int, Any]]) -> bytes:
@@ -158,10 +122,8 @@ def encode_properties(props: Sequence[tuple[int, Any]]) -> bytes:
             out += struct.pack("!I", value)
         elif kind == _VAR:
             out += varint(value)
-        elif kind == _STR:
+        elif kind in (_STR, _BIN):
             out += _str(value)
-        elif kind == _BIN:
-            out += _bin(value)
         else:
             out += _str(value[0]) + _str(value[1])
     return varint(len(out)) + bytes(out)
@@ -173,7 +135,7 @@ def decode_properties(data: bytes | memoryview) -> dict[int, Any]:
     pos, end = 0, len(data)
     try:
         while pos < end:
-            got = _read_varint(data, pos, end)
+            got = _read_varint(data, pos)
             if got is None:
                 raise RemoteProtocolError("property id cut short")
             pid, pos = got
@@ -188,7 +150,7 @@ def decode_properties(data: bytes | memoryview) -> dict[int, Any]:
             elif kind == _U32:
                 value, pos = struct.unpack_from("!I", data, pos)[0], pos + 4
             elif kind == _VAR:
-                got = _read_varint(data, pos, end)
+                got = _read_varint(data, pos)
                 if got is None:
                     raise RemoteProtocolError("property value cut short")
                 value, pos = got
@@ -260,9 +222,7 @@ def unsubscribe(packet_id: int, filters: Iterable[str]) -> bytes:
 _PUBACK_PREFIX = bytes([PUBACK << 4, 2])
 
 
-def puback(packet_id: int) -> bytes:
-    """A PUBACK with reason 0 (success), in its short form."""
-    return _PUBACK_PREFIX + struct.pack("!H", packet_id)
+puback = mqtt_packet.puback_packet  # reason 0 (success) in its short form, as in 3.1.1
 
 
 def pubacks(packet_ids: Iterable[int]) -> bytes:
@@ -326,7 +286,7 @@ class Parser:
         view = memoryview(buf)
         try:
             while end - pos >= 2:
-                got = _read_varint(buf, pos + 1, end)
+                got = _read_varint(buf, pos + 1)
                 if got is None:
                     break
                 length, start = got
@@ -355,7 +315,7 @@ def _decode(first: int, body: memoryview) -> Packet:
     if kind in (SUBACK, UNSUBACK):
         if len(body) < 3:
             raise RemoteProtocolError("SUBACK/UNSUBACK too short")
-        got = _read_varint(body, 2, len(body))
+        got = _read_varint(body, 2)
         if got is None:
             raise RemoteProtocolError("SUBACK/UNSUBACK properties cut short")
         plen, pos = got
@@ -374,7 +334,7 @@ def _decode(first: int, body: memoryview) -> Packet:
 
 
 def _props_at(body: memoryview, pos: int) -> dict[int, Any]:
-    got = _read_varint(body, pos, len(body))
+    got = _read_varint(body, pos)
     if got is None:
         raise RemoteProtocolError("properties cut short")
     plen, start = got
@@ -404,7 +364,7 @@ def _decode_publish(flags: int, body: memoryview) -> Publish:
             raise RemoteProtocolError("PUBLISH packet id cut short")
         packet_id = (body[pos] << 8) | body[pos + 1]
         pos += 2
-    got = _read_varint(body, pos, end)
+    got = _read_varint(body, pos)
     if got is None:
         raise RemoteProtocolError("PUBLISH properties cut short")
     plen, pos = got

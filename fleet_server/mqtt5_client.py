@@ -220,11 +220,10 @@ class Mqtt5Client:
             # beyond the broker's window, go back to the queue (front, in order) with new ids
             for _pid, o in reversed(keep[self._send_quota :]):
                 self._outbox.appendleft(o)
-            self._inflight = dict(keep[: self._send_quota])
+            self._inflight = dict(keep[: self._send_quota])  # in packet id order
             sub_id = self._packet_id()
             resend = [
-                self._encode(o, pid, connack.session_present)
-                for pid, o in sorted(self._inflight.items())
+                self._encode(o, pid, connack.session_present) for pid, o in self._inflight.items()
             ]
         if self.s.subscriptions:
             # Mosquitto 2.0 does not keep shared subscriptions in a session: always subscribe

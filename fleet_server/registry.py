@@ -311,12 +311,7 @@ class Registry:
         """A page of devices; ``tags`` must all be on a device, ``hardware`` is a part of
         its board model."""
         with self.sessions() as db:
-            query = select(Device)
-            if state:
-                query = query.where(Device.state == state)
-            if kind:
-                query = query.where(Device.kind == kind)
-            query = inventory.filter_devices(query, tags, hardware)
+            query = inventory.filter_devices(select(Device), tags, hardware, state=state, kind=kind)
             return page(db, query, limit, offset, Device.id)
 
     def tags_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]:

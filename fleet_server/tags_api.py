@@ -89,12 +89,9 @@ class TagCount(BaseModel):
 
 
 def _selected(db: Session, sel: DeviceSelector) -> list[str]:
-    query = select(Device.id)
-    if sel.state:
-        query = query.where(Device.state == sel.state)
-    if sel.kind:
-        query = query.where(Device.kind == sel.kind)
-    query = inventory.filter_devices(query, sel.tags, sel.hardware).order_by(Device.id)
+    query = inventory.filter_devices(
+        select(Device.id), sel.tags, sel.hardware, state=sel.state, kind=sel.kind
+    ).order_by(Device.id)
     return [str(d) for d in db.scalars(query.limit(MAX_BULK + 1)).all()]
 
 

@@ -11,7 +11,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hil_tests.rig import FleetApi, Rig
 
@@ -43,20 +43,30 @@ def count_devices(api: FleetApi, state_filter: str) -> int:
     return int(page["total"])
 
 
-def events(api: FleetApi, device_id: str, event_type: str | None = None) -> list[dict[str, Any]]:
-    """Every event the server stored for ``device_id`` (all pages)."""
+class Reader(Protocol):
+    """What reads the REST API: a rig's ``FleetApi``, or a test's ``ServerProcess``."""
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, Any]: ...
+
+
+def every_item(api: Reader, path: str) -> list[dict[str, Any]]:
+    """Every item of a paged list endpoint (``path`` with its filters, if any), all pages."""
     out: list[dict[str, Any]] = []
-    kind = f"&type={event_type}" if event_type else ""
+    sep = "&" if "?" in path else "?"
     for _ in range(1000):
-        status, page = api.get(
-            f"/api/events?device_id={device_id}{kind}&limit=1000&offset={len(out)}"
-        )
+        status, page = api.get(f"{path}{sep}limit=1000&offset={len(out)}")
         if status != 200:
-            raise AssertionError(f"events answered {status}: {page}")
+            raise AssertionError(f"{path} answered {status}: {page}")
         out += page["items"]
         if len(out) >= page["total"] or not page["items"]:
             return out
-    raise AssertionError("more than a million events")
+    raise AssertionError(f"{path}: more than a million items")
+
+
+def events(api: FleetApi, device_id: str, event_type: str | None = None) -> list[dict[str, Any]]:
+    """Every event the server stored for ``device_id`` (all pages)."""
+    kind = f"&type={event_type}" if event_type else ""
+    return every_item(api, f"/api/events?device_id={device_id}{kind}")
 
 
 def alerts(api: FleetApi, device_id: str, rule: str | None = None) -> list[dict[str, Any]]:

@@ -156,11 +156,18 @@ class Device:
         self.stats.heartbeats += 1
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Read acks until the connection ends (raises then)."""
+        """Read acks (and what a subclass subscribed to) until the connection ends (raises
+        then)."""
         while True:
             first, body = await self._read(reader)
-            if mp.parse_packet(first, body)[0] == mp.PUBACK:
+            packet = mp.parse_packet(first, body)
+            if packet[0] == mp.PUBACK:
                 self.stats.acked += 1
+            elif packet[0] == mp.PUBLISH:
+                self._received(packet, writer)
+
+    def _received(self, packet: tuple[Any, ...], writer: asyncio.StreamWriter) -> None:
+        """A PUBLISH from the broker (a subclass subscribes in ``_connected``)."""
 
     @staticmethod
     async def _read(reader: asyncio.StreamReader) -> tuple[int, bytes]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.est_client import EstClient, EstError
 from fleet_server.ca import CertificateAuthority
-from hil_tests.procs import Broker, free_port, port_open, wait_for
+from hil_tests.procs import Broker, free_port, wait_for
 from hil_tests.server import ServerProcess
 
 
@@ -57,7 +57,6 @@ class IdentityServer(ServerProcess):
         self.admin_token = self.add_user("admin", "admin")
         try:
             self.start_and_wait(timeout)
-            wait_for(lambda: port_open(self.est_port), timeout, what="EST listener")
             wait_for(self.est_serves, timeout, interval=0.2, what="EST answers")
         except BaseException:
             self.stop()  # a server that did not come up must not outlive the test

@@ -145,14 +145,19 @@ def crossing_scene(
     return Scene(movers, noise=noise)
 
 
+def png_bytes(rgb: Image) -> bytes:
+    """An RGB frame as the bytes of a PNG file."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return bytes(buf)
+
+
 def write_frames(scene: Scene, folder: Path, count: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(count):
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(scene.frame(i), cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError("PNG encoding failed")
         path = folder / f"frame-{i:05d}.png"
-        atomic_write(str(path), bytes(buf), 0o644)
+        atomic_write(str(path), png_bytes(scene.frame(i)), 0o644)
         out.append(path)
     return out

@@ -76,18 +76,12 @@ class UpdateDevice(Device):
     def _versions(self) -> dict[str, str]:
         return {"agent": self.release}
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            first, body = await self._read(reader)
-            packet = mp.parse_packet(first, body)
-            if packet[0] == mp.PUBACK:
-                self.stats.acked += 1
-            elif packet[0] == mp.PUBLISH:
-                _kind, topic, payload, qos, _retain, _dup, pid = packet
-                if qos:
-                    writer.write(mp.puback_packet(pid))
-                if payload:
-                    self._desired(topic, bytes(payload), writer)
+    def _received(self, packet: tuple[Any, ...], writer: asyncio.StreamWriter) -> None:
+        _kind, topic, payload, qos, _retain, _dup, pid = packet
+        if qos:
+            writer.write(mp.puback_packet(pid))
+        if payload:
+            self._desired(topic, bytes(payload), writer)
 
     def _desired(self, topic: str, payload: bytes, writer: asyncio.StreamWriter) -> None:
         try:

@@ -74,7 +74,6 @@ class VDevice:
     camera_dir: Path | None = None
     frames: dict[str, bytes] = field(default_factory=dict)  # the clip, by file name
     mount: Path | None = None
-    filler: Path | None = None
     clock_ok: bool = True  # whether the clock seam is wired for this device
 
 
@@ -396,9 +395,7 @@ class VirtualRig(Rig):
         filler = dev.mount / ".rig-filler"
         if free_bytes is None:
             filler.unlink(missing_ok=True)
-            dev.filler = None
             return
-        dev.filler = filler
         chunk = b"\0" * FILL_CHUNK
         with open(filler, "ab") as f:
             while True:

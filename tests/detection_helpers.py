@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import cv2
+import numpy as np
 import pytest
+from skimage import data as skdata
 
 from agent.detector import Detector
 from agent.model_fetch import ModelFiles, ensure_model
@@ -40,6 +44,21 @@ def card_text(**changes: object) -> str:
 def write_card(folder: Path, **changes: object) -> Path:
     path = folder / "card.toml"
     path.write_text(card_text(**changes))
+    return path
+
+
+def photo(name: str) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """A scikit-image sample photo (``astronaut``, ``camera``, ...) as RGB uint8."""
+    img = np.asarray(getattr(skdata, name)())
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
+
+
+def write_png(path: Path, rgb: np.ndarray[Any, np.dtype[np.uint8]]) -> Path:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    path.write_bytes(bytes(buf))
     return path
 
 

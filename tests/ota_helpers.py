@@ -18,13 +18,10 @@ from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from firmware import bundle
 from firmware.bundle_build import build_bundle
+from fleet_server.ota.release import firmware_target
 from fleet_server.ota.tufrepo import TufRepo
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
-
-
-def firmware_target(release: str) -> str:
-    return f"firmware/camfleet-node-{release}.bundle"
 
 
 def make_repo(root: Path, *, clock: datetime | None = None) -> TufRepo:

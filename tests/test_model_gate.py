@@ -21,7 +21,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from skimage import data as skdata
 
 from agent.backoff import Backoff
 from agent.camera import Capture, FrameQueue, make_source
@@ -58,7 +57,7 @@ from agent.pipeline_config import DetectorSettings, PipelineSettings
 from agent.runner import PipelineThread
 from agent.shadow import SHADOW, ShadowJudge, ShadowRun, gate_and_promote, gate_with_shadow
 from hil_tests import scenes
-from tests.detection_helpers import detector, model_files, write_card
+from tests.detection_helpers import detector, model_files, photo, write_card, write_png
 
 __all__ = ["detector", "model_files"]  # fixtures
 
@@ -116,20 +115,6 @@ def degrade(model: bytes, share: float, noise: float, seed: int = 1) -> bytes:
 # ---------------------------------------------------------------- fixtures
 
 
-def _photo(name: str) -> np.ndarray[Any, np.dtype[np.uint8]]:
-    img = np.asarray(getattr(skdata, name)())
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
-
-
-def _write_png(path: Path, rgb: np.ndarray[Any, np.dtype[np.uint8]]) -> Path:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    assert ok
-    path.write_bytes(bytes(buf))
-    return path
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model_gate")
@@ -141,11 +126,11 @@ def photos(work: Path) -> list[Path]:
     folder = work / "photos"
     folder.mkdir()
     out = [
-        _write_png(folder / f"{n}.png", _photo(n))
+        write_png(folder / f"{n}.png", photo(n))
         for n in ("astronaut", "camera", "chelsea", "coffee", "page", "rocket")
     ]
     street = scenes.crossing_scene(count=1, frames_each=30)
-    out += [_write_png(folder / f"street-{i:02d}.png", street.frame(i)) for i in (3, 15, 27)]
+    out += [write_png(folder / f"street-{i:02d}.png", street.frame(i)) for i in (3, 15, 27)]
     return out
 
 
@@ -455,10 +440,10 @@ def replay(work: Path) -> Path:
     folder.mkdir()
     street = scenes.crossing_scene(count=2, frames_each=8, gap=1)
     for i in range(0, 17, 2):
-        _write_png(folder / f"a-{i:03d}.png", street.frame(i))
+        write_png(folder / f"a-{i:03d}.png", street.frame(i))
     for name in ("astronaut", "chelsea", "coffee", "camera"):
-        small = cv2.resize(_photo(name), (640, 480), interpolation=cv2.INTER_AREA)
-        _write_png(folder / f"b-{name}.png", np.asarray(small, np.uint8))
+        small = cv2.resize(photo(name), (640, 480), interpolation=cv2.INTER_AREA)
+        write_png(folder / f"b-{name}.png", np.asarray(small, np.uint8))
     return folder
 
 

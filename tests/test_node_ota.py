@@ -14,6 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,28 @@ def started() -> Iterator[list[NodeProcess]]:
     yield from nh.started_nodes()
 
 
-def _desire(obs: Client, device_id: str, campaign: str, release: str, target: str) -> None:
+@contextmanager
+def _rig(
+    ca: CertificateAuthority, broker: Broker, tmp: Path, dev: str, cut_after: int
+) -> Iterator[tuple[Ota, Client]]:
+    """The OTA server and an observer of ``dev``; the retained request cleared at the end."""
+    ota = Ota(ca, tmp / "ota", cut_after)
+    try:
+        obs = nh.observer(ca, broker.port, dev)
+        try:
+            yield ota, obs
+        finally:
+            _clear(obs, dev)
+            obs.close()
+    finally:
+        ota.close()
+
+
+def _desire(
+    obs: Client, device_id: str, campaign: str, release: str, target: str, **extra: object
+) -> None:
     body = {"campaign": campaign, "artifact": "firmware", "release": release, "target": target}
+    body.update(extra)
     topic, data, _q, retain = contract.encode("update_desired", device_id, body, time.time())
     obs.publish(topic, data, retain=retain)
 
@@ -98,10 +119,37 @@ def _next_heartbeat(obs: Client, dev: str, node: NodeProcess) -> dict[str, Any]:
 
 
 def _start_node(
-    creds: DeviceCredentials, broker: Broker, tmp: Path, ota: Ota, started: list[NodeProcess]
+    creds: DeviceCredentials,
+    broker: Broker,
+    tmp: Path,
+    ota: Ota,
+    started: list[NodeProcess],
+    obs: Client,
+    **settings: object,
 ) -> NodeProcess:
-    node = node_process(creds, broker.port, tmp / "node", heartbeat_s=1, extra=ota.node_extra())
-    return nh.start(started, node)
+    """The node with ``ota``'s settings (and ``settings`` over them), up to its first
+    heartbeat."""
+    extra = ota.node_extra()
+    extra.update(settings)
+    node = node_process(creds, broker.port, tmp / "node", heartbeat_s=1, extra=extra)
+    nh.start(started, node)
+    nh.wait_body(obs, creds.device_id, "heartbeat", lambda b: True, node, 30)
+    return node
+
+
+def _answered_again(obs: Client, dev: str, node: NodeProcess, state: str) -> None:
+    """Restarted (a reconnect), the node answers the retained request with ``state`` once
+    more and redoes nothing."""
+    before = len(nh.bodies(obs, dev, "update_state"))
+    node.stop()
+    node.start()
+
+    def answered(_b: dict[str, Any]) -> bool:
+        return any(b["state"] == state for b in nh.bodies(obs, dev, "update_state")[before:])
+
+    _state(obs, dev, node, answered, 60)
+    later = nh.bodies(obs, dev, "update_state")[before:]
+    assert [b["state"] for b in later] == [state], later
 
 
 def test_update_happy_path_with_resume(
@@ -116,12 +164,9 @@ def test_update_happy_path_with_resume(
     release = "0.3.0"
     fw = ota_helpers.bundle_of(ota_helpers.FIRMWARE, release, tmp_path / "fw.bundle")
     size = fw.stat().st_size
-    ota = Ota(ca, tmp_path / "ota", cut_after=size // 2)
-    obs = nh.observer(ca, broker.port, dev)
-    try:
+    with _rig(ca, broker, tmp_path, dev, cut_after=size // 2) as (ota, obs):
         target = ota_helpers.publish_firmware(ota.repo, fw, release)
-        node = _start_node(creds, broker, tmp_path, ota, started)
-        nh.wait_body(obs, dev, "heartbeat", lambda b: True, node, 30)
+        node = _start_node(creds, broker, tmp_path, ota, started, obs)
         _desire(obs, dev, "c-node-1", release, target)
         done = _state(obs, dev, node, lambda b: b["state"] == "committed", 120)
         assert done["release"] == release and done["running"] == release
@@ -137,22 +182,8 @@ def test_update_happy_path_with_resume(
         assert slots["good"] == "a" and slots["trial"] is None
         assert node.resets == ["soft", "soft"]  # into the install boot, out of it
         # delivered again (a reconnect): answered "committed", nothing redone
-        before = len(nh.bodies(obs, dev, "update_state"))
-        node.stop()
-        node.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            later = nh.bodies(obs, dev, "update_state")[before:]
-            if any(b["state"] == "committed" for b in later):
-                break
-            time.sleep(0.2)
-        later = nh.bodies(obs, dev, "update_state")[before:]
-        assert [b["state"] for b in later] == ["committed"], later
+        _answered_again(obs, dev, node, "committed")
         nh.no_memory_errors(node)
-    finally:
-        _clear(obs, dev)
-        obs.close()
-        ota.close()
 
 
 def _broken_source(tmp: Path, patch: str) -> Path:
@@ -190,16 +221,10 @@ def test_unhealthy_release_rolls_back(
     creds = device_factory(dev)
     release = "0.4.0"
     fw = ota_helpers.bundle_of(_broken_source(tmp_path, patch), release, tmp_path / "fw.bundle")
-    ota = Ota(ca, tmp_path / "ota", cut_after=1 << 30)
-    obs = nh.observer(ca, broker.port, dev)
-    try:
+    with _rig(ca, broker, tmp_path, dev, cut_after=1 << 30) as (ota, obs):
         target = ota_helpers.publish_firmware(ota.repo, fw, release)
-        node = _start_node(creds, broker, tmp_path, ota, started)
-        nh.wait_body(obs, dev, "heartbeat", lambda b: True, node, 30)
-        body = {"campaign": "c-bad", "artifact": "firmware", "release": release}
-        body.update(target=target, trial_s=5)
-        topic, data, _q, retain = contract.encode("update_desired", dev, body, time.time())
-        obs.publish(topic, data, retain=retain)
+        node = _start_node(creds, broker, tmp_path, ota, started, obs)
+        _desire(obs, dev, "c-bad", release, target, trial_s=5)
         back = _state(obs, dev, node, lambda b: b["state"] == "rolled_back", 120)
         assert back["release"] == release and back["running"] == FACTORY
         assert back["error"].startswith("unhealthy: 2 boots without a commit"), back
@@ -216,19 +241,8 @@ def test_unhealthy_release_rolls_back(
         assert slots["good"] == "factory" and slots["trial"] is None, slots
         # the retained request is answered again on the next connect, not retried
         boots = node.boots
-        before = len(nh.bodies(obs, dev, "update_state"))
-        node.stop()
-        node.start()
-        again = _state(
-            obs, dev, node, lambda b: len(nh.bodies(obs, dev, "update_state")) > before, 60
-        )
-        later = nh.bodies(obs, dev, "update_state")[before:]
-        assert [b["state"] for b in later] == ["rolled_back"], (again, later)
+        _answered_again(obs, dev, node, "rolled_back")
         assert node.boots == boots + 1
-    finally:
-        _clear(obs, dev)
-        obs.close()
-        ota.close()
 
 
 def test_refused_updates_leave_the_slots_untouched(
@@ -240,25 +254,18 @@ def test_refused_updates_leave_the_slots_untouched(
 ) -> None:
     dev = "node-ota-3"
     creds = device_factory(dev)
-    ota = Ota(ca, tmp_path / "ota", cut_after=1 << 30)
-    # a good bundle whose served bytes are then swapped (same length, other content)
-    fw = ota_helpers.bundle_of(ota_helpers.FIRMWARE, "0.6.0", tmp_path / "fw.bundle")
-    swapped = ota_helpers.publish_firmware(ota.repo, fw, "0.6.0")
-    served = ota.repo.local_target(swapped)
-    data = bytearray(served.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    served.write_bytes(bytes(data))
-    # a bundle over the node's size limit (ota_max_kb 64)
-    fat = ota_helpers.fat_bundle(tmp_path / "fat", "0.7.0", 80 * 1024)
-    too_big = ota_helpers.publish_firmware(ota.repo, fat, "0.7.0")
-    obs = nh.observer(ca, broker.port, dev)
-    try:
-        extra = ota.node_extra()
-        extra["ota_max_kb"] = 64
-        node = nh.start(
-            started, node_process(creds, broker.port, tmp_path / "node", heartbeat_s=1, extra=extra)
-        )
-        nh.wait_body(obs, dev, "heartbeat", lambda b: True, node, 30)
+    with _rig(ca, broker, tmp_path, dev, cut_after=1 << 30) as (ota, obs):
+        # a good bundle whose served bytes are then swapped (same length, other content)
+        fw = ota_helpers.bundle_of(ota_helpers.FIRMWARE, "0.6.0", tmp_path / "fw.bundle")
+        swapped = ota_helpers.publish_firmware(ota.repo, fw, "0.6.0")
+        served = ota.repo.local_target(swapped)
+        data = bytearray(served.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        served.write_bytes(bytes(data))
+        # a bundle over the node's size limit (ota_max_kb 64)
+        fat = ota_helpers.fat_bundle(tmp_path / "fat", "0.7.0", 80 * 1024)
+        too_big = ota_helpers.publish_firmware(ota.repo, fat, "0.7.0")
+        node = _start_node(creds, broker, tmp_path, ota, started, obs, ota_max_kb=64)
         cases = [
             ("c-down", "0.1.0", "firmware/camfleet-node-0.1.0.bundle", "downgrade: "),
             ("c-hash", "0.6.0", swapped, "bad_hash: "),
@@ -283,7 +290,3 @@ def test_refused_updates_leave_the_slots_untouched(
         assert node.resets == ["soft"] * 6  # three install boots: in and out of each
         assert _next_heartbeat(obs, dev, node)["versions"]["firmware"] == FACTORY
         nh.no_memory_errors(node)
-    finally:
-        _clear(obs, dev)
-        obs.close()
-        ota.close()

@@ -17,10 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pytest
-from skimage import data as skdata
 
 from agent.detector import Detector
 from agent.model_bundle import make_eval_set
@@ -30,21 +27,11 @@ from agent.ota.slots import AppSlots
 from agent.ota.updater import Updater
 from fleet_server.ca import CertificateAuthority
 from hil_tests.ota_rig import StaticHttps
-from tests.detection_helpers import detector, model_files, model_release_repo
+from tests.detection_helpers import detector, model_files, model_release_repo, photo, write_png
 
 __all__ = ["detector", "model_files"]  # fixtures
 
 pytestmark = pytest.mark.slow
-
-
-def _png(path: Path, name: str) -> Path:
-    img = np.asarray(getattr(skdata, name)())
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(img[..., :3].astype(np.uint8), cv2.COLOR_RGB2BGR))
-    assert ok
-    path.write_bytes(bytes(buf))
-    return path
 
 
 class Recorder:
@@ -89,7 +76,7 @@ def models(
     tmp = tmp_path_factory.mktemp("ota-model")
     photos = tmp / "photos"
     photos.mkdir()
-    images = [_png(photos / f"{n}.png", n) for n in ("astronaut", "camera", "chelsea")]
+    images = [write_png(photos / f"{n}.png", photo(n)) for n in ("astronaut", "camera", "chelsea")]
     eval_dir = make_eval_set(detector, images, tmp / "eval")
     targets = model_release_repo(
         tmp, model_files, eval_dir, {"1.0.0": False, "1.1.0": False, "2.0.0": True}

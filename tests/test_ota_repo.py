@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,20 +22,13 @@ from tuf.api.metadata import Metadata, Root, Targets
 
 from fleet_server.ota import release as rel
 from fleet_server.ota.tufrepo import RepoError, TufRepo
+from hil_tests.ota_rig import source_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _tree_copy(dest: Path) -> Path:
-    for package in ("agent", "common", "firmware"):
-        shutil.copytree(
-            ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    return dest
 
 
 def _small_change(tree: Path) -> None:
@@ -193,7 +185,7 @@ def test_agent_bundle_is_reproducible_and_carries_a_checked_manifest(tmp_path: P
 
 
 def test_delta_round_trip_reproduces_the_full_bundle_exactly(tmp_path: Path) -> None:
-    tree = _tree_copy(tmp_path / "src")
+    tree = source_copy(tmp_path / "src")
     old = rel.build_agent_bundle(tree, "0.1.0", tmp_path / "old.tar.gz")
     _small_change(tree)
     new = rel.build_agent_bundle(tree, "0.2.0", tmp_path / "new.tar.gz")
@@ -215,7 +207,7 @@ def test_delta_round_trip_reproduces_the_full_bundle_exactly(tmp_path: Path) -> 
 
 def test_add_agent_release_with_delta_records_custom_fields(tmp_path: Path) -> None:
     repo = TufRepo.create(tmp_path / "R", tmp_path / "K")
-    tree = _tree_copy(tmp_path / "src")
+    tree = source_copy(tmp_path / "src")
     work = tmp_path / "work"
     work.mkdir()
     assert rel.add_agent_release(repo, tree, "0.1.0", work) == ["agent/camfleet-agent-0.1.0.tar.gz"]
@@ -334,7 +326,7 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_release_cli_end_to_end(tmp_path: Path, firmware_bundle: Path) -> None:
-    tree = _tree_copy(tmp_path / "src")
+    tree = source_copy(tmp_path / "src")
     out = _cli(tmp_path, "init", "--root-threshold", "2", "--root-keys", "3")
     assert out.returncode == 0, out.stderr
     assert "root 2-of-3" in out.stdout

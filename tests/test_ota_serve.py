@@ -44,10 +44,10 @@ from fleet_server.ota.serve import (
     resolve,
 )
 from fleet_server.ota.tufrepo import TufRepo
+from hil_tests.ota_rig import source_copy
 from hil_tests.procs import Broker, free_port, wait_for
 from hil_tests.server import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 FULL_1 = "agent/camfleet-agent-0.1.0.tar.gz"
 FULL_2 = "agent/camfleet-agent-0.2.0.tar.gz"
 DELTA = "agent/delta/camfleet-agent-0.1.0-to-0.2.0.bsdiff"
@@ -128,11 +128,7 @@ def _sha(data: bytes) -> str:
 def _make_repo(tmp: Path, **create: int) -> tuple[Path, Path]:
     repo_dir, keys_dir = tmp / "R", tmp / "K"
     repo = TufRepo.create(repo_dir, keys_dir, **create)  # type: ignore[arg-type]
-    tree = tmp / "src"
-    for package in ("agent", "common", "firmware"):
-        shutil.copytree(
-            ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    tree = source_copy(tmp / "src")
     (tmp / "work").mkdir()
     rel.add_agent_release(repo, tree, "0.1.0", tmp / "work")
     repo.publish()

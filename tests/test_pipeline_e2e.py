@@ -26,6 +26,7 @@ from fleet_server.migrate import upgrade
 from fleet_server.registry import Accepted, Registry
 from hil_tests import scenes
 from hil_tests.agent import agent_process
+from hil_tests.checks import every_item
 from hil_tests.procs import Broker, wait_for
 from hil_tests.server import ServerProcess
 from tests.detection_helpers import model_files
@@ -37,14 +38,7 @@ Factory = Callable[[str], DeviceCredentials]
 
 
 def _server_events(server: ServerProcess, device: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for _ in range(100):
-        status, page = server.get(f"/api/events?device_id={device}&limit=1000&offset={len(out)}")
-        assert status == 200, page
-        out += page["items"]
-        if len(out) >= page["total"]:
-            return out
-    raise AssertionError("too many pages")
+    return every_item(server, f"/api/events?device_id={device}")
 
 
 def _outbox_state(state_dir: Path) -> tuple[int, int]:

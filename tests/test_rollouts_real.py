@@ -18,7 +18,7 @@ import pytest
 from agent.ota.launch import init_release
 from agent.ota.settings import OtaSettings
 from fleet_server.ca import CertificateAuthority
-from fleet_server.ota.release import add_agent_release, agent_target
+from fleet_server.ota.release import add_agent_release, agent_target, firmware_target
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.ota_rig import launcher_process
 from hil_tests.procs import REPO, Broker, Process, free_port, wait_for
@@ -125,7 +125,7 @@ def test_happy_path_through_campaigns_on_a_real_agent_and_node(
     assert status == 422 and "not published" in refused["detail"]
 
     camp = _run(server, _campaign("node 0.3.0", "firmware", "0.3.0",
-                                  ota_helpers.firmware_target("0.3.0"), NODE))  # fmt: skip
+                                  firmware_target("0.3.0"), NODE))  # fmt: skip
     assert camp["state"] == "finished", camp
     assert _version(server, NODE, "firmware") == "0.3.0"
     state = server.get(f"/api/devices/{NODE}/update")[1]

@@ -8,6 +8,7 @@
 - ``updater``: update_desired in, update_state out, install, trial, commit
 - ``launch``: starts the agent from the current release and rolls back a failed trial
 - ``model_gate``: the accuracy gate a new model must pass
+- ``crash``: the kill test hook (``CAMFLEET_OTA_CRASH_AT``)
 
 Kept light: importing the package loads neither python-tuf nor the detector.
 """

@@ -12,8 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from agent.ota.crash import crash_point
 from agent.ota.errors import SlotError
 from agent.ota.slots import AppSlots
+
+KEPT_BUNDLE = ".bundle.tar.gz"  # inside a release dir: the base of the next delta
 
 
 class InstallBackend(Protocol):
@@ -39,8 +42,8 @@ class InstallBackend(Protocol):
         """Make ``previous`` run again after the next restart."""
         ...
 
-    def recover(self, fallback: str | None) -> None:
-        """At start: discard what a crash left half written."""
+    def kept_bundle(self, release: str) -> Path | None:
+        """The bundle ``release`` was installed from (the base of a delta), if kept."""
         ...
 
 
@@ -54,7 +57,7 @@ class AppSlotsBackend:
         return self.slots.running()
 
     def install(self, bundle: Path, release: str, sha256: str) -> None:
-        self.slots.install_bundle(bundle, release, sha256)
+        self.slots.install_bundle(bundle, release, sha256, keep=KEPT_BUNDLE, midway=_write_hook)
 
     def activate(self, release: str) -> None:
         self.slots.switch(release)
@@ -67,8 +70,13 @@ class AppSlotsBackend:
             raise SlotError(f"cannot roll back: release {previous} is not installed")
         self.slots.switch(previous)
 
-    def recover(self, fallback: str | None) -> None:
-        self.slots.recover(fallback)
+    def kept_bundle(self, release: str) -> Path | None:
+        path = self.slots.release_dir(release) / KEPT_BUNDLE
+        return path if path.is_file() else None
+
+
+def _write_hook() -> None:
+    crash_point("write")  # the release half unpacked (the updater's kill test hook)
 
 
 class FakeBackend:
@@ -104,8 +112,8 @@ class FakeBackend:
         self._call("rollback", previous)
         self.current = previous
 
-    def recover(self, fallback: str | None) -> None:
-        self._call("recover", fallback or "")
+    def kept_bundle(self, release: str) -> Path | None:
+        return None
 
 
 def _rauc(base: Path) -> InstallBackend:

@@ -29,6 +29,7 @@ from tuf.ngclient import FetcherInterface, Updater
 
 from agent.ota import errors as e
 from agent.ota.delta import apply_delta
+from common.bundle import delta_target
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,6 @@ class Fetcher:
         self.config = config
         self.pool = make_pool(config.ca, config.timeout_s)
         self._updater: Updater | None = None
-        self.requests: list[tuple[str, str | None]] = []  # (url, Range header): for the log
 
     # ------------------------------------------------------------ metadata
     def refresh(self) -> None:
@@ -185,11 +185,15 @@ class Fetcher:
     def part_path(self, t: Target) -> Path:
         return self.config.download_dir / f"{t.sha256}.part"
 
+    def ok_path(self, t: Target) -> Path:
+        """Where a verified target ends up."""
+        return self.config.download_dir / f"{t.sha256}.ok"
+
     def download(self, t: Target, info: TargetFile, progress: Progress | None = None) -> Path:
         """The verified target file (``<sha256>.ok`` in the download dir)."""
         cfg = self.config
         cfg.download_dir.mkdir(parents=True, exist_ok=True)
-        done = cfg.download_dir / f"{t.sha256}.ok"
+        done = self.ok_path(t)
         if done.exists():
             return done
         part = self.part_path(t)
@@ -212,14 +216,7 @@ class Fetcher:
                 log.warning("download of %s dropped at %d bytes: %s", t.path, have, exc)
         else:
             raise e.OtaError(e.DOWNLOAD, f"{t.path}: gave up after {cfg.retries + 1} tries: {last}")
-        try:
-            with part.open("rb") as f:
-                info.verify_length_and_hashes(f)
-        except tuf_exc.LengthOrHashMismatchError as exc:
-            part.unlink()
-            raise e.OtaError(e.BAD_HASH, f"{t.path}: {exc}") from exc
-        os.replace(part, done)
-        return done
+        return _verified(part, info, done, t.path)
 
     def _get_into(self, url: str, part: Path, length: int, progress: Progress | None) -> None:
         have = part.stat().st_size if part.exists() else 0
@@ -229,7 +226,6 @@ class Fetcher:
         if have == length:
             return
         headers = {"Range": f"bytes={have}-"} if have else {}
-        self.requests.append((url, headers.get("Range")))
         resp = self.pool.request("GET", url, headers=headers, preload_content=False)
         done = False
         try:
@@ -302,9 +298,8 @@ class Fetcher:
         artifact = str(full.custom.get("artifact", ""))
         if artifact != "agent" or not release:
             return None
-        name = f"agent/delta/camfleet-agent-{running}-to-{release}.bsdiff"
         try:
-            delta, delta_info = self.target(name)
+            delta, delta_info = self.target(delta_target(running, release))
         except e.OtaError as exc:
             if exc.reason == e.UNKNOWN_TARGET:
                 return None
@@ -317,25 +312,28 @@ class Fetcher:
         patch = self.download(delta, delta_info, progress)
         out = self.config.download_dir / f"{full.sha256}.delta-out"
         apply_delta(running_bundle, patch, out)
-        try:
-            with out.open("rb") as f:
-                full_info.verify_length_and_hashes(f)
-        except tuf_exc.LengthOrHashMismatchError as exc:
-            out.unlink()
-            raise e.OtaError(e.BAD_HASH, f"delta result: {exc}") from exc
-        done = self.config.download_dir / f"{full.sha256}.ok"
-        os.replace(out, done)
-        return done
+        return _verified(out, full_info, self.ok_path(full), "delta result")
 
-    def clean(self, keep: set[str] | None = None) -> None:
-        """Remove downloads (all, or all but the sha256s in ``keep``)."""
+    def clean(self) -> None:
+        """Remove every download."""
         if not self.config.download_dir.is_dir():
             return
         for p in self.config.download_dir.iterdir():
-            if keep and p.name.split(".", 1)[0] in keep:
-                continue
             with contextlib.suppress(OSError):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _verified(path: Path, info: TargetFile, done: Path, what: str) -> Path:
+    """``path`` checked against the signed length and hashes, then renamed to ``done``; a
+    mismatch removes it (``bad_hash``)."""
+    try:
+        with path.open("rb") as f:
+            info.verify_length_and_hashes(f)
+    except tuf_exc.LengthOrHashMismatchError as exc:
+        path.unlink()
+        raise e.OtaError(e.BAD_HASH, f"{what}: {exc}") from exc
+    os.replace(path, done)
+    return done
 
 
 def _range_start(content_range: str) -> int:

@@ -37,10 +37,11 @@ from types import FrameType
 from agent.config import AgentSettings
 from agent.ota import errors as e
 from agent.ota import machine as m
+from agent.ota.backend import KEPT_BUNDLE
 from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.store import StateStore
-from agent.ota.updater import KEPT_BUNDLE, check_manifest
+from agent.ota.updater import check_manifest
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings
 
@@ -50,8 +51,8 @@ _POLL_S = 0.2
 _STOP_GRACE_S = 15.0
 _RESTART_MIN_S = 0.5
 _RESTART_MAX_S = 30.0
-_QUICK_EXIT_S = 10.0
-_PR_SET_PDEATHSIG = 1  # a child that lived less than this restarts with a growing delay
+_QUICK_EXIT_S = 10.0  # a child that lived less than this restarts with a growing delay
+_PR_SET_PDEATHSIG = 1
 
 
 class Launcher:

@@ -122,8 +122,7 @@ class Record:
         return self.attempts.get(self.desired.key(), 0) if self.desired else 0
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return data
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:

@@ -77,5 +77,6 @@ class RaucBackend:
     def rollback(self, previous: str) -> None:
         self._run("status", "mark-bad")
 
-    def recover(self, fallback: str | None) -> None:
-        """RAUC's bootloader integration keeps its own slot state."""
+    def kept_bundle(self, release: str) -> Path | None:
+        """No delta base: a RAUC bundle is a whole image."""
+        return None

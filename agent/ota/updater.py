@@ -8,22 +8,17 @@ backend, switch, the restart seam, the trial and the commit.
 The restart seam is a callable: in the agent it stops the process cleanly and the launcher
 (``agent.ota.launch``, run by systemd) starts it again from the new ``current``.
 
-Test hook: ``CAMFLEET_OTA_CRASH_AT=<point>:<marker file>`` makes the agent SIGKILL itself
-once (the marker file records that it did) at ``download`` (half the bytes written),
-``verify``, ``write`` (release half unpacked), ``switch`` (link switched, record not yet in
-trial) or ``trial`` (first tick of the trial). ``CAMFLEET_OTA_POWER_CUT=1`` beside it
-SIGKILLs the whole process group instead (the launcher too: a power cut).
+Test hook (``agent.ota.crash``): ``CAMFLEET_OTA_CRASH_AT=<point>:<marker file>`` makes the
+agent SIGKILL itself once (the marker file records that it did) at ``download`` (half the
+bytes written), ``verify``, ``write`` (release half unpacked), ``switch`` (link switched,
+record not yet in trial) or ``trial`` (first tick of the trial). ``CAMFLEET_OTA_POWER_CUT=1``
+beside it SIGKILLs the whole process group instead (the launcher too: a power cut).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
-import signal
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -34,34 +29,21 @@ from typing import Any
 from agent.errors import AgentError
 from agent.ota import errors as e
 from agent.ota import machine as m
-from agent.ota.backend import AppSlotsBackend, InstallBackend, make_backend
+from agent.ota.backend import InstallBackend, make_backend
+from agent.ota.crash import crash_point
 from agent.ota.fetch import FetchConfig, Fetcher, Target
 from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.store import StateStore
+from common import bundle as common_bundle
 
 log = logging.getLogger(__name__)
 
-CRASH_ENV = "CAMFLEET_OTA_CRASH_AT"
-KEPT_BUNDLE = ".bundle.tar.gz"  # inside a release dir: the base of the next delta
 Publish = Callable[[str, dict[str, object]], bool]
 
 
 class Stopping(Exception):
     """The agent is stopping: the install unwinds and the next start resumes it."""
-
-
-def crash_point(point: str) -> None:
-    """The test hook (see module doc): SIGKILL this process once at ``point``."""
-    spec = os.environ.get(CRASH_ENV, "")
-    name, _, marker = spec.partition(":")
-    if name != point or not marker or os.path.exists(marker):
-        return
-    Path(marker).write_text(point)
-    log.warning("test hook: SIGKILL at %s", point)
-    if os.environ.get("CAMFLEET_OTA_POWER_CUT") == "1":
-        os.killpg(os.getpgid(0), signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def release_of_code(releases_dir: Path) -> str | None:
@@ -78,28 +60,12 @@ def release_of_code(releases_dir: Path) -> str | None:
 def check_manifest(bundle: Path, release: str) -> None:
     """The bundle's MANIFEST.json names ``release`` and every file matches its sha256."""
     try:
-        with tarfile.open(bundle, "r:gz") as tar:
-            blobs: dict[str, bytes] = {}
-            for member in tar.getmembers():
-                if member.isfile():
-                    f = tar.extractfile(member)
-                    if f is not None:
-                        blobs[member.name] = f.read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise e.OtaError(e.BAD_BUNDLE, f"not a readable bundle: {exc}") from exc
-    try:
-        manifest = json.loads(blobs.pop("MANIFEST.json"))
-        listed = dict(manifest["files"])
-        named = str(manifest["release"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise e.OtaError(e.BAD_BUNDLE, f"no valid MANIFEST.json: {exc}") from exc
-    if named != release:
+        manifest = common_bundle.read_manifest(bundle)
+    except common_bundle.BundleError as exc:
+        raise e.OtaError(e.BAD_BUNDLE, str(exc)) from exc
+    named = manifest.get("release")
+    if named is None or str(named) != release:
         raise e.OtaError(e.BAD_BUNDLE, f"bundle says release {named}, wanted {release}")
-    if set(listed) != set(blobs):
-        raise e.OtaError(e.BAD_BUNDLE, "MANIFEST.json does not list exactly the bundle's files")
-    for name, digest in listed.items():
-        if hashlib.sha256(blobs[name]).hexdigest() != digest:
-            raise e.OtaError(e.BAD_BUNDLE, f"{name} does not match its manifest hash")
 
 
 @dataclass(frozen=True)
@@ -136,7 +102,6 @@ class Updater:
         self.clock = clock
         self.gate = gate or self.evaluation_gate
         self.backend = backend or make_backend(settings.backend, settings.slots_dir)
-        self.slots = AppSlots(settings.slots_dir)
         self.fetch_config = FetchConfig(
             metadata_url=settings.metadata_url,
             targets_url=settings.targets_url,
@@ -152,14 +117,13 @@ class Updater:
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self.record = self.store.load()
-        self.started_from = release_of_code(self.slots.releases) or self.backend.running()
+        self.started_from = (
+            release_of_code(AppSlots(settings.slots_dir).releases) or self.backend.running()
+        )
         self._last_progress = -100.0
         self._restarting = False
 
     # ------------------------------------------------------------ public
-    def running(self) -> str | None:
-        return self.started_from
-
     def versions(self) -> dict[str, str]:
         """The running releases for the heartbeat: ``agent`` and, with model slots, ``model``."""
         out = {"agent": self.started_from} if self.started_from else {}
@@ -309,7 +273,7 @@ class Updater:
         self._report(self.record, progress=0.0)
         fetcher = Fetcher(self.fetch_config)
         running = self.backend.running()
-        kept = self._kept_bundle(running)
+        kept = self.backend.kept_bundle(running) if running is not None else None
         full, bundle, used_delta = fetcher.fetch_bundle(
             desired.target, running, kept, progress=self._progress
         )
@@ -320,12 +284,7 @@ class Updater:
         check_manifest(bundle, desired.release)
         self._step("verified")
         self._report(self.record)
-        if isinstance(self.backend, AppSlotsBackend):
-            self.backend.slots.install_bundle(
-                bundle, desired.release, full.sha256, keep=KEPT_BUNDLE, midway=_write_hook
-            )
-        else:
-            self.backend.install(bundle, desired.release, full.sha256)
+        self.backend.install(bundle, desired.release, full.sha256)
         self._step("installed")
         fetcher.clean()
         self._switch()
@@ -475,12 +434,6 @@ class Updater:
                 f"not {desired.artifact} {desired.release}",
             )
 
-    def _kept_bundle(self, running: str | None) -> Path | None:
-        if running is None or not isinstance(self.backend, AppSlotsBackend):
-            return None
-        path = self.slots.release_dir(running) / KEPT_BUNDLE
-        return path if path.is_file() else None
-
     def _progress(self, have: int, total: int) -> None:
         if self._stopping.is_set():
             raise Stopping
@@ -519,7 +472,3 @@ class Updater:
         with self._lock:
             if sent and rec.reported != wire and rec is self.record:
                 self._save(dataclasses.replace(rec, reported=wire))
-
-
-def _write_hook() -> None:
-    crash_point("write")

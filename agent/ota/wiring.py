@@ -40,7 +40,6 @@ class AgentOta:
         self._publish: Publish | None = None
         self._stop_event = stop_event
         self._stall_s = settings.watchdog_stall_s
-        self.restart_requested = False
         self.beats = 0  # heartbeats sent while connected, since this process started
         self._seen_seq: int | None = None
         self._seen_connects = 0
@@ -137,5 +136,4 @@ class AgentOta:
         """The restart seam: stop cleanly; the launcher (or systemd) starts the agent again
         from the release ``current`` names now."""
         log.info("restart for an update requested")
-        self.restart_requested = True
         self._stop_event.set()

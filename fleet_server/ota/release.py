@@ -31,7 +31,7 @@ from firmware.fsutil import atomic_write
 from fleet_server.ota.tufrepo import RepoError, TufRepo
 
 BUNDLE_FORMAT = 1
-MANIFEST = "MANIFEST.json"
+MANIFEST = bundle.MANIFEST
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: any fixed value keeps bundles reproducible
 _RELEASE_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_~-]{0,63}$")
 _AGENT_PACKAGES = ("agent", "common", "firmware")
@@ -145,32 +145,13 @@ def build_agent_bundle(src_root: Path, release: str, out: Path) -> Path:
     return Path(out)
 
 
-def read_manifest(bundle: Path) -> dict[str, object]:
-    """The MANIFEST.json of an agent bundle, after checking every file against it."""
-    data = gunzip_file(bundle)
+def read_manifest(path: Path) -> dict[str, object]:
+    """The MANIFEST.json of an agent bundle, after checking every file against it (the
+    check the agent makes too: ``common.bundle.read_manifest``)."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            if MANIFEST not in members:
-                raise ReleaseError(f"{bundle} has no {MANIFEST}")
-            blobs = {n: _read_member(tar, m) for n, m in members.items()}
-    except tarfile.TarError as exc:
-        raise ReleaseError(f"{bundle} is not a valid tar: {exc}") from exc
-    manifest: dict[str, object] = json.loads(blobs.pop(MANIFEST))
-    listed = manifest.get("files")
-    if not isinstance(listed, dict) or set(listed) != set(blobs):
-        raise ReleaseError(f"{bundle}: {MANIFEST} does not list exactly the bundle's files")
-    for name, digest in listed.items():
-        if sha256_bytes(blobs[name]) != digest:
-            raise ReleaseError(f"{bundle}: {name} does not match its manifest hash")
-    return manifest
-
-
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    f = tar.extractfile(member)
-    if f is None:
-        raise ReleaseError(f"cannot read {member.name}")
-    return f.read()
+        return bundle.read_manifest(path)
+    except bundle.BundleError as exc:
+        raise ReleaseError(str(exc)) from exc
 
 
 # -- deltas -----------------------------------------------------------------------------
@@ -200,8 +181,7 @@ def agent_target(release: str) -> str:
 
 
 def agent_delta_target(from_release: str, to_release: str) -> str:
-    frm, to = check_release(from_release), check_release(to_release)
-    return f"agent/delta/camfleet-agent-{frm}-to-{to}.bsdiff"
+    return bundle.delta_target(check_release(from_release), check_release(to_release))
 
 
 def model_target(name: str, release: str) -> str:
@@ -266,7 +246,8 @@ def add_model_release(repo: TufRepo, model_dir: Path, release: str, work_dir: Pa
 def build_firmware_bundle(src: Path, release: str, out: Path) -> Path:
     """The node firmware bundle of ``release`` from a firmware source folder (compiled with
     mpy-cross by firmware.bundle_build) or a tree firmware.build made."""
-    from firmware.bundle import BundleError, build_bundle
+    from firmware.bundle import BundleError
+    from firmware.bundle_build import build_bundle
 
     try:
         built: Path = build_bundle(Path(src), check_release(release), Path(out))

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import re
-import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -28,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter
 
+from fleet_server.est import EstListener
 from fleet_server.ota.settings import OtaSettings, repo_dir_of
 from fleet_server.ota.tufrepo import RepoError, TufRepo
 
@@ -263,50 +262,6 @@ def ota_app(repo_dir: Path, counters: OtaCounters, need_cert: bool) -> FastAPI:
     return app
 
 
-class HttpsListener:
-    """The devices' HTTPS listener for /ota/, in a thread of the fleet server process:
-    the server certificate EST uses, client certificates of the fleet CA optional (the
-    app may require one), idle keep-alive connections cut after a short grace at stop."""
-
-    def __init__(self, app: FastAPI, ctx: ServerContext, host: str, port: int) -> None:
-        from fleet_server.ca_ops import ensure_est_cert
-        from fleet_server.est import TLSH11Protocol
-
-        cert = ensure_est_cert(ctx.ca, ctx.settings.broker.hosts)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            http=TLSH11Protocol,  # puts the client certificate into the ASGI scope
-            ssl_certfile=str(cert),
-            ssl_keyfile=str(ctx.ca.dir / "est.key"),
-            ssl_ca_certs=str(ctx.ca.bundle_path),
-            ssl_cert_reqs=ssl.CERT_OPTIONAL,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-        self.server = uvicorn.Server(config)  # in a thread: no signal handlers
-        self.thread = threading.Thread(target=self.server.run, name="ota-https", daemon=True)
-        self.where = f"https://{host}:{port}{PREFIX}/"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.thread.start()
-        waited = threading.Event()
-        for _ in range(int(timeout / 0.05)):
-            if self.server.started or not self.thread.is_alive():
-                break
-            waited.wait(0.05)
-        if not self.server.started:
-            raise RuntimeError(f"OTA HTTPS listener did not start on {self.where}")
-        log.info("OTA repository on %s", self.where)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def ota_router(ctx: ServerContext) -> APIRouter:
     """``/ota/`` on the REST API, plus the HTTPS listener and timestamp keeper when set."""
     settings: OtaSettings = ctx.settings.ota
@@ -318,7 +273,7 @@ def ota_router(ctx: ServerContext) -> APIRouter:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keeper: TimestampKeeper | None = None
-        listener: HttpsListener | None = None
+        listener: EstListener | None = None
         if settings.keys_dir is not None:
             try:
                 repo = TufRepo(repo_dir, settings.keys_dir)
@@ -329,8 +284,14 @@ def ota_router(ctx: ServerContext) -> APIRouter:
                 keeper.start()
         if settings.https_port is not None:
             device_app = ota_app(repo_dir, counters, settings.require_client_cert)
-            listener = HttpsListener(device_app, ctx, settings.https_host, settings.https_port)
+            listener = EstListener(
+                device_app, ctx.ca, settings.https_host, settings.https_port,
+                ctx.settings.broker.hosts,
+                grace_s=2,  # a download still streaming at stop is cut after this
+            )  # fmt: skip
             listener.start()
+            log.info("OTA repository on https://%s:%d%s/",
+                     settings.https_host, settings.https_port, PREFIX)  # fmt: skip
         try:
             yield
         finally:

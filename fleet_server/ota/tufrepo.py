@@ -40,6 +40,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from firmware.fsutil import atomic_write, sync_dir
@@ -102,7 +103,59 @@ def check_target_path(path: str) -> None:
         raise RepoError(f"bad target path {path!r}: relative, no empty, '.' or '..' parts")
 
 
-class TufRepo:
+class PublishedRepo:
+    """What a TUF repository directory publishes, read without keys (signatures are not
+    checked: the server trusts its own disk, devices verify them)."""
+
+    def __init__(self, repo_dir: Path) -> None:
+        self.repo_dir = Path(repo_dir)
+        self.metadata_dir = self.repo_dir / "metadata"
+        if not (self.metadata_dir / "1.root.json").is_file():
+            raise RepoError(f"no TUF repository in {self.repo_dir} (run 'release init')")
+
+    def root(self) -> Metadata[Root]:
+        return self._load(f"{self.root_version()}.root.json", Root)
+
+    def root_version(self) -> int:
+        versions = [
+            int(p.name.split(".")[0])
+            for p in self.metadata_dir.glob("*.root.json")
+            if p.name.split(".")[0].isdigit()
+        ]
+        return max(versions)
+
+    def timestamp(self) -> Metadata[Timestamp]:
+        return self._load("timestamp.json", Timestamp)
+
+    def snapshot(self) -> Metadata[Snapshot]:
+        return self._load(
+            f"{self.timestamp().signed.snapshot_meta.version}.snapshot.json", Snapshot
+        )
+
+    def targets(self) -> Metadata[Targets]:
+        return self._load(
+            f"{self.snapshot().signed.meta['targets.json'].version}.targets.json", Targets
+        )
+
+    def target_info(self, path: str) -> TargetEntry | None:
+        """A published target by path, or None."""
+        t = self.targets().signed.targets.get(path)
+        return None if t is None else _entry(t, published=True)
+
+    def _load(self, name: str, kind: type[_S]) -> Metadata[_S]:
+        path = self.metadata_dir / name
+        try:
+            md = Metadata.from_file(str(path))
+        except FileNotFoundError as exc:
+            raise RepoError(f"missing metadata {path}") from exc
+        except DeserializationError as exc:
+            raise RepoError(f"unreadable metadata {path}: {exc}") from exc
+        if not isinstance(md.signed, kind):
+            raise RepoError(f"{path} is not {kind.type} metadata")
+        return md
+
+
+class TufRepo(PublishedRepo):
     """A TUF repository on disk (see the module docstring for the layout)."""
 
     def __init__(
@@ -112,12 +165,9 @@ class TufRepo:
         *,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        self.repo_dir = Path(repo_dir)
+        super().__init__(repo_dir)
         self.keys_dir = Path(keys_dir)
-        self.metadata_dir = self.repo_dir / "metadata"
         self.clock = clock
-        if not (self.metadata_dir / "1.root.json").is_file():
-            raise RepoError(f"no TUF repository in {self.repo_dir} (run 'release init')")
         self.expiry_days = self._load_policy()
 
     # -- creation -------------------------------------------------------------------------
@@ -177,42 +227,13 @@ class TufRepo:
         )
         return out
 
-    # -- reading --------------------------------------------------------------------------
-
-    def root(self) -> Metadata[Root]:
-        return self._load(f"{self.root_version()}.root.json", Root)
-
-    def root_version(self) -> int:
-        versions = [
-            int(p.name.split(".")[0])
-            for p in self.metadata_dir.glob("*.root.json")
-            if p.name.split(".")[0].isdigit()
-        ]
-        return max(versions)
-
-    def timestamp(self) -> Metadata[Timestamp]:
-        return self._load("timestamp.json", Timestamp)
-
-    def snapshot(self) -> Metadata[Snapshot]:
-        return self._load(
-            f"{self.timestamp().signed.snapshot_meta.version}.snapshot.json", Snapshot
-        )
-
-    def targets(self) -> Metadata[Targets]:
-        return self._load(
-            f"{self.snapshot().signed.meta['targets.json'].version}.targets.json", Targets
-        )
+    # -- reading (and what PublishedRepo reads) -------------------------------------------
 
     def list_targets(self) -> list[TargetEntry]:
         """Published targets, then staged ones (not yet visible to devices)."""
         out = [_entry(t, published=True) for t in self.targets().signed.targets.values()]
         out += [_entry(t, published=False) for t in self._staged().values()]
         return sorted(out, key=lambda e: (not e.published, e.path))
-
-    def target_info(self, path: str) -> TargetEntry | None:
-        """A published target by path, or None."""
-        t = self.targets().signed.targets.get(path)
-        return None if t is None else _entry(t, published=True)
 
     def local_target(self, path: str) -> Path:
         """The file holding a published or staged target's bytes."""
@@ -395,16 +416,6 @@ class TufRepo:
                 f"{self.keys_dir}, found {len(signers)} (root keys are kept offline: bring them)"
             )
         return signers
-
-    def _load(self, name: str, kind: type[_S]) -> Metadata[_S]:
-        path = self.metadata_dir / name
-        try:
-            md = Metadata.from_file(str(path))
-        except FileNotFoundError as exc:
-            raise RepoError(f"missing metadata {path}") from exc
-        if not isinstance(md.signed, kind):
-            raise RepoError(f"{path} is not {kind.type} metadata")
-        return md
 
     def _load_policy(self) -> dict[str, float]:
         path = self.keys_dir / "policy.json"

@@ -3,7 +3,6 @@ against the TUF repository, and the read models the API and dashboard show."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from fleet_server.commands import Outgoing
 from fleet_server.db import page
+from fleet_server.ota import release as rel
+from fleet_server.ota.tufrepo import PublishedRepo, RepoError
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts import plan, store
 from fleet_server.rollouts.model import Campaign, CampaignDevice
@@ -67,10 +68,13 @@ def target_for(artifact: str, release: str, template: str, template_release: str
     """The target path of ``release``, named like ``template`` (the path of
     ``template_release``): agent/camfleet-agent-<r>.tar.gz, firmware/camfleet-node-<r>.bundle,
     model/<name>-<r>.tar.gz."""
-    if artifact == "agent":
-        return f"agent/camfleet-agent-{release}.tar.gz"
-    if artifact == "firmware":
-        return f"firmware/camfleet-node-{release}.bundle"
+    try:
+        if artifact == "agent":
+            return rel.agent_target(release)
+        if artifact == "firmware":
+            return rel.firmware_target(release)
+    except rel.ReleaseError as exc:
+        raise Invalid(str(exc)) from exc
     head, sep, tail = template.rpartition(f"-{template_release}")
     if not sep:
         raise Invalid(f"cannot name the target of {artifact} {release} after {template!r}")
@@ -137,19 +141,13 @@ def repo_check(repo_dir: Path) -> ReleaseCheck:
     devices verify the signatures)."""
 
     def check(artifact: str, release: str, target: str) -> None:
-        meta = repo_dir / "metadata"
         try:
-            ts = json.loads((meta / "timestamp.json").read_text())
-            snap_v = int(ts["signed"]["meta"]["snapshot.json"]["version"])
-            snap = json.loads((meta / f"{snap_v}.snapshot.json").read_text())
-            targets_v = int(snap["signed"]["meta"]["targets.json"]["version"])
-            targets = json.loads((meta / f"{targets_v}.targets.json").read_text())
-            entry = targets["signed"]["targets"].get(target)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            entry = PublishedRepo(repo_dir).target_info(target)
+        except (RepoError, OSError, ValueError, KeyError) as exc:
             raise Invalid(f"the OTA repository cannot be read: {exc}") from exc
-        if not isinstance(entry, dict):
+        if entry is None:
             raise Invalid(f"target {target!r} is not published in the OTA repository")
-        info = (entry.get("custom") or {}).get("camfleet") or {}
+        info = entry.custom.get("camfleet") or {}
         if info.get("artifact") != artifact or info.get("release") != release:
             raise Invalid(
                 f"target {target!r} is {info.get('artifact')} {info.get('release')}, "

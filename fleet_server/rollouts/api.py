@@ -259,7 +259,7 @@ def _iso(ts: float | None) -> str | None:
 
 def campaign_out(db: Session, c: Campaign) -> CampaignOut:
     total, per_wave = actions.counts(db, c.id)
-    sizes = [e - (c.wave_ends[i - 1] if i else 0) for i, e in enumerate(c.wave_ends)]
+    sizes = plan.wave_sizes(c.wave_ends)
     waves = [
         WaveOut(wave=i + 1, size=size, counts=per_wave[i] if i < len(per_wave) else {})
         for i, size in enumerate(sizes)

@@ -170,7 +170,7 @@ def decide(p: Policy, devices: Sequence[DeviceView], now: float) -> Decision:
                 )
                 break
             wave += 1  # passed (an empty wave passes at once)
-        if state not in (m.HALTED,) and wave >= len(p.wave_ends):
+        if state != m.HALTED and wave >= len(p.wave_ends):
             state = m.FINISHED
             out.reason = "every wave passed"
         if wave != p.wave:

@@ -19,7 +19,7 @@ from fleet_server.audit import Actor
 from fleet_server.auth import ADMIN, OPERATOR
 from fleet_server.dashboard.login import ui_reader
 from fleet_server.dashboard.views import NAV, ExtraPage, Section
-from fleet_server.rollouts import actions
+from fleet_server.rollouts import actions, plan
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts.model import Campaign
 
@@ -71,7 +71,7 @@ def campaigns_page(db: Session) -> tuple[str, str]:
 
 def campaign_html(db: Session, camp: Campaign, can_act: bool, state: str, offset: int) -> str:
     total, per_wave = actions.counts(db, camp.id)
-    sizes = [e - (camp.wave_ends[i - 1] if i else 0) for i, e in enumerate(camp.wave_ends)]
+    sizes = plan.wave_sizes(camp.wave_ends)
     head = (
         f'<p id="campaign-state">{_state(camp.state)} · {escape(camp.artifact)} '
         f"{escape(camp.release)} · target <code>{escape(camp.target)}</code> · "
@@ -97,7 +97,7 @@ def campaign_html(db: Session, camp: Campaign, can_act: bool, state: str, offset
             f'<button id="rollout-{a}" onclick="rollout(\'{escape(camp.id)}\', \'{a}\')">'
             f"{a}</button>" for a in acts
         ) + "</p>" + _SCRIPT  # fmt: skip
-    states = [s for s in m.DEVICE_STATES]
+    states = m.DEVICE_STATES
     wave_rows = "".join(
         f'<tr><td>{i + 1}{" (canary)" if i == 0 and len(sizes) > 1 else ""}</td><td>{size}</td>'
         + "".join(f"<td>{(per_wave[i] if i < len(per_wave) else {}).get(s, 0)}</td>"

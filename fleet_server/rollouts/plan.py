@@ -104,6 +104,11 @@ def wave_ends(waves: Sequence[WaveSpec], total: int) -> list[int]:
     return ends
 
 
+def wave_sizes(ends: Sequence[int]) -> list[int]:
+    """Devices per wave, from the cumulative ends ``wave_ends`` gives."""
+    return [e - (ends[i - 1] if i else 0) for i, e in enumerate(ends)]
+
+
 def wave_of(position: int, ends: Sequence[int]) -> int:
     """The wave a device at ``position`` (0-based, in plan order) belongs to; len(ends) when
     no wave reaches it (the campaign never asks it)."""

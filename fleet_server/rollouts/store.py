@@ -95,7 +95,7 @@ class Planned:
     from_release: dict[str, str | None] = field(default_factory=dict)
 
     def wave_sizes(self) -> list[int]:
-        return [e - (self.wave_ends[i - 1] if i else 0) for i, e in enumerate(self.wave_ends)]
+        return plan.wave_sizes(self.wave_ends)
 
 
 # ---------------------------------------------------------------- reads shared by the parts
@@ -127,9 +127,9 @@ def set_site_timezone(db: Session, site_id: str, tz: str | None) -> None:
 
 def match(db: Session, artifact: str, flt: Filter, limit: int) -> dict[str, str | None]:
     """The devices a filter selects -> the artifact's version each runs now (None: unknown)."""
-    query = inventory.filter_devices(select(Device.id, Device.versions), flt.tags, flt.hardware)
-    if flt.kind:
-        query = query.where(Device.kind == flt.kind)
+    query = inventory.filter_devices(
+        select(Device.id, Device.versions), flt.tags, flt.hardware, kind=flt.kind
+    )
     only = set(flt.device_ids)
     if only and len(only) <= 1000:  # a long list is checked below, not as SQL parameters
         query = query.where(Device.id.in_(sorted(only)))

@@ -442,14 +442,16 @@ def test_supervisor_power_cycles_a_hung_box(scenario: Rig) -> None:
     time.sleep(2.0)  # the node has heard the box (heartbeats every second)
     rig.hang(box)
     hung = time.monotonic()
-    wait_until(lambda: bool(_node_events(rig, node, "box.power_off")), 30, "power cut by the node")
+    wait_until(
+        lambda: bool(checks.events(rig.api, node, "box.power_off")), 30, "power cut by the node"
+    )
     last_beat = float(checks.heartbeat(rig.api, box)["ts"])  # the box is off: its last word
-    wait_until(lambda: bool(_node_events(rig, node, "box.power_on")), 20, "power back on")
+    wait_until(lambda: bool(checks.events(rig.api, node, "box.power_on")), 20, "power back on")
     seq = hb_seq(rig, box)
     wait_until(lambda: checks.online(rig.api, box) and hb_seq(rig, box) != seq, 40, "box back")
     recover = time.monotonic() - hung
     rig.recorder.figures(recover_s=recover)
-    off = _node_events(rig, node, "box.power_off")
+    off = checks.events(rig.api, node, "box.power_off")
     assert len(off) == 1 and off[0]["data"]["by"] == "supervisor"
     cut_at = dt.datetime.fromisoformat(off[0]["ts"]).timestamp()
     # silent for the deadline (heard every second: up to a beat more), never less
@@ -459,14 +461,10 @@ def test_supervisor_power_cycles_a_hung_box(scenario: Rig) -> None:
     if log is not None:
         cuts = [ln for ln in log.decode().splitlines() if ln.endswith(" 1")]
         assert len(cuts) == 1, log
-    wait_until(lambda: bool(_node_events(rig, node, "box.back")), 30, "node saw the box back")
+    wait_until(lambda: bool(checks.events(rig.api, node, "box.back")), 30, "node saw the box back")
     rig.recorder.check("one power cycle; box reporting again")
     rig.power_off(node)
     rig.power_off(box)
-
-
-def _node_events(rig: Rig, node: str, kind: str) -> list[dict[str, Any]]:
-    return checks.events(rig.api, node, kind)
 
 
 # ------------------------------------------------------------------ OTA (issue #6)
@@ -610,12 +608,11 @@ def test_model_refused_by_the_accuracy_gate(
     """A model update worse than the accuracy gate allows is refused: the box keeps its
     model byte for byte, keeps detecting with it, and says why (update_state failed,
     accuracy_gate); its heartbeats still name the old model."""
-    import hashlib
     import shutil
 
     from agent.ota.slots import AppSlots
     from hil_tests.ota_rig import StaticHttps
-    from tests.test_ota_agent import Collector
+    from tests.test_ota_agent import Collector, tree_digest
 
     rig = virtual(scenario)
     src, targets = model_releases
@@ -627,12 +624,7 @@ def test_model_refused_by_the_accuracy_gate(
     slot = AppSlots(models, required="bundle.json", marker_beside=True)
     slot.switch("1.0.0")
 
-    def digest() -> dict[str, str]:
-        here = slot.current_path()
-        return {str(p.relative_to(here)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(here.rglob("*")) if p.is_file()}  # fmt: skip
-
-    before = digest()
+    before = tree_digest(slot.current_path())
     root = tmp_path / "root.json"  # pinned at provisioning
     shutil.copyfile(src / "repo" / "metadata" / "1.root.json", root)
     current = models / "current"
@@ -667,7 +659,9 @@ def test_model_refused_by_the_accuracy_gate(
         assert str(failed["error"]).startswith("accuracy_gate: "), failed
         assert failed["running"] == "1.0.0"
         assert not any(b["state"] == "committed" for b in watch.states("m-gate"))
-        assert slot.running() == "1.0.0" and digest() == before, "the running model changed"
+        assert slot.running() == "1.0.0" and tree_digest(slot.current_path()) == before, (
+            "the running model changed"
+        )
         assert slot.installed() == ["1.0.0"], "the refused candidate was left on disk"
         invokes = int(checks.heartbeat(rig.api, box).get("invokes", 0))
         wait_until(lambda: int(checks.heartbeat(rig.api, box).get("invokes", 0)) > invokes,
@@ -737,18 +731,13 @@ def test_broker_restart_with_many_devices(scenario: Rig, count: int, tmp_path: P
 
 def _beats_after(rig: Rig, devices: list[str], since: float) -> set[str]:
     wanted = set(devices)
-    seen: set[str] = set()
-    offset = 0
-    while True:
-        status, page = rig.api.get(f"/api/devices?limit=1000&offset={offset}")
-        assert status == 200, page
-        for d in page["items"]:
-            beat = d.get("last_heartbeat") or {}
-            if d["id"] in wanted and d["state"] == "online" and beat.get("ts", 0) > since:
-                seen.add(d["id"])
-        offset += len(page["items"])
-        if offset >= page["total"] or not page["items"]:
-            return seen
+    return {
+        d["id"]
+        for d in checks.every_item(rig.api, "/api/devices")
+        if d["id"] in wanted
+        and d["state"] == "online"
+        and (d.get("last_heartbeat") or {}).get("ts", 0) > since
+    }
 
 
 def _all_beat_after(rig: Rig, devices: list[str], since: float) -> bool:
