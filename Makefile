@@ -48,7 +48,7 @@ $(TFLITE_VENV)/.installed: pyproject.toml
 	touch $@
 
 model: venv ## the real detector: npm pack, cut out, sha256 checked, cached outside the repo
-	$(PY) -m agent.model_fetch
+	$(PY) -m agent.vision.model_fetch
 
 system:
 	@scripts/setup-system.sh

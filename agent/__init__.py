@@ -6,7 +6,13 @@ Run it with ``camfleet-agent --config agent.toml`` (``agent.cli.main``), or in-p
 ``agent.run(settings, stop_event)``.
 """
 
-from agent.camera import (
+from agent.config import AgentSettings, MqttSettings
+from agent.errors import AgentError, CameraError, LinkError, PayloadError, StateDirError
+from agent.health.heartbeat import HostReader, HostReadings, build_heartbeat
+from agent.link.mqtt import Link
+from agent.link.outbox import Outbox
+from agent.service import run
+from agent.vision.camera import (
     CameraSource,
     CameraStats,
     Capture,
@@ -17,16 +23,10 @@ from agent.camera import (
     make_source,
     register_source,
 )
-from agent.config import AgentSettings, MqttSettings
-from agent.detector import Detection, Detector
-from agent.errors import AgentError, CameraError, LinkError, PayloadError, StateDirError
-from agent.health import HostReader, HostReadings, build_heartbeat
-from agent.link import Link
-from agent.modelcard import ModelCard, load_card
-from agent.outbox import Outbox
-from agent.pipeline import Pipeline
-from agent.pipeline_config import PipelineSettings
-from agent.service import run
+from agent.vision.detector import Detection, Detector
+from agent.vision.modelcard import ModelCard, load_card
+from agent.vision.pipeline import Pipeline
+from agent.vision.settings import PipelineSettings
 
 __all__ = [
     "AgentError",

@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent.identity.renewal import RenewalSettings
 from agent.ota.settings import OtaSettings
-from agent.pipeline_config import PipelineSettings
-from agent.renewal import RenewalSettings
+from agent.vision.settings import PipelineSettings
 from firmware import contract
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

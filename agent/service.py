@@ -11,18 +11,18 @@ import threading
 import time
 from typing import Any
 
-from agent.backoff import Backoff
-from agent.camera import Capture, FrameQueue, make_source
-from agent.commands import Commands, LogRing
 from agent.config import AgentSettings
 from agent.errors import PayloadError, StateDirError
-from agent.health import HostReader, build_heartbeat, process_age_s, software_versions
-from agent.identity import Identity, start_identity
-from agent.inventory import read_hardware
-from agent.link import Link
+from agent.health.heartbeat import HostReader, build_heartbeat, process_age_s, software_versions
+from agent.health.inventory import read_hardware
+from agent.identity.upkeep import Identity, start_identity
+from agent.link.backoff import Backoff
+from agent.link.commands import Commands, LogRing
+from agent.link.mqtt import Link
+from agent.link.remote import make_commands
 from agent.ota.wiring import AgentOta
-from agent.remote import make_commands
 from agent.supervisor import Supervisor
+from agent.vision.camera import Capture, FrameQueue, make_source
 
 log = logging.getLogger(__name__)
 

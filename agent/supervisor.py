@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 
-from agent.camera import Capture
 from agent.config import AgentSettings
-from agent.link import Link
-from agent.metrics import AgentMetrics
-from agent.runner import Detection, start_detection
+from agent.health.metrics import AgentMetrics
+from agent.link.mqtt import Link
 from agent.sdnotify import Notifier
+from agent.vision.camera import Capture
+from agent.vision.runner import Detection, start_detection
 
 
 class Supervisor:

@@ -5,8 +5,8 @@ machine and the same CSRs.
 The fleet server runs as its real process (SQLite) with its EST worker processes. Every
 enrollment is a distinct device: its own P-256 key, CSR and one-time token, one new TCP
 connection with a full TLS handshake (no session resumption: counted) and TCP_NODELAY as
-``agent.est_client`` (http.client) and curl set it (a client without it is served as fast
-only because the server sends a session ticket: ``fleet_server.est.est_config``). Keys,
+``agent.identity.est_client`` (http.client) and curl set it (a client without it is served as fast
+only because the server sends a session ticket: ``fleet_server.identity.est.est_config``). Keys,
 CSRs and
 tokens are made before the clock starts (devices make their keys; tokens come from the
 operator beforehand). The clients (``bench.enroll_load``) run on the same 2 cores as the
@@ -29,16 +29,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
-from agent import est_client
+from agent.identity import est_client
 from bench.enroll_load import Answer, Job, request_bytes, run_load
 from bench.results import Figure
-from fleet_server.audit import SYSTEM
-from fleet_server.ca import CertificateAuthority
-from fleet_server.ca_ops import issuing_cert, sign_csr
+from fleet_server.access.audit import SYSTEM
 from fleet_server.db import make_engine, make_sessionmaker
-from fleet_server.enrollment import Enrollment
-from fleet_server.identity_config import IdentitySettings
-from fleet_server.identity_db import AuditEntry, EnrollmentToken, IssuedCertificate
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.identity.ca_ops import issuing_cert, sign_csr
+from fleet_server.identity.enrollment import Enrollment
+from fleet_server.identity.model import AuditEntry, EnrollmentToken, IssuedCertificate
+from fleet_server.identity.settings import IdentitySettings
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
 

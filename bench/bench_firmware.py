@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.results import Figure
+from common.files import atomic_write
 from firmware import contract
-from firmware.fsutil import atomic_write
-from fleet_server.broker import render_acl
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.broker.conf import render_acl
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker
 from tests.mqtt_helpers import Client

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from bench.results import Figure
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.procs import Broker, Process, wait_for
 from hil_tests.server import ServerProcess
 

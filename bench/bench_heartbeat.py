@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.results import Figure
 from firmware import contract
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.procs import Broker, wait_for
 from hil_tests.server import ServerProcess
 

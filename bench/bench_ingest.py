@@ -18,7 +18,7 @@ import psycopg
 from bench.bench_heartbeat import _lines, pub_argv
 from bench.results import Figure
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.procs import Broker, wait_for
 from hil_tests.server import ServerProcess
 

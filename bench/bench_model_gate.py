@@ -17,16 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.detector import Detector
-from agent.model_bundle import build_model_bundle, make_eval_set, read_model_bundle
-from agent.model_fetch import ensure_model
-from agent.model_gate_settings import GateLimits, ShadowLimits
-from agent.modelcard import DEFAULT_CARD, load_card
+from agent.ota.eval_set import make_eval_set
 from agent.ota.model_gate import bundle_detector, evaluate
-from agent.pipeline import Pipeline
-from agent.pipeline_config import MotionSettings, PipelineSettings
-from agent.shadow import ShadowRun
+from agent.ota.model_gate_settings import GateLimits, ShadowLimits
+from agent.ota.shadow import ShadowRun
+from agent.vision.detector import Detector
+from agent.vision.model_fetch import ensure_model
+from agent.vision.modelcard import DEFAULT_CARD, load_card
+from agent.vision.pipeline import Pipeline
+from agent.vision.settings import MotionSettings, PipelineSettings
 from bench.results import Figure
+from common.model_bundle import build_model_bundle, read_model_bundle
 from hil_tests import scenes
 
 THREADS = 2

@@ -21,16 +21,16 @@ import numpy as np
 import psutil
 
 from agent.config import MqttSettings
-from agent.detector import Detector
-from agent.link import Link
-from agent.model_fetch import ensure_model
-from agent.modelcard import DEFAULT_CARD, load_card
-from agent.outbox import Outbox
-from agent.pipeline import Pipeline
-from agent.pipeline_config import MotionSettings, PipelineSettings, TrackerSettings
-from agent.sender import Sender
+from agent.link.mqtt import Link
+from agent.link.outbox import Outbox
+from agent.link.sender import Sender
+from agent.vision.detector import Detector
+from agent.vision.model_fetch import ensure_model
+from agent.vision.modelcard import DEFAULT_CARD, load_card
+from agent.vision.pipeline import Pipeline
+from agent.vision.settings import MotionSettings, PipelineSettings, TrackerSettings
 from bench.results import Figure
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests import scenes
 from hil_tests.procs import RIG_RECONNECT, Broker, wait_for
 

@@ -2,7 +2,7 @@
 new TCP connection with a full TLS handshake (each thread has its own SSL context and never
 offers a session; the answer's ``session_reused`` is counted), one distinct device each.
 
-The request is RFC 7030 ``simpleenroll`` as ``agent.est_client`` sends it (HTTP Basic
+The request is RFC 7030 ``simpleenroll`` as ``agent.identity.est_client`` sends it (HTTP Basic
 device:token, base64 PKCS#10), written by hand so that the clients cost the shared two
 cores as little as Python allows; the answers are checked afterwards, off the clock
 (``bench_enroll.verify``).
@@ -79,7 +79,7 @@ def _read_response(tls: ssl.SSLSocket) -> tuple[int, bytes]:
 def enroll_once(ctx: ssl.SSLContext, host: str, port: int, job: Job) -> Answer:
     try:
         with socket.create_connection((host, port), timeout=60) as raw:
-            # as http.client (agent.est_client) and curl do: no Nagle delay between the
+            # as http.client (agent.identity.est_client) and curl do: no Nagle delay between the
             # handshake's last flight and the request
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with ctx.wrap_socket(raw, server_hostname=host) as tls:

@@ -17,7 +17,7 @@ from typing import Any
 
 import bsdiff4
 
-from firmware.fsutil import atomic_write
+from common.files import atomic_write
 
 GZIP_LEVEL = 9
 MAX_TAR = 512 * 1024 * 1024  # refuse to inflate anything larger (a gzip bomb)

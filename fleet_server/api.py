@@ -10,14 +10,14 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from fleet_server.auth import AUTH_RESPONSES, READERS, require_role
+from fleet_server.access.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.dashboard import mount_static
 from fleet_server.db import Device
-from fleet_server.inventory import MAX_FILTER_TAGS
+from fleet_server.ingest.registry import Registry
+from fleet_server.inventory.api import TagText
+from fleet_server.inventory.store import MAX_FILTER_TAGS
 from fleet_server.metrics import Metrics
 from fleet_server.params import DeviceId
-from fleet_server.registry import Registry
-from fleet_server.tags_api import TagText
 
 
 class DeviceOut(BaseModel):

@@ -11,18 +11,18 @@ from collections.abc import Callable, Generator
 
 import uvicorn
 
-from fleet_server import retention
-from fleet_server.alerts import AlertBook
 from fleet_server.api import create_app
-from fleet_server.ca import CertificateAuthority
 from fleet_server.config import ServerSettings
 from fleet_server.db import make_engine, make_sessionmaker
 from fleet_server.features import ServerContext, routers
-from fleet_server.ingest import Ingest
+from fleet_server.health import retention
+from fleet_server.health.alerts import AlertBook
+from fleet_server.health.notify import Notifier
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.ingest.registry import Registry
+from fleet_server.ingest.runner import Ingest
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
-from fleet_server.notify import Notifier
-from fleet_server.registry import Registry
 from fleet_server.rollouts.runner import RolloutRunner
 
 log = logging.getLogger(__name__)

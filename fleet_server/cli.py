@@ -9,9 +9,9 @@ from pathlib import Path
 
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings
-from fleet_server.broker import BrokerLayout, broker_binary, write_broker_config
-from fleet_server.ca import CAError, CertificateAuthority
+from fleet_server.broker.conf import BrokerLayout, broker_binary, write_broker_config
 from fleet_server.config import ServerSettings
+from fleet_server.identity.ca import CAError, CertificateAuthority
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(settings)
         elif args.command == "add-user":
-            from fleet_server.identity_cli import add_user
+            from fleet_server.identity.cli import add_user
 
             return add_user(settings, args.name, args.role)
         elif args.command == "release":

@@ -8,10 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from firmware import contract
-from fleet_server.identity_config import IdentitySettings
+from fleet_server.health.rules import RuleThresholds
+from fleet_server.identity.settings import IdentitySettings
 from fleet_server.ota.settings import OtaSettings
 from fleet_server.rollouts.settings import RolloutSettings
-from fleet_server.rules import RuleThresholds
 
 
 class _Section(BaseModel):

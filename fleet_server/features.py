@@ -13,22 +13,22 @@ from fastapi import APIRouter
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server.alerts_api import alerts_router
-from fleet_server.ca import CertificateAuthority
-from fleet_server.commands import Outgoing
-from fleet_server.commands_api import commands_router
+from fleet_server.commands.api import commands_router
+from fleet_server.commands.store import Outgoing
 from fleet_server.config import ServerSettings
 from fleet_server.dashboard import dashboard_router, fleet_pages
 from fleet_server.dashboard.login import login_router
-from fleet_server.events import events_router
-from fleet_server.health_api import health_router
-from fleet_server.identity_api import identity_router
+from fleet_server.health.api import alerts_router
+from fleet_server.health.history_api import health_router
+from fleet_server.health.notify import Notifier
+from fleet_server.identity.api import identity_router
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.ingest.events import events_router
+from fleet_server.ingest.registry import Registry
+from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics
-from fleet_server.notify import Notifier
 from fleet_server.ota.serve import ota_router
-from fleet_server.registry import Registry
 from fleet_server.rollouts.api import rollouts_routes
-from fleet_server.tags_api import tags_router
 
 
 @dataclass(frozen=True)

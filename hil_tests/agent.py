@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fleet_server.ca import DeviceCredentials
+from common.settings import deep_merge, dump_toml
+from fleet_server.identity.ca import DeviceCredentials
 from hil_tests.procs import REPO, RIG_RECONNECT, Process
-from hil_tests.toml_out import merge, to_toml
 
 
 def agent_config(
@@ -47,7 +47,7 @@ def agent_config(
         },
         "camera": camera,
     }
-    return merge(config, extra or {})
+    return deep_merge(config, extra or {})
 
 
 def agent_process(
@@ -72,7 +72,7 @@ def agent_process(
         extra=extra,
     )
     path = workdir / "agent.toml"
-    path.write_text(to_toml(config), encoding="utf-8")
+    path.write_text(dump_toml(config), encoding="utf-8")
     return Process(
         f"agent-{creds.device_id}",
         [sys.executable, "-m", "agent.cli", "--config", str(path)],

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.agent import agent_process
 from hil_tests.images import write_test_images
 from hil_tests.node import node_process
@@ -130,7 +130,7 @@ def _start_devices(
 def _detection(state: Path) -> tuple[Path, dict[str, object]]:
     """Frames of people crossing a street (real photos moving over a background) and the
     agent's pipeline: the real model, a counting line across the middle, counts every 30 s."""
-    from agent.model_fetch import ensure_model
+    from agent.vision.model_fetch import ensure_model
     from hil_tests.scenes import crossing_scene, write_frames
 
     frames = state / "street-frames"

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write
 from firmware import contract
 from firmware import mqtt_packet as mp
-from firmware.fsutil import atomic_write
 
 MAX_PACKET = 65536
 

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent.est_client import EstClient, EstError
-from fleet_server.ca import CertificateAuthority
+from agent.identity.est_client import EstClient, EstError
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.procs import Broker, free_port, wait_for
 from hil_tests.server import ServerProcess
 

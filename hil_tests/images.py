@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.camera import synthetic_ppm
-from firmware.fsutil import atomic_write
+from agent.vision.camera import synthetic_ppm
+from common.files import atomic_write
 
 
 def write_test_images(

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from firmware.build import build
-from fleet_server.ca import DeviceCredentials
+from fleet_server.identity.ca import DeviceCredentials
 from hil_tests.procs import REPO, RIG_RECONNECT, Process, micropython_bin
 
 HEAP = "128k"

@@ -22,10 +22,10 @@ import sys
 import threading
 from pathlib import Path
 
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from common.settings import dump_toml
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.agent import agent_config
 from hil_tests.procs import REPO, Process, free_port
-from hil_tests.toml_out import to_toml
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _CHUNK = 16 * 1024
@@ -169,7 +169,7 @@ def launcher_process(
         creds, broker_port, workdir, heartbeat_s=heartbeat_s, extra={"ota": ota, **(extra or {})}
     )
     path = workdir / "agent.toml"
-    path.write_text(to_toml(config), encoding="utf-8")
+    path.write_text(dump_toml(config), encoding="utf-8")
     return Process(
         f"launcher-{creds.device_id}",
         [sys.executable, "-m", "agent.ota.launch", "--config", str(path)],

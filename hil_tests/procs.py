@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from fleet_server.broker import broker_binary, write_broker_config
-from fleet_server.ca import CertificateAuthority
+from fleet_server.broker.conf import broker_binary, write_broker_config
+from fleet_server.identity.ca import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
 

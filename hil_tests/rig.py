@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from firmware.fsutil import atomic_write
+from common.files import atomic_write
 
 
 class RigFault(Exception):

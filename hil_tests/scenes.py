@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from skimage import data as skdata
 
-from firmware.fsutil import atomic_write
+from common.files import atomic_write
 
 Image = npt.NDArray[np.uint8]
 

@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from common.settings import deep_merge, dump_toml
 from hil_tests.procs import Process, RigError, free_port, wait_for
-from hil_tests.toml_out import merge, to_toml
 
 
 def write_server_config(
@@ -38,7 +38,7 @@ def write_server_config(
         "health": {"heartbeat_grace": grace, "check_interval_s": 0.25},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_toml(merge(config, extra or {})), encoding="utf-8")
+    path.write_text(dump_toml(deep_merge(config, extra or {})), encoding="utf-8")
     return path
 
 

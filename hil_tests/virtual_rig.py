@@ -37,9 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware.fsutil import atomic_write
-from fleet_server.broker import render_acl
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from common.files import atomic_write
+from common.settings import dump_toml
+from fleet_server.broker.conf import render_acl
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.agent import agent_config
 from hil_tests.clock_shim import format_offset
 from hil_tests.identity import IdentityServer
@@ -47,7 +48,6 @@ from hil_tests.netproxy import NetProxy
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import REPO, Broker, Process, RigError, wait_for
 from hil_tests.rig import CommandResult, Recorder, Rig, RigFault, Unsupported
-from hil_tests.toml_out import to_toml
 
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 FILL_CHUNK = 1 << 16
@@ -201,7 +201,7 @@ class VirtualRig(Rig):
             extra={**camera_extra, **(extra or {})},
         )  # fmt: skip
         path = workdir / "agent.toml"
-        path.write_text(to_toml(config), encoding="utf-8")
+        path.write_text(dump_toml(config), encoding="utf-8")
         self.adopt(name, self._agent_argv(dev, path))
         return dev
 

@@ -20,7 +20,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from agent import est_client
+from agent.identity import est_client
 from provisioning import record
 from provisioning.api import ApiClient
 from provisioning.check import CheckError, fetch_device

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.files import atomic_write
 from firmware import contract
-from firmware.fsutil import atomic_write
 from provisioning.api import ApiClient
 from provisioning.errors import ProvisionError
 

@@ -16,12 +16,12 @@ from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
 
-from agent import est_client
-from agent.camera import make_source
 from agent.config import CameraSettings
 from agent.errors import AgentError
-from firmware.fsutil import atomic_write
-from hil_tests.toml_out import to_toml
+from agent.identity import est_client
+from agent.vision.camera import make_source
+from common.files import atomic_write
+from common.settings import dump_toml
 from provisioning import record
 from provisioning.errors import ProvisionError
 
@@ -79,7 +79,7 @@ def enroll(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         "renewal": {"est_url": str(params["est_url"])},
     }
     (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write(str(conf / "agent.toml"), to_toml(config).encode(), 0o644)
+    atomic_write(str(conf / "agent.toml"), dump_toml(config).encode(), 0o644)
     frame, ftype = _capture(camera)
     body = record.build(
         device_id, "agent", params["site"], params.get("layout") or {}, params["technician"],

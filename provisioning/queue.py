@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware.fsutil import atomic_write
+from common.files import atomic_write
 from provisioning.api import ApiClient
 from provisioning.errors import ApiError, Unreachable
 

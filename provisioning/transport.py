@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from firmware.fsutil import atomic_write
+from common.files import atomic_write
 from provisioning.errors import TransportError
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.detector import Detector
-from agent.modelcard import DEFAULT_CARD, load_card
+from agent.vision.detector import Detector
+from agent.vision.modelcard import DEFAULT_CARD, load_card
 
 
 def main() -> int:

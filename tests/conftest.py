@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.procs import Broker
 
 

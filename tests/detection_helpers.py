@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from agent.detector import Detector
-from agent.model_fetch import ModelFiles, ensure_model
-from agent.modelcard import DEFAULT_CARD, load_card
+from agent.vision.detector import Detector
+from agent.vision.model_fetch import ModelFiles, ensure_model
+from agent.vision.modelcard import DEFAULT_CARD, load_card
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ def model_release_repo(
     ``tmp/m-<release>``): the real model, its label map as is, or, where ``swapped`` says
     so, with Person and Car swapped (it loads and runs, and finds cars where there are
     people). Returns release -> target path."""
-    from agent.model_bundle import build_model_bundle
+    from common.model_bundle import build_model_bundle
     from fleet_server.ota.release import add_model_release
     from fleet_server.ota.tufrepo import TufRepo
 

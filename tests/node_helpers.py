@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.node import NodeProcess
 from hil_tests.procs import wait_for
 from tests.mqtt_helpers import Client

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.commands import Abilities, Commands, LogRing, check_config, decide_command
+from agent.link.commands import Abilities, Commands, LogRing, check_config, decide_command
 from firmware import contract
 
 

@@ -21,10 +21,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.config import AgentSettings
 from agent.service import run
-from common.settings import load_settings
+from common.settings import dump_toml, load_settings
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
-from hil_tests.agent import agent_config, agent_process, to_toml
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from hil_tests.agent import agent_config, agent_process
 from hil_tests.images import write_test_images
 from hil_tests.procs import Broker, Process, wait_for
 
@@ -304,7 +304,7 @@ def test_run_in_process_with_synthetic_camera(
         heartbeat_s=1,
         extra={"camera": {"fps": 20.0, "width": 32, "height": 24}},
     )
-    (tmp_path / "agent.toml").write_text(to_toml(config))
+    (tmp_path / "agent.toml").write_text(dump_toml(config))
     settings = load_settings(AgentSettings, tmp_path / "agent.toml")
     w = watchers(ca, broker.port, creds.device_id)
     stop = threading.Event()

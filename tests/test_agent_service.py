@@ -17,12 +17,12 @@ from pathlib import Path
 import cv2
 import pytest
 
-from agent.backoff import Backoff
-from agent.camera import Capture, FrameQueue, make_source
 from agent.config import OpenCvCameraSettings, PiCameraSettings
 from agent.errors import CameraError
+from agent.link.backoff import Backoff
 from agent.sdnotify import Notifier
-from fleet_server.ca import DeviceCredentials
+from agent.vision.camera import Capture, FrameQueue, make_source
+from fleet_server.identity.ca import DeviceCredentials
 from fleet_server.ota import release as release_mod
 from hil_tests import scenes
 from hil_tests.agent import agent_process
@@ -110,7 +110,7 @@ def test_watchdog_is_withheld_while_the_pipeline_hangs(
     tmp_path: Path, systemd: FakeSystemd
 ) -> None:
     from agent.config import AgentSettings
-    from agent.link import Link
+    from agent.link.mqtt import Link
     from agent.supervisor import Supervisor
 
     settings = AgentSettings(

@@ -14,8 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.backoff import Backoff
-from agent.camera import (
+from agent.cli import main
+from agent.config import AgentSettings, FilesCameraSettings, SyntheticCameraSettings
+from agent.errors import CameraError, LinkError, PayloadError
+from agent.health.heartbeat import HostReader, HostReadings, build_heartbeat, read_thermal_zones
+from agent.link.backoff import Backoff
+from agent.link.mqtt import Link, status_message
+from agent.vision.camera import (
     CAM_ERROR,
     CAM_NO_FRAMES,
     CAM_OK,
@@ -30,11 +35,6 @@ from agent.camera import (
     make_source,
     measured_fps,
 )
-from agent.cli import main
-from agent.config import AgentSettings, FilesCameraSettings, SyntheticCameraSettings
-from agent.errors import CameraError, LinkError, PayloadError
-from agent.health import HostReader, HostReadings, build_heartbeat, read_thermal_zones
-from agent.link import Link, status_message
 from common.settings import ConfigError, load_settings
 from firmware import contract
 from hil_tests.images import write_test_images

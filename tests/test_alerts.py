@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from firmware import contract
-from fleet_server import rules
-from fleet_server.alerts import AlertBook, AlertError
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
 from fleet_server.db import make_engine, make_sessionmaker
+from fleet_server.health import rules
+from fleet_server.health.alerts import AlertBook, AlertError
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.migrate import upgrade
-from fleet_server.registry import Accepted, Registry
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, free_port, wait_for
 from tests.mqtt_helpers import Client

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from firmware import contract
-from fleet_server.broker import render_acl
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.broker.conf import render_acl
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.procs import Broker
 from tests.mqtt_helpers import Client
 
@@ -188,7 +188,7 @@ def test_certificate_from_another_ca_is_refused(
 def test_ca_refuses_device_ids_that_could_escape_the_acl(
     ca: CertificateAuthority, tmp_path: Path, bad_id: str
 ) -> None:
-    from fleet_server.ca import CAError
+    from fleet_server.identity.ca import CAError
 
     with pytest.raises(CAError):
         ca.issue_device(bad_id, tmp_path / "bad")

@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.agent import agent_process
 from hil_tests.identity import IdentityServer
 from hil_tests.images import write_test_images

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
 from fleet_server.dashboard import svg
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
 from tests.mqtt_helpers import Client

@@ -9,14 +9,14 @@ import time
 import pytest
 
 from firmware import contract
-from fleet_server.alerts import AlertBook
 from fleet_server.dashboard import fleet_pages
 from fleet_server.db import make_engine, make_sessionmaker
-from fleet_server.events import Event
-from fleet_server.identity_db import Commissioning, IssuedCertificate, Site
+from fleet_server.health.alerts import AlertBook
+from fleet_server.health.rules import RuleThresholds
+from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
+from fleet_server.ingest.events import Event
+from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.migrate import upgrade
-from fleet_server.registry import Accepted, Registry
-from fleet_server.rules import RuleThresholds
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import decoders
-from agent.detector import Detector, make_backend
 from agent.errors import DetectorError, ModelError
-from agent.model_fetch import LABELS_NAME, MODEL_SHA256, ModelFiles, split_assets
-from agent.modelcard import DEFAULT_CARD, SsdAnchorSettings, load_card
+from agent.vision import decoders
+from agent.vision.detector import Detector, make_backend
+from agent.vision.model_fetch import LABELS_NAME, MODEL_SHA256, ModelFiles, split_assets
+from agent.vision.modelcard import DEFAULT_CARD, load_card
+from common.modelcard import SsdAnchorSettings
 from hil_tests import scenes
 from tests.detection_helpers import detector, model_files, write_card
 

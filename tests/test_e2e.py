@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.agent import agent_process
 from hil_tests.images import write_test_images
 from hil_tests.node import node_process

@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.orm import Session
 
-from agent import est_client
+from agent.identity import est_client
 from firmware import contract
-from fleet_server.ca import CertificateAuthority
-from fleet_server.identity_db import AuditEntry, EnrollmentToken, IssuedCertificate
-from fleet_server.tokens import token_hash
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.identity.model import AuditEntry, EnrollmentToken, IssuedCertificate
+from fleet_server.identity.tokens import token_hash
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
 from tests.mqtt_helpers import Client
@@ -319,7 +319,7 @@ def test_roles_and_audit(server: IdentityServer) -> None:
 def test_listener_sends_a_session_ticket_after_the_handshake(server: IdentityServer) -> None:
     """The EST listener answers the client's Finished with one TLS 1.3 session ticket, so a
     client that leaves Nagle's algorithm on (no TCP_NODELAY) does not wait for a delayed
-    ACK before its request goes out (``fleet_server.est.est_config``)."""
+    ACK before its request goes out (``fleet_server.identity.est.est_config``)."""
     ctx = ssl.create_default_context(cafile=str(server.ca.root_cert_path))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     with (

@@ -15,17 +15,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
-from agent import est_client
-from fleet_server import csr_policy
-from fleet_server.audit import SYSTEM
-from fleet_server.ca import CertificateAuthority
-from fleet_server.ca_ops import Revoked, certs_only, read_crl, write_crl
+from agent.identity import est_client
+from fleet_server.access.audit import SYSTEM
 from fleet_server.db import make_engine, make_sessionmaker
-from fleet_server.enrollment import EnrollError, Enrollment
-from fleet_server.identity_config import IdentitySettings
-from fleet_server.identity_db import AuditEntry, EnrollmentToken, IssuedCertificate
+from fleet_server.identity import csr_policy
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.identity.ca_ops import Revoked, certs_only, read_crl, write_crl
+from fleet_server.identity.enrollment import EnrollError, Enrollment
+from fleet_server.identity.model import AuditEntry, EnrollmentToken, IssuedCertificate
+from fleet_server.identity.settings import IdentitySettings
+from fleet_server.identity.tokens import token_hash
 from fleet_server.migrate import upgrade
-from fleet_server.tokens import token_hash
 
 
 def _csr(key: object, names: list[x509.NameAttribute], san: bool = False) -> bytes:

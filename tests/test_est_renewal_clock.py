@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import est_client
-from agent.clock_guard import FILE_NAME, RELEASE_FLOOR, ClockGuard, assess
-from agent.renewal import RenewalSettings, Renewer, plan, read_chain
-from fleet_server.ca import CertificateAuthority
+from agent.identity import est_client
+from agent.identity.clock_guard import FILE_NAME, RELEASE_FLOOR, ClockGuard, assess
+from agent.identity.renewal import RenewalSettings, Renewer, plan, read_chain
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker
 from tests.mp import harness, timecheck_cases

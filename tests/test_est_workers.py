@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from agent import est_client
-from fleet_server.ca import CertificateAuthority
-from fleet_server.est import token_from
-from fleet_server.est_workers import WorkerParams, parse_count
-from fleet_server.identity_db import AuditEntry, IssuedCertificate
+from agent.identity import est_client
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.identity.est import token_from
+from fleet_server.identity.est_workers import WorkerParams, parse_count
+from fleet_server.identity.model import AuditEntry, IssuedCertificate
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
 
@@ -42,7 +42,7 @@ def _workers(server: IdentityServer) -> set[int]:
     return {
         pid
         for pid in _children(server.pid)
-        if b"fleet_server.est_workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"fleet_server.identity.est_workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
     }
 
 

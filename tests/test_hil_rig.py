@@ -140,7 +140,7 @@ def test_shim_moves_the_clock_the_agent_reads(tmp_path: Path) -> None:
     probe = tmp_path / "probe_clock.py"
     probe.write_text(
         "import json, time\n"
-        "from agent.clock_guard import ClockGuard\n"
+        "from agent.identity.clock_guard import ClockGuard\n"
         "g = ClockGuard('.')\n"
         "first = (time.time(), g.state().ok, time.monotonic())\n"
         "open('offset', 'w').write('+0')\n"

@@ -12,14 +12,14 @@ import pytest
 from sqlalchemy import func, select
 
 from firmware import contract
-from fleet_server.alerts import AlertBook
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
 from fleet_server.config import IngestSettings, MqttSettings, ServerSettings
 from fleet_server.db import Heartbeat, make_engine, make_sessionmaker
-from fleet_server.ingest import Ingest
+from fleet_server.health.alerts import AlertBook
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.ingest.registry import Accepted, ApplyStats, Registry
+from fleet_server.ingest.runner import Ingest
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
-from fleet_server.registry import Accepted, ApplyStats, Registry
 from hil_tests.procs import Broker, wait_for
 from tests.mqtt_helpers import Client
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.procs import Broker, wait_for
 from hil_tests.server import ServerProcess
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from agent.inventory import Paths, read_hardware
+from agent.health.inventory import Paths, read_hardware
 from firmware import contract
-from fleet_server import inventory
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
 from fleet_server.dashboard.inventory_view import hardware_breakdown, hardware_rows, parse_tags
 from fleet_server.db import Device, make_engine, make_sessionmaker
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.ingest.registry import Accepted, Registry
+from fleet_server.inventory import store as inventory
 from fleet_server.migrate import upgrade
-from fleet_server.registry import Accepted, Registry
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
 from tests.mqtt_helpers import Client

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.agent import agent_process
 from hil_tests.node import node_process
 from hil_tests.procs import Broker, Process, wait_for

@@ -22,24 +22,12 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.backoff import Backoff
-from agent.camera import Capture, FrameQueue, make_source
 from agent.config import AgentSettings, FilesCameraSettings
-from agent.detector import Detector
-from agent.eval_metrics import Agreement, Labelled, Score, iou, match
-from agent.metrics import AgentMetrics
-from agent.model_bundle import (
-    BundleError,
-    BundleHashError,
-    build_model_bundle,
-    card_toml,
-    make_eval_set,
-    read_model_bundle,
-)
-from agent.model_bundle import main as bundle_cli
-from agent.model_fetch import ModelFiles
-from agent.model_gate_settings import GateLimits, ShadowLimits
-from agent.modelcard import DEFAULT_CARD, load_card
+from agent.health.metrics import AgentMetrics
+from agent.link.backoff import Backoff
+from agent.link.outbox import Outbox
+from agent.ota.eval_set import main as bundle_cli
+from agent.ota.eval_set import make_eval_set
 from agent.ota.model_gate import (
     BAD_HASH,
     BAD_MODEL,
@@ -50,12 +38,24 @@ from agent.ota.model_gate import (
     evaluate,
     judge,
 )
+from agent.ota.model_gate_settings import GateLimits, ShadowLimits
+from agent.ota.shadow import SHADOW, ShadowJudge, ShadowRun, gate_and_promote, gate_with_shadow
 from agent.ota.wiring import AgentOta
-from agent.outbox import Outbox
-from agent.pipeline import decode_image
-from agent.pipeline_config import DetectorSettings, PipelineSettings
-from agent.runner import PipelineThread
-from agent.shadow import SHADOW, ShadowJudge, ShadowRun, gate_and_promote, gate_with_shadow
+from agent.vision.camera import Capture, FrameQueue, make_source
+from agent.vision.detector import Detector
+from agent.vision.eval_metrics import Agreement, Labelled, Score, iou, match
+from agent.vision.model_fetch import ModelFiles
+from agent.vision.modelcard import DEFAULT_CARD, load_card
+from agent.vision.pipeline import decode_image
+from agent.vision.runner import PipelineThread
+from agent.vision.settings import DetectorSettings, PipelineSettings
+from common.model_bundle import (
+    BundleError,
+    BundleHashError,
+    build_model_bundle,
+    card_toml,
+    read_model_bundle,
+)
 from hil_tests import scenes
 from tests.detection_helpers import detector, model_files, photo, write_card, write_png
 

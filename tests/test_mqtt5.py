@@ -17,10 +17,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware import contract
-from fleet_server import mqtt5
-from fleet_server.ca import CertificateAuthority
-from fleet_server.mqtt5 import Ack, ConnAck, Disconnect, PingResp, Publish
-from fleet_server.mqtt5_client import ClientSettings, Mqtt5Client
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.ingest import codec as mqtt5
+from fleet_server.ingest.client import ClientSettings, Mqtt5Client
+from fleet_server.ingest.codec import Ack, ConnAck, Disconnect, PingResp, Publish
 from hil_tests.procs import Broker, wait_for
 
 ROOT = contract.TOPIC_ROOT

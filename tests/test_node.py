@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from firmware import contract, version
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker, wait_for
 from tests.mp import harness, node_cases

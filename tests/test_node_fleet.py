@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker, wait_for
 from tests.node_helpers import (

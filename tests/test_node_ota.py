@@ -22,8 +22,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
-from fleet_server.est import EstListener
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.est import EstListener
 from fleet_server.ota.serve import OtaCounters, ota_app
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker, free_port

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from firmware import fetch
-from fleet_server.ca import CertificateAuthority
-from fleet_server.ca_ops import EST_KEY, ensure_est_cert
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.identity.ca_ops import EST_KEY, ensure_est_cert
 
 
 class _Sink:

@@ -4,7 +4,7 @@ the daily limit allows; the GPIO heartbeat line does the same with no broker at 
 broker's ACL lets a node read its paired box's heartbeats and nothing else of it.
 
 Real MicroPython (.mpy, 128 KiB heap), real TLS Mosquitto with the pairing ACL rendered
-by fleet_server.broker, the box played by a paho client holding the box's certificate.
+by fleet_server.broker.conf, the box played by a paho client holding the box's certificate.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from common.files import atomic_write
 from firmware import contract
-from firmware.fsutil import atomic_write
-from fleet_server.broker import paired_box_acl, render_acl
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.broker.conf import paired_box_acl, render_acl
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker, free_port, wait_for
 from tests.mqtt_helpers import Client

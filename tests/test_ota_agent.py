@@ -30,7 +30,7 @@ from tuf.api.serialization.json import JSONSerializer
 from agent.ota.launch import init_release
 from agent.ota.settings import OtaSettings
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from fleet_server.ota.release import add_agent_release, agent_target
 from fleet_server.ota.tufrepo import TufRepo
 from hil_tests.ota_rig import StaticHttps, launcher_process, source_copy

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from agent.detector import Detector
-from agent.model_bundle import make_eval_set
-from agent.model_fetch import ModelFiles
+from agent.ota.eval_set import make_eval_set
 from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.updater import Updater
-from fleet_server.ca import CertificateAuthority
+from agent.vision.detector import Detector
+from agent.vision.model_fetch import ModelFiles
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.ota_rig import StaticHttps
 from tests.detection_helpers import detector, model_files, model_release_repo, photo, write_png
 

@@ -241,7 +241,7 @@ def test_add_agent_release_with_delta_records_custom_fields(tmp_path: Path) -> N
 
 
 def test_model_bundle_directory_is_tarred_reproducibly(tmp_path: Path) -> None:
-    from agent.model_bundle import build_model_bundle
+    from common.model_bundle import build_model_bundle
 
     repo = TufRepo.create(tmp_path / "R", tmp_path / "K")
     src = tmp_path / "src"
@@ -255,7 +255,7 @@ def test_model_bundle_directory_is_tarred_reproducibly(tmp_path: Path) -> None:
     bundle = build_model_bundle(
         src / "model.bin",
         src / "labels.txt",
-        ROOT / "agent/cards/ssd_mobilenetv2_oidv4.toml",
+        ROOT / "agent/vision/cards/ssd_mobilenetv2_oidv4.toml",
         src / "eval",
         "2026.11.1",
         tmp_path / "bundle",

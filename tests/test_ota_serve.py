@@ -32,7 +32,7 @@ from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import FetcherInterface, Updater
 
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from fleet_server.ota import release as rel
 from fleet_server.ota.serve import (
     BadPath,

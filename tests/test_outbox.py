@@ -14,12 +14,12 @@ import pytest
 
 from agent.config import MqttSettings
 from agent.errors import PayloadError
-from agent.health import HostReadings, build_heartbeat
-from agent.link import Link
-from agent.outbox import EVENT, SNAPSHOT, Outbox
-from agent.sender import Sender
+from agent.health.heartbeat import HostReadings, build_heartbeat
+from agent.link.mqtt import Link
+from agent.link.outbox import EVENT, SNAPSHOT, Outbox
+from agent.link.sender import Sender
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.procs import RIG_RECONNECT, Broker, wait_for
 from tests.mqtt_helpers import Client
 

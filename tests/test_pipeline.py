@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import scene as sc
 from agent.cli import EXIT_CONFIG, EXIT_FAILED, main
-from agent.counting import Counter, crossing, inside
-from agent.detector import Detection, Detector
-from agent.motion import MotionGate, grow_roi
-from agent.pipeline import Pipeline, grey_of, jpeg_snapshot
-from agent.pipeline_config import (
+from agent.vision import scene as sc
+from agent.vision.counting import Counter, crossing, inside
+from agent.vision.detector import Detection, Detector
+from agent.vision.motion import MotionGate, grow_roi
+from agent.vision.pipeline import Pipeline, grey_of, jpeg_snapshot
+from agent.vision.settings import (
     LineSettings,
     MotionSettings,
     PipelineSettings,
@@ -25,7 +25,7 @@ from agent.pipeline_config import (
     TrackerSettings,
     ZoneSettings,
 )
-from agent.tracker import END, NEW, UPDATE, Tracker
+from agent.vision.tracker import END, NEW, UPDATE, Tracker
 from hil_tests import scenes
 from tests.detection_helpers import detector, model_files, write_card
 
@@ -357,7 +357,7 @@ def test_no_frames_is_reported_from_the_capture_state() -> None:
 def test_agent_metrics_are_served_for_prometheus() -> None:
     import urllib.request
 
-    from agent.metrics import AgentMetrics
+    from agent.health.metrics import AgentMetrics
     from hil_tests.procs import free_port
 
     m = AgentMetrics()

@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
 from fleet_server.db import make_engine, make_sessionmaker
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.migrate import upgrade
-from fleet_server.registry import Accepted, Registry
 from hil_tests import scenes
 from hil_tests.agent import agent_process
 from hil_tests.checks import every_item
@@ -195,7 +195,7 @@ def test_server_stores_each_event_id_once(database_url: str) -> None:
     assert first.events == 2 and first.duplicates == 1
     second = registry.apply([Accepted("cam-dup-1", "event", body, 2.0)])
     assert second.events == 0 and second.duplicates == 1
-    from fleet_server.events import Event
+    from fleet_server.ingest.events import Event
 
     with make_sessionmaker(engine)() as db:
         assert db.query(Event).count() == 2

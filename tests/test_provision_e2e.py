@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.identity import IdentityServer
 from hil_tests.images import write_test_images
 from hil_tests.node import HEAP
@@ -177,7 +177,7 @@ def test_labels_from_csv_qr_tokens_enroll(server: IdentityServer, tmp_path: Path
     """CSV of sites -> tokens (private file) + QR sheets (PNG, PDF); a scanned label enrolls."""
     import cv2
 
-    from agent import est_client
+    from agent.identity import est_client
     from provisioning.labels import LABEL_H, LABEL_W, label_origin, parse_qr_text
 
     tech = server.add_user("tina-labels", "technician")
@@ -226,7 +226,7 @@ def test_labels_from_csv_qr_tokens_enroll(server: IdentityServer, tmp_path: Path
 def test_offline_queue_survives_and_sends_later(server: IdentityServer, tmp_path: Path) -> None:
     """Records made while the server is unreachable wait in atomic files; queue-send delivers
     them once, a repeat is harmless, and a tampered record is refused and set aside."""
-    from agent import est_client
+    from agent.identity import est_client
     from provisioning import record
     from provisioning.api import ApiClient
     from provisioning.flows import submit_or_queue

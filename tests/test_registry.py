@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from firmware import contract
-from fleet_server import health
 from fleet_server.db import make_engine, make_sessionmaker
+from fleet_server.health import engine as health
+from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.migrate import upgrade
-from fleet_server.registry import Accepted, Registry
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_late_heartbeat_fills_its_gap_and_keeps_the_latest_view(registry: Regist
 
 
 def test_old_heartbeats_roll_up_hourly_and_raw_ones_stay(registry: Registry) -> None:
-    from fleet_server import retention
+    from fleet_server.health import retention
 
     now = 10 * 86400.0
     old = [
@@ -155,7 +155,7 @@ def test_old_heartbeats_roll_up_hourly_and_raw_ones_stay(registry: Registry) -> 
 
 
 def test_rollup_merge_is_the_rollup_of_everything() -> None:
-    from fleet_server import retention
+    from fleet_server.health import retention
 
     rows = [("d-1", 3600.0 + i, {"temp_c": float(t)}) for i, t in enumerate([3, 9, 4, 7, 1])]
     whole = retention.rollup(rows)[("d-1", 3600.0)]
@@ -174,8 +174,8 @@ def test_two_writers_on_the_same_devices_store_everything_once(database_url: str
     ``Registry.apply`` (heartbeats stored before the device rows are locked)."""
     import threading
 
-    from fleet_server.alerts import AlertBook
-    from fleet_server.rules import RuleThresholds
+    from fleet_server.health.alerts import AlertBook
+    from fleet_server.health.rules import RuleThresholds
 
     upgrade(database_url)
     registry = Registry(make_sessionmaker(make_engine(database_url)), AlertBook(RuleThresholds()))

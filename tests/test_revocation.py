@@ -15,10 +15,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import est_client
+from agent.identity import est_client
 from firmware import contract
-from fleet_server.ca import CertificateAuthority
-from fleet_server.ca_ops import read_crl
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.identity.ca_ops import read_crl
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
 
@@ -129,10 +129,10 @@ def test_revoked_device_is_disconnected_and_cannot_reconnect_or_renew(
 def test_crl_is_refreshed_before_it_expires(server: IdentityServer) -> None:
     """The keeper rewrites a CRL with less than half its life left; the broker keeps
     accepting clients (an expired CRL would refuse them all)."""
-    from fleet_server.ca_ops import write_crl
     from fleet_server.config import ServerSettings
     from fleet_server.db import make_engine, make_sessionmaker
-    from fleet_server.revocation import Revoker
+    from fleet_server.identity.ca_ops import write_crl
+    from fleet_server.identity.revocation import Revoker
 
     settings = ServerSettings(data_dir=server.config_path.parent, pki_path=server.ca.dir)
     engine = make_engine(settings.db_url())

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.rollouts import plan
 from hil_tests.procs import Broker, Process, wait_for
 from hil_tests.server import ServerProcess

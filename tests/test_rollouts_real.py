@@ -17,7 +17,7 @@ import pytest
 
 from agent.ota.launch import init_release
 from agent.ota.settings import OtaSettings
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ota.release import add_agent_release, agent_target, firmware_target
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.ota_rig import launcher_process

@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 
 from firmware import contract
-from fleet_server import inventory
-from fleet_server.alerts import AlertBook
-from fleet_server.commands import Outgoing
+from fleet_server.commands.store import Outgoing
 from fleet_server.db import make_engine, make_sessionmaker
-from fleet_server.identity_db import Commissioning, Site
+from fleet_server.health.alerts import AlertBook
+from fleet_server.health.rules import RuleThresholds
+from fleet_server.identity.model import Commissioning, Site
+from fleet_server.ingest.registry import Accepted, Registry
+from fleet_server.inventory import store as inventory
 from fleet_server.migrate import upgrade
-from fleet_server.registry import Accepted, Registry
 from fleet_server.rollouts import actions, plan, runner, store
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts.model import Campaign, CampaignDevice
-from fleet_server.rules import RuleThresholds
 
 FLEET = [f"cam-{i:02d}" for i in range(20)]
 

@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware import contract
-from fleet_server.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.procs import Broker, wait_for
 from hil_tests.server import ServerProcess
 from tests.mqtt_helpers import Client

@@ -27,10 +27,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.detector import Detection, Detector
 from agent.errors import DetectorError, ModelError
-from agent.eval_metrics import Labelled, Score
-from agent.model_bundle import (
+from agent.ota.model_gate_settings import GateLimits, ModelGateSettings, ShadowLimits
+from agent.vision.detector import Detection, Detector
+from agent.vision.eval_metrics import Labelled, Score
+from agent.vision.pipeline import Image, decode_image
+from common.model_bundle import (
     EVAL,
     BundleError,
     BundleHashError,
@@ -38,8 +40,6 @@ from agent.model_bundle import (
     ModelBundle,
     read_model_bundle,
 )
-from agent.model_gate_settings import GateLimits, ModelGateSettings, ShadowLimits
-from agent.pipeline import Image, decode_image
 
 __all__ = [
     "BAD_HASH",
@@ -234,7 +234,7 @@ def _current(
         if detector is None:
             detector = bundle_detector(bundle, backend, threads)
         return _Current(bundle, detector, {"name": bundle.name, "release": bundle.release})
-    except (ModelError, DetectorError) as exc:
+    except (BundleError, ModelError, DetectorError) as exc:
         # a broken installed model must not block its replacement: judged on floors only
         log.warning("current model %s cannot be compared: %s", current_dir, exc)
         return _Current(None, detector, {"error": str(exc)})
@@ -257,7 +257,7 @@ def evaluate(
         bundle = read_model_bundle(candidate_dir)
     except BundleHashError as exc:
         return refuse(BAD_HASH, str(exc))
-    except ModelError as exc:
+    except BundleError as exc:
         return refuse(BAD_MODEL, str(exc))
     current = _current(current_dir, current_detector, backend, threads)
     items = _eval_items(bundle, current.bundle if limits.current_eval_set else None)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.model_gate_settings import ModelGateSettings
+from agent.ota.model_gate_settings import ModelGateSettings
 
 
 class OtaSettings(BaseModel):

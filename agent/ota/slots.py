@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.ota.errors import BAD_BUNDLE, OtaError, SlotError
-from firmware.fsutil import atomic_write, sync_dir
+from common.files import atomic_write, sync_dir
 
 log = logging.getLogger(__name__)
 

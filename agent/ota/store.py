@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from agent.ota.machine import Record
-from firmware.fsutil import atomic_write
+from common.files import atomic_write
 
 log = logging.getLogger(__name__)
 

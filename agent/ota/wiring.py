@@ -16,7 +16,7 @@ from agent.config import AgentSettings
 from agent.ota.updater import GateOutcome, Updater
 
 if TYPE_CHECKING:
-    from agent.runner import PipelineThread
+    from agent.vision.runner import PipelineThread
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class AgentOta:
 
     def use_pipeline(self, thread: PipelineThread) -> None:
         """With a live pipeline, a model update is judged on its evaluation set and then in
-        shadow on the pipeline's frames (agent.shadow) before it is promoted."""
+        shadow on the pipeline's frames (agent.ota.shadow) before it is promoted."""
         updater = self.updater
         if updater is None or thread.settings.detector is None:
             return
@@ -86,8 +86,8 @@ class AgentOta:
         det = thread.settings.detector
 
         def shadow_gate(candidate: Path, current: Path | None) -> GateOutcome:
-            from agent.runner import make_detector  # loads the detector runtime: only here
-            from agent.shadow import gate_with_shadow
+            from agent.ota.shadow import gate_with_shadow
+            from agent.vision.runner import make_detector  # loads the detector runtime: only here
 
             running = make_detector(thread.settings)  # its own interpreter, same model
             if running is None:

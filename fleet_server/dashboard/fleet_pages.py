@@ -21,8 +21,8 @@ from fleet_server.dashboard.views import (
     shown_state,
 )
 from fleet_server.db import Device
-from fleet_server.events import Event, sum_counts
-from fleet_server.identity_db import Commissioning, IssuedCertificate, Site
+from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
+from fleet_server.ingest.events import Event, sum_counts
 from fleet_server.rollouts import pages as rollout_pages
 
 COUNTS_WINDOW_S = 24 * 3600

@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from fleet_server import inventory
 from fleet_server.db import Device
+from fleet_server.inventory import store as inventory
 
 # inventory keys shown first on the device page, with their labels
 _HW_LABELS = [

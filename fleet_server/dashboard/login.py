@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_server import audit
-from fleet_server.audit import Actor
-from fleet_server.auth import ADMIN, COOKIE, READERS, Authenticator, client_address
+from fleet_server.access import audit
+from fleet_server.access.audit import Actor
+from fleet_server.access.auth import ADMIN, COOKIE, READERS, Authenticator, client_address
 
 SESSION_S = 12 * 3600
 

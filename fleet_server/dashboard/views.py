@@ -19,15 +19,15 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server import commands as cmds
-from fleet_server.alerts import ACTIVE, Alert
-from fleet_server.commands import Command
+from fleet_server.commands import store as cmds
+from fleet_server.commands.store import Command
 from fleet_server.dashboard import inventory_view as inv
 from fleet_server.dashboard import svg
 from fleet_server.dashboard.login import ui_reader
 from fleet_server.db import Device, Heartbeat
-from fleet_server.inventory import filter_devices, hardware_model, tags_of
-from fleet_server.rules import OFFLINE_RULE
+from fleet_server.health.alerts import ACTIVE, Alert
+from fleet_server.health.rules import OFFLINE_RULE
+from fleet_server.inventory.store import filter_devices, hardware_model, tags_of
 
 HERE = Path(__file__).resolve().parent
 NAV = [("/ui/", "Overview"), ("/ui/devices", "Devices"), ("/ui/alerts", "Alerts")]

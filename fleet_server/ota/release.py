@@ -27,7 +27,7 @@ from pathlib import Path
 import bsdiff4
 
 from common import bundle
-from firmware.fsutil import atomic_write
+from common.files import atomic_write
 from fleet_server.ota.tufrepo import RepoError, TufRepo
 
 BUNDLE_FORMAT = 1
@@ -226,14 +226,13 @@ def add_agent_release(
 
 
 def add_model_release(repo: TufRepo, model_dir: Path, release: str, work_dir: Path) -> str:
-    """Stage a model bundle directory (agent/model_bundle.py checks it: manifest, hashes,
+    """Stage a model bundle directory (common/model_bundle.py checks it: manifest, hashes,
     card, evaluation set) as a reproducible tar; its release must be ``release``."""
-    from agent.errors import ModelError
-    from agent.model_bundle import read_model_bundle
+    from common.model_bundle import read_model_bundle
 
     try:
         bundle = read_model_bundle(Path(model_dir))
-    except (ModelError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # BundleError is a ValueError
         raise ReleaseError(f"{model_dir} is not a valid model bundle: {exc}") from exc
     if bundle.release != release:
         raise ReleaseError(f"{model_dir} is release {bundle.release}, not {release}")

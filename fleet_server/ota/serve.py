@@ -31,7 +31,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter
 
-from fleet_server.est import EstListener
+from fleet_server.identity.est import EstListener
 from fleet_server.ota.settings import OtaSettings, repo_dir_of
 from fleet_server.ota.tufrepo import RepoError, TufRepo
 

@@ -10,7 +10,7 @@ Signing keys live in a keys directory K, one PEM (PKCS#8, ed25519) per key, mode
 ``root-<i>.key`` (offline in production: only ``init`` and ``rotate`` need them),
 ``targets.key``, ``snapshot.key``, ``timestamp.key`` (online: ``publish`` and the server's
 timestamp refresh need only these), and ``policy.json`` (expiry per role, not secret).
-Every write goes through ``firmware.fsutil.atomic_write``; a lock file in K serialises
+Every write goes through ``common.files.atomic_write``; a lock file in K serialises
 writers (the CLI and the server's refresh timer). No key material is ever logged.
 """
 
@@ -43,7 +43,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from firmware.fsutil import atomic_write, sync_dir
+from common.files import atomic_write, sync_dir
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from fleet_server.commands import Outgoing
+from fleet_server.commands.store import Outgoing
 from fleet_server.db import page
 from fleet_server.ota import release as rel
 from fleet_server.ota.tufrepo import PublishedRepo, RepoError

@@ -18,21 +18,21 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server import audit
-from fleet_server.audit import Actor
-from fleet_server.auth import AUTH_RESPONSES, OPERATOR, READERS, require_role
-from fleet_server.commands import Outgoing
+from fleet_server.access import audit
+from fleet_server.access.audit import Actor
+from fleet_server.access.auth import AUTH_RESPONSES, OPERATOR, READERS, require_role
+from fleet_server.commands.store import Outgoing
 from fleet_server.config import ServerSettings
 from fleet_server.dashboard.views import ExtraPage
 from fleet_server.db import page
-from fleet_server.inventory import MAX_FILTER_TAGS, TAG_PATTERN
+from fleet_server.inventory.store import MAX_FILTER_TAGS, TAG_PATTERN
 from fleet_server.ota.settings import repo_dir_of
 from fleet_server.params import DEVICE_ID_PATTERN, DeviceId
 from fleet_server.rollouts import actions, plan, store
 from fleet_server.rollouts.model import Campaign, CampaignDevice
 from fleet_server.rollouts.pages import rollout_pages_router
 from fleet_server.rollouts.settings import RolloutSettings
-from fleet_server.site_records import ID_PATTERN
+from fleet_server.sites.records import ID_PATTERN
 
 Operator = Annotated[Actor, Depends(require_role(OPERATOR))]
 CampaignId = Annotated[

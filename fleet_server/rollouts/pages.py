@@ -15,8 +15,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server.audit import Actor
-from fleet_server.auth import ADMIN, OPERATOR
+from fleet_server.access.audit import Actor
+from fleet_server.access.auth import ADMIN, OPERATOR
 from fleet_server.dashboard.login import ui_reader
 from fleet_server.dashboard.views import NAV, ExtraPage, Section
 from fleet_server.rollouts import actions, plan

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_server.commands import Outgoing
+from fleet_server.commands.store import Outgoing
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts import store
 from fleet_server.rollouts.settings import RolloutSettings

@@ -17,15 +17,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware import contract
-from fleet_server import health, inventory
-from fleet_server.alerts import Alert
-from fleet_server.commands import Outgoing
+from fleet_server.commands.store import Outgoing
 from fleet_server.db import Device
-from fleet_server.identity_db import Commissioning
+from fleet_server.health import engine as health
+from fleet_server.health.alerts import Alert
+from fleet_server.health.rules import OFFLINE_RULE
+from fleet_server.identity.model import Commissioning
+from fleet_server.inventory import store as inventory
 from fleet_server.rollouts import engine, plan
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts.model import Campaign, CampaignDevice, RolloutClaim
-from fleet_server.rules import OFFLINE_RULE
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ getent passwd camfleet >/dev/null || useradd --system --gid camfleet --home-dir 
 [ -x /opt/camfleet/venv/bin/python ] || python3 -m venv --system-site-packages /opt/camfleet/venv
 /opt/camfleet/venv/bin/pip install -q /opt/camfleet/wheels/camfleet-*.whl'[agent]'
 install -d -o camfleet -g camfleet -m 0750 /var/lib/camfleet-agent
-CAMFLEET_MODEL_DIR=/var/lib/camfleet-agent/models /opt/camfleet/venv/bin/python -m agent.model_fetch || \
-  echo "camfleet-agent: model not fetched yet (needs npm and the registry); run: python -m agent.model_fetch"
+CAMFLEET_MODEL_DIR=/var/lib/camfleet-agent/models /opt/camfleet/venv/bin/python -m agent.vision.model_fetch || \
+  echo "camfleet-agent: model not fetched yet (needs npm and the registry); run: python -m agent.vision.model_fetch"
 # the first agent release (a later package upgrade leaves OTA-installed releases alone)
 if [ ! -e /var/lib/camfleet-agent/ota/current ]; then
   v=$(ls /opt/camfleet/factory/ | sed -n 's/^camfleet-agent-\(.*\)\.tar\.gz$/\1/p' | tail -n 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_server.ca import CertificateAuthority
+from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.real_rig import RealRig
 from hil_tests.report import write_report
 from hil_tests.rig import Recorder, Rig, Unsupported

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from agent.clock_guard import FILE_NAME as AGENT_LAST_GOOD
-from agent.model_fetch import ModelFiles
+from agent.identity.clock_guard import FILE_NAME as AGENT_LAST_GOOD
+from agent.vision.model_fetch import ModelFiles
 from hil_tests import checks, scenes
 from hil_tests.procs import Process
 from hil_tests.rig import Rig, Unsupported
@@ -590,9 +590,9 @@ def model_releases(
     with Person and Car swapped in its label map (it loads and runs, and finds cars where
     there are people)."""
     _ota_ready()
-    from agent.detector import Detector
-    from agent.model_bundle import make_eval_set
-    from agent.modelcard import DEFAULT_CARD, load_card
+    from agent.ota.eval_set import make_eval_set
+    from agent.vision.detector import Detector
+    from agent.vision.modelcard import DEFAULT_CARD, load_card
 
     tmp = tmp_path_factory.mktemp("model-releases")
     frames = sorted(street.glob("*.png"))

@@ -1,0 +1,1 @@
+"""The box's health: heartbeat body, hardware inventory, Prometheus metrics."""

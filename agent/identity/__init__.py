@@ -1,0 +1,1 @@
+"""The box's identity upkeep: clock sanity, EST enrollment client, certificate renewal."""

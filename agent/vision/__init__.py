@@ -1,0 +1,1 @@
+"""The detection chain: camera -> motion gate -> detector -> tracker -> counts, scene health."""

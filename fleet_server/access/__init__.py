@@ -1,0 +1,1 @@
+"""People and what they may do: roles, API tokens, the audit log."""

@@ -1,0 +1,1 @@
+"""Remote commands and desired config: records, request/response bookkeeping, API."""

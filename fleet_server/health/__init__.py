@@ -1,0 +1,1 @@
+"""Device health: rules, alerts and their notifications, deadlines, history and roll-ups."""

@@ -1,0 +1,1 @@
+"""Device identity: the CA, CSR policy, EST enrollment, renewal, revocation, tokens."""

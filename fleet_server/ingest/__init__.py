@@ -1,0 +1,1 @@
+"""MQTT ingest: the MQTT v5 codec and client, the batching writer, the registry, events."""

@@ -1,0 +1,245 @@
+"""MQTT ingest: a lean MQTT v5 client in a shared subscription, and a batching DB writer.
+
+Every message goes through the contract first. A refused message is logged with its
+reason, counted, acknowledged and dropped. An accepted one waits in a bounded buffer for
+the writer, which stores a batch in one transaction and only then sends the QoS 1 PUBACKs
+(manual acks): a server crash before the commit leaves the message with the broker, which
+delivers it again, and the registry recognises the repeat.
+
+The MQTT side is ``mqtt5_client.Mqtt5Client`` (one TLS socket, many PUBLISH packets parsed
+per read, PUBACKs of a whole batch in one write), not paho: paho's per-message work was
+about half of a worker's CPU under load (see bench/bench_ingest.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from firmware import contract
+from fleet_server.commands.store import Outgoing
+from fleet_server.config import IngestSettings, MqttSettings
+from fleet_server.health.notify import Notifier
+from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.ingest.client import ClientSettings, Mqtt5Client
+from fleet_server.ingest.codec import Publish
+from fleet_server.ingest.registry import Accepted, Registry
+from fleet_server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    msg: Accepted
+    mid: int  # packet id; 0 for QoS 0
+    generation: int  # connection the message came on; acks never cross connections
+
+
+class _Buffer:
+    """Accepted messages between the MQTT thread and the writer, bounded in count: a full
+    buffer blocks the MQTT thread, which stops reading, and the broker queues for us."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self.unfinished = 0  # taken in, not yet stored and acknowledged
+
+    def put_many(self, items: list[_Item], stop: threading.Event) -> None:
+        with self._cond:
+            while self._items and len(self._items) + len(items) > self.size:
+                if stop.is_set():
+                    return
+                self._cond.wait(0.5)
+            self._items.extend(items)
+            self.unfinished += len(items)
+            self._cond.notify_all()
+
+    def take(self, most: int, linger_s: float, first_wait_s: float = 0.2) -> list[_Item]:
+        """Up to ``most`` items: waits for the first, then up to ``linger_s`` for more."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(first_wait_s)
+                if not self._items:
+                    return []
+            until = time.monotonic() + linger_s
+            while len(self._items) < most:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            n = min(most, len(self._items))
+            batch = [self._items.popleft() for _ in range(n)]
+            self._cond.notify_all()
+            return batch
+
+    def done(self, n: int) -> None:
+        with self._cond:
+            self.unfinished -= n
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Ingest:
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: Metrics,
+        ca: CertificateAuthority,
+        mqtt_settings: MqttSettings,
+        settings: IngestSettings,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.registry = registry
+        self.notifier = notifier
+        if notifier is not None:
+            notifier.publish = self._publish_alert
+        self.metrics = metrics
+        self.cfg = mqtt_settings
+        self.settings = settings
+        self._buffer = _Buffer(settings.queue_size)
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.root_cert_path))
+        tls.load_cert_chain(str(ca.server_cert_path), str(ca.server_key_path))
+        self.client = Mqtt5Client(
+            ClientSettings(
+                host=mqtt_settings.host,
+                port=mqtt_settings.port,
+                client_id=mqtt_settings.client_id,
+                keepalive_s=mqtt_settings.keepalive_s,
+                session_expiry_s=mqtt_settings.session_expiry_s,
+                subscriptions=contract.server_subscriptions(shared=mqtt_settings.shared),
+                # back within seconds of a broker restart: Mosquitto 2.0 does not restore
+                # shared subscriptions, so what devices publish before we subscribe again
+                # reaches no one
+                reconnect_min_s=1.0,
+                reconnect_max_s=2.0,
+            ),
+            tls,
+            self._on_messages,
+            self._on_state,
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._writer.start()
+        self.client.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.client.connected.wait(timeout)
+
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Leave the shared group without losing anything, then end the session.
+
+        Unsubscribe first (the broker gives this worker's share to the others from then
+        on), store and acknowledge what already arrived, then disconnect with a session
+        expiry of 0: a worker that stopped cleanly must not keep a session in the group,
+        where the broker would go on queueing a share of the fleet's messages for it. A
+        worker that crashes keeps its session (and its share) until it returns or the
+        session expires (``session_expiry_s``).
+        """
+        if self.client.connected.is_set():
+            filters = [t for t, _q in contract.server_subscriptions(shared=self.cfg.shared)]
+            self.client.unsubscribe(filters)
+            self.client.unsubscribed.wait(5.0)
+            until = time.monotonic() + drain_s
+            while time.monotonic() < until and self._buffer.unfinished:
+                time.sleep(0.02)
+        self._stop.set()
+        self._writer.join(timeout=10)
+        self.client.stop(session_expiry_s=0)
+
+    def send(self, out: Outgoing) -> None:
+        """Publish a server message (command, desired config) on the ingest connection.
+
+        It waits in the client while the broker is away and goes out on reconnect.
+        """
+        self.client.publish(out.topic, out.payload, out.qos, out.retain,
+                            out.response_topic, out.correlation)  # fmt: skip
+
+    def _publish_alert(self, payload: bytes) -> None:
+        self.client.publish(contract.ALERTS_TOPIC, payload, 1)
+
+    # ---------------------------------------------------------------- MQTT thread
+    def _on_state(self, up: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if up else 0)
+        if not up and not self._stop.is_set():
+            log.warning("ingest lost the broker")
+
+    def _on_messages(self, messages: list[Publish], generation: int) -> None:
+        received_at = time.time()
+        items: list[_Item] = []
+        refused: list[int] = []
+        kinds: Counter[str] = Counter()
+        decode = contract.decode
+        for m in messages:
+            try:
+                device_id, kind, body = decode(m.topic, m.payload)
+            except contract.ProtocolError as exc:
+                self.metrics.rejected.labels(reason=exc.reason).inc()
+                log.warning("refused message on %r (%d bytes): %s", m.topic, len(m.payload), exc)
+                if m.qos:
+                    refused.append(m.packet_id)
+                continue
+            kinds[kind] += 1
+            msg = Accepted(device_id, kind, body, received_at, m.payload)
+            items.append(_Item(msg, m.packet_id, generation))
+        for kind, n in kinds.items():
+            self.metrics.received.labels(kind=kind).inc(n)
+        self.client.ack(generation, refused)
+        if items:
+            self._buffer.put_many(items, self._stop)
+
+    # ---------------------------------------------------------------- writer
+    def _write_loop(self) -> None:
+        while not (self._stop.is_set() and not len(self._buffer)):
+            batch = self._buffer.take(self.settings.batch_size, self.settings.batch_ms / 1000)
+            self.metrics.queue_depth.set(len(self._buffer))
+            if batch:
+                try:
+                    self._store(batch)
+                finally:
+                    self._buffer.done(len(batch))  # counted as done once stored and acked
+
+    def _store(self, batch: list[_Item]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                with self.metrics.batch_seconds.time():
+                    stats = self.registry.apply([item.msg for item in batch])
+                break
+            except SQLAlchemyError:  # the DB is down or locked: keep the batch, retry
+                self.metrics.store_errors.inc()
+                log.exception("storing a batch of %d failed; retrying in %.1fs", len(batch), delay)
+                if self._stop.wait(delay):
+                    return  # not acked: the broker keeps them for the next start
+                delay = min(delay * 2, 10.0)
+        committed = time.time()
+        by_generation: dict[int, list[int]] = {}
+        kinds: Counter[str] = Counter()
+        for item in batch:
+            kinds[item.msg.kind] += 1
+            if item.msg.kind == "heartbeat":
+                self.metrics.lag.observe(max(0.0, committed - float(item.msg.body["ts"])))
+            if item.mid:
+                by_generation.setdefault(item.generation, []).append(item.mid)
+        for generation, mids in by_generation.items():
+            self.client.ack(generation, mids)
+        for kind, n in kinds.items():
+            self.metrics.stored.labels(kind=kind).inc(n)
+        self.metrics.duplicates.inc(stats.duplicates)
+        if self.notifier is not None and stats.alerts:
+            self.notifier.send(stats.alerts)
+        for dev in stats.went_online:
+            log.info("device %s online", dev)
+        for dev in stats.went_offline:
+            log.info("device %s offline", dev)

@@ -1,0 +1,1 @@
+"""Device tags and hardware inventory: rules, queries, API."""

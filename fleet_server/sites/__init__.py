@@ -1,0 +1,1 @@
+"""Sites: commissioning records, checked and stored with their site."""
