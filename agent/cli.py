@@ -1,12 +1,12 @@
-"""``camfleet-agent --config agent.toml``: load the config, run until SIGTERM/SIGINT.
+"""camfleet-agent: the edge agent of a camera box. It loads its config and runs until
+SIGTERM or SIGINT (systemd starts it as `camfleet-agent --config /etc/camfleet-agent/agent.toml`).
 
-Exit codes: 0 after a clean stop, 1 when the agent cannot start (TLS files, state dir),
-2 for a wrong command line or config file.
+Exit codes (common.cli): 0 after a clean stop, 1 when the agent cannot start (TLS files,
+state dir), 2 for a wrong command line or config file.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -14,33 +14,36 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Annotated
+
+import typer
 
 from agent.config import AgentSettings
 from agent.errors import AgentError
 from agent.service import run
+from common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, make_app, run_app
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings
 
 log = logging.getLogger("agent")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
+PROG = "camfleet-agent"
+EXIT_CONFIG = EXIT_USAGE
+
+app = make_app(__doc__)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="camfleet-agent", description="camfleet edge agent")
-    p.add_argument("--config", type=Path, required=True, help="agent TOML config file")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+@app.command()
+def agent(
+    config: Annotated[Path, typer.Option("--config", help="the agent's TOML config file")],
+) -> None:
+    """Run the agent (camera, detection, MQTT link, heartbeats, updates) until SIGTERM or
+    SIGINT. Exit codes: 0 after a clean stop, 1 when it cannot start (TLS files, state
+    dir), 2 for a wrong command line or config file."""
     try:
-        settings = load_settings(AgentSettings, args.config)
+        settings = load_settings(AgentSettings, config)
     except ConfigError as exc:
-        print(f"camfleet-agent: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        fail(PROG, exc, EXIT_CONFIG)
     setup_logging(settings.log_level)
     stop = threading.Event()
 
@@ -53,11 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(settings, stop)
     except AgentError as exc:
         log.error("%s", exc)
-        return EXIT_FAILED
+        raise typer.Exit(EXIT_FAILED) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return EXIT_OK
+    raise typer.Exit(EXIT_OK)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, PROG)
 
 
 if __name__ == "__main__":

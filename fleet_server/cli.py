@@ -1,39 +1,67 @@
-"""camfleet-server: set up the CA and broker, issue device certificates, run the server."""
+"""camfleet-server: set up the CA and the broker, issue device certificates, run the server.
+
+- `camfleet-server --config server.toml init`: the CA and the broker config (idempotent)
+- `camfleet-server --config server.toml broker`: Mosquitto with the generated config
+- `camfleet-server --config server.toml run`: ingest, health monitor, REST API
+- `camfleet-server --config server.toml add-user NAME --role admin`: a person's API token
+- `camfleet-server --config server.toml release ...`: OTA releases (docs/ota.md)
+
+Exit codes (common.cli): 0 done, 1 failed (the message says why), 2 wrong command line or
+config file.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+import typer
+
+from common.cli import EXIT_USAGE, fail, make_app, run_app
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings
 from fleet_server.broker.conf import BrokerLayout, broker_binary, write_broker_config
 from fleet_server.config import ServerSettings
 from fleet_server.identity.ca import CAError, CertificateAuthority
+from fleet_server.ota.cli import release_app
+
+PROG = "camfleet-server"
+
+app = make_app(__doc__)
+app.add_typer(release_app, name="release")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="camfleet-server", description=__doc__)
-    p.add_argument("--config", type=Path, help="TOML settings file")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("init", help="create the CA and the broker config (idempotent)")
-    sub.add_parser("broker-config", help="rewrite mosquitto.conf and the ACL from state")
-    sub.add_parser("broker", help="run Mosquitto with the generated config (foreground)")
-    sub.add_parser("migrate", help="upgrade the database schema")
-    sub.add_parser("run", help="run ingest, health monitor and the REST API")
-    user = sub.add_parser("add-user", help="add a person with a role; prints their API token")
-    user.add_argument("name")
-    user.add_argument("--role", required=True, help="admin, operator or technician")
-    issue = sub.add_parser("issue-device", help="issue a device key and certificate")
-    issue.add_argument("device_id")
-    issue.add_argument("--out", type=Path, required=True, help="directory for the files")
-    issue.add_argument("--days", type=int, default=30, help="certificate lifetime, days")
-    from fleet_server.ota.cli import add_release_parser
+@dataclass(frozen=True)
+class Loaded:
+    """What every command gets: the settings and the CA in their state directory."""
 
-    add_release_parser(sub)  # issue 6: camfleet-server release ... (docs/ota.md)
-    return p
+    settings: ServerSettings
+    ca: CertificateAuthority
+
+
+@app.callback()
+def _load(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="the server's TOML settings file")
+    ] = None,
+) -> None:
+    try:
+        settings = load_settings(ServerSettings, config)
+    except ConfigError as exc:
+        fail(PROG, exc, EXIT_USAGE)
+    setup_logging(settings.log_level)
+    ctx.obj = Loaded(settings, CertificateAuthority(settings.pki_dir))
+
+
+def loaded(ctx: typer.Context) -> Loaded:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, Loaded):  # the callback always sets it; a guard for direct calls
+        fail(PROG, "internal: settings not loaded")
+    return obj
 
 
 def _write_broker(ca: CertificateAuthority, settings: ServerSettings) -> BrokerLayout:
@@ -41,52 +69,99 @@ def _write_broker(ca: CertificateAuthority, settings: ServerSettings) -> BrokerL
     return write_broker_config(ca, settings.broker_dir, b.listen_port, b.bind, pairs=b.pairs)
 
 
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the CA (root and issuing CA, broker and server certificates) and the broker's
+    config and ACL. Idempotent: what exists is kept."""
+    run = loaded(ctx)
+    try:
+        run.ca.init(run.settings.broker.hosts)
+        layout = _write_broker(run.ca, run.settings)
+    except (CAError, OSError) as exc:
+        fail(PROG, exc)
+    print(f"CA in {run.settings.pki_dir}; broker config {layout.conf}")
+
+
+@app.command("broker-config")
+def broker_config(ctx: typer.Context) -> None:
+    """Rewrite mosquitto.conf and the ACL from the server's state (after a pairing change)."""
+    run = loaded(ctx)
+    try:
+        layout = _write_broker(run.ca, run.settings)
+    except (CAError, OSError) as exc:
+        fail(PROG, exc)
+    print(f"wrote {layout.conf} and {layout.acl}")
+
+
+@app.command()
+def broker(ctx: typer.Context) -> None:
+    """Run Mosquitto in the foreground with the generated config (this process becomes it,
+    so the server can signal it by the pid file)."""
+    run = loaded(ctx)
+    try:
+        layout = _write_broker(run.ca, run.settings)
+        mosquitto = broker_binary()
+        if layout.pid_file is not None:  # exec keeps this pid: the server SIGHUPs it
+            layout.pid_file.write_text(f"{os.getpid()}\n")
+    except (CAError, OSError) as exc:
+        fail(PROG, exc)
+    sys.stdout.flush()
+    os.execv(mosquitto, [mosquitto, "-c", str(layout.conf)])  # noqa: S606
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Upgrade the database schema to this release (the server also does it at start)."""
+    from fleet_server.migrate import upgrade
+
+    upgrade(loaded(ctx).settings.db_url())
+
+
+@app.command("run")
+def run_server(ctx: typer.Context) -> None:
+    """Run the fleet server: ingest, health monitor, rollouts and the REST API, until
+    SIGTERM or SIGINT."""
+    from fleet_server.app import serve
+
+    serve(loaded(ctx).settings)
+
+
+@app.command("add-user")
+def add_user(
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(help="the person's name, as it will show in the audit log")
+    ],
+    role: Annotated[str, typer.Option(help="admin, operator or technician")],
+) -> None:
+    """Add a person with a role and print their API token (shown once, stored hashed)."""
+    from fleet_server.access.auth import AuthError
+    from fleet_server.identity.cli import add_user as add
+
+    try:
+        token = add(loaded(ctx).settings, name, role)
+    except AuthError as exc:
+        fail(PROG, exc)
+    print(token)  # shown once, on stdout only; never logged
+
+
+@app.command("issue-device")
+def issue_device(
+    ctx: typer.Context,
+    device_id: Annotated[str, typer.Argument(help="the device id (its certificate's CN)")],
+    out: Annotated[Path, typer.Option(help="directory for the key and certificate files")],
+    days: Annotated[int, typer.Option(help="certificate lifetime, days")] = 30,
+) -> None:
+    """Issue a device key and certificate directly (labs and tests; the field enrolls by EST)."""
+    try:
+        creds = loaded(ctx).ca.issue_device(device_id, out, days)
+    except (CAError, OSError) as exc:
+        fail(PROG, exc)
+    print(f"issued {creds.device_id}: {creds.directory}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = load_settings(ServerSettings, args.config)
-    except ConfigError as exc:
-        print(f"camfleet-server: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(settings.log_level)
-    ca = CertificateAuthority(settings.pki_dir)
-    try:
-        if args.command == "init":
-            ca.init(settings.broker.hosts)
-            layout = _write_broker(ca, settings)
-            print(f"CA in {settings.pki_dir}; broker config {layout.conf}")
-        elif args.command == "broker-config":
-            layout = _write_broker(ca, settings)
-            print(f"wrote {layout.conf} and {layout.acl}")
-        elif args.command == "broker":
-            layout = _write_broker(ca, settings)
-            if layout.pid_file is not None:  # exec keeps this pid: the server SIGHUPs it
-                layout.pid_file.write_text(f"{os.getpid()}\n")
-            mosquitto = broker_binary()
-            os.execv(mosquitto, [mosquitto, "-c", str(layout.conf)])  # noqa: S606
-        elif args.command == "migrate":
-            from fleet_server.migrate import upgrade
-
-            upgrade(settings.db_url())
-        elif args.command == "run":
-            from fleet_server.app import serve
-
-            serve(settings)
-        elif args.command == "add-user":
-            from fleet_server.identity.cli import add_user
-
-            return add_user(settings, args.name, args.role)
-        elif args.command == "release":
-            from fleet_server.ota.cli import run_release
-
-            return run_release(args, settings)
-        elif args.command == "issue-device":
-            creds = ca.issue_device(args.device_id, args.out, args.days)
-            print(f"issued {creds.device_id}: {creds.directory}")
-    except (CAError, FileNotFoundError) as exc:
-        print(f"camfleet-server: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_app(app, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """camfleet-provision: the field technician's tool.
 
-    camfleet-provision labels sites.csv --out labels/     tokens + QR sheet (PNG, PDF)
-    camfleet-provision box  --transport ssh:pi@10.0.0.5 --qr-text ... --site-id ... ...
-    camfleet-provision node --transport mpremote:/dev/ttyACM0 --qr-text ... ...
-    camfleet-provision queue-send                          send records queued offline
-    camfleet-provision check DEVICE_ID --api URL           is it reporting?
+- `camfleet-provision labels sites.csv --out labels/`: tokens and a QR sheet (PNG, PDF)
+- `camfleet-provision box --transport ssh:pi@10.0.0.5 --qr-text ... --site-id ...`: a box
+- `camfleet-provision node --transport mpremote:/dev/ttyACM0 --qr-text ...`: a node
+- `camfleet-provision queue-send`: send the records queued offline
+- `camfleet-provision check DEVICE_ID --api URL`: is it reporting?
 
-The API token of the technician comes from ``--api-token`` or ``CAMFLEET_API_TOKEN``.
-Exit codes: 0 PASS, 1 FAIL (with what to check), 2 wrong command line.
+The API token of the technician comes from `--api-token` or `CAMFLEET_API_TOKEN`.
+Exit codes (common.cli, as for camfleet-server and camfleet-agent): 0 PASS, 1 FAIL (with what
+to check), 2 wrong command line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from common.cli import EXIT_USAGE, err, fail, make_app, run_app
 from firmware import contract
 from provisioning import flows, labels, onbox
 from provisioning.api import ApiClient
@@ -34,9 +36,9 @@ from provisioning.transport import (
     Transport,
 )
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+PROG = "camfleet-provision"
+app = make_app(__doc__)
 out = Console()
-err = Console(stderr=True)
 
 ApiOpt = Annotated[str, typer.Option("--api", help="fleet server API, http(s)://host:port")]
 TokenOpt = Annotated[
@@ -73,13 +75,11 @@ def check(
 ) -> None:
     """Wait until the device is online in the fleet server."""
     if not contract.valid_device_id(device_id):
-        err.print(f"camfleet-provision: {device_id!r} is not a valid device id")
-        raise typer.Exit(2)
+        fail(PROG, f"{device_id!r} is not a valid device id", EXIT_USAGE)
     try:
         result = wait_online(api, device_id, api_token, timeout)
     except CheckError as exc:
-        err.print(f"camfleet-provision: cannot reach the fleet server: {exc}")
-        raise typer.Exit(1) from exc
+        fail(PROG, f"cannot reach the fleet server: {exc}")
     if result.online and result.device is not None:
         hb = result.device.get("last_heartbeat") or {}
         out.print(
@@ -282,21 +282,7 @@ def on_box(
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        code = app(args=argv, prog_name="camfleet-provision", standalone_mode=False)
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.Abort:
-        return 1
-    except Exception as exc:  # click usage errors carry their own exit code
-        code = getattr(exc, "exit_code", None)
-        if code is None:
-            raise
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        return int(code)
-    return code if isinstance(code, int) else 0
+    return run_app(app, argv, PROG)
 
 
 if __name__ == "__main__":

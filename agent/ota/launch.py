@@ -19,7 +19,6 @@ is rolled back too. After a power cut it first discards half-written release dir
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import dataclasses
 import hashlib
@@ -33,6 +32,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Annotated
+
+import typer
 
 from agent.config import AgentSettings
 from agent.ota import errors as e
@@ -42,6 +44,7 @@ from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.store import StateStore
 from agent.ota.updater import check_manifest
+from common.cli import EXIT_USAGE, fail, make_app, run_app
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings
 
@@ -199,36 +202,35 @@ def init_release(ota: OtaSettings, bundle: Path, release: str) -> None:
     slots.switch(release)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="camfleet-agent-launch", description=__doc__.split("\n")[0])
-    p.add_argument("--config", type=Path, required=True, help="agent TOML config file")
-    sub = p.add_subparsers(dest="cmd")
-    init = sub.add_parser("init", help="install a first release")
-    init.add_argument("--bundle", type=Path, required=True)
-    init.add_argument("--release", required=True)
-    return p
+PROG = "camfleet-agent-launch"
+app = make_app(__doc__)
+app.info.no_args_is_help = False  # with only --config it runs the launcher
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _settings(config: Path) -> tuple[AgentSettings, OtaSettings]:
     try:
-        settings = load_settings(AgentSettings, args.config)
+        settings = load_settings(AgentSettings, config)
     except ConfigError as exc:
-        print(f"camfleet-agent-launch: {exc}", file=sys.stderr)
-        return 2
+        fail(PROG, exc, EXIT_USAGE)
+    if settings.ota is None:
+        fail(PROG, "the config has no [ota] table", EXIT_USAGE)
     setup_logging(settings.log_level)
-    ota = settings.ota
-    if ota is None:
-        print("camfleet-agent-launch: the config has no [ota] table", file=sys.stderr)
-        return 2
-    if args.cmd == "init":
-        try:
-            init_release(ota, args.bundle, args.release)
-        except (e.OtaError, OSError) as exc:
-            log.error("init failed: %s", exc)
-            return 1
-        return 0
-    launcher = Launcher(args.config, settings, ota)
+    return settings, settings.ota
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="the agent's TOML config file")]
+
+
+@app.callback(invoke_without_command=True)
+def launch(ctx: typer.Context, config: ConfigOpt) -> None:
+    """Start the agent from the release `current` names and keep it running; roll a
+    release under trial back when it is not healthy in time. Exit codes: 0 after a clean
+    stop, 1 failed, 2 wrong command line or config."""
+    ctx.obj = config
+    if ctx.invoked_subcommand is not None:
+        return
+    settings, ota = _settings(config)
+    launcher = Launcher(config, settings, ota)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("%s received", signal.Signals(signum).name)
@@ -236,7 +238,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    return launcher.run()
+    raise typer.Exit(launcher.run())
+
+
+@app.command("init")
+def init(
+    ctx: typer.Context,
+    bundle: Annotated[Path, typer.Option(help="the agent bundle (.tar.gz) to install")],
+    release: Annotated[str, typer.Option(help="its release string, e.g. 1.0.0")],
+) -> None:
+    """Install a first (factory) release and make it current."""
+    _, ota = _settings(ctx.obj)
+    try:
+        init_release(ota, bundle, release)
+    except (e.OtaError, OSError) as exc:
+        fail(PROG, f"init failed: {exc}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, PROG)
 
 
 if __name__ == "__main__":

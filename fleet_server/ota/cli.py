@@ -2,75 +2,61 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
+import typer
+
+from common.cli import fail, make_app
 from fleet_server.config import ServerSettings
 from fleet_server.ota import release as rel
 from fleet_server.ota.settings import repo_dir_of
 from fleet_server.ota.tufrepo import ROLES, RepoError, TufRepo
 
+PROG = "camfleet-server release"
+
+
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
+release_app = make_app("OTA releases: the TUF repository, its artifacts and keys.")
+add_app = make_app("Build an artifact and stage it ('publish' makes it live).")
+release_app.add_typer(add_app, name="add")
 
-def add_release_parser(sub: Any) -> None:  # argparse's _SubParsersAction is private
-    """Add ``release`` and its commands to the ``camfleet-server`` parser."""
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--repo", type=Path, help="TUF repository dir (default: [ota] repo_dir)")
-    where.add_argument("--keys", type=Path, help="signing keys dir (default: [ota] keys_dir)")
-    release = sub.add_parser("release", help="OTA releases: TUF repository, artifacts, keys")
-    cmds = release.add_subparsers(dest="release_command", required=True)
-    init = cmds.add_parser("init", parents=[where], help="create keys and the repository")
-    init.add_argument("--root-threshold", type=int, default=1, help="root signatures needed")
-    init.add_argument("--root-keys", type=int, default=1, help="root keys to make")
-    init.add_argument(
-        "--expiry",
-        action="append",
-        default=[],
-        metavar="ROLE=DAYS",
-        help="metadata lifetime per role (default root=365 targets=90 snapshot=7 timestamp=1)",
-    )
-    add = cmds.add_parser("add", help="build an artifact and stage it (publish makes it live)")
-    kinds = add.add_subparsers(dest="artifact", required=True)
-    agent = kinds.add_parser("agent", parents=[where], help="the agent application bundle")
-    agent.add_argument("--release", required=True, help="release string, e.g. 0.2.0")
-    agent.add_argument("--src", type=Path, default=_SOURCE_ROOT, help="source tree root")
-    agent.add_argument(
-        "--delta-from",
-        nargs="+",
-        default=[],
-        metavar="RELEASE",
-        help="also make bsdiff4 deltas from these releases (already in the repository)",
-    )
-    model = kinds.add_parser("model", parents=[where], help="a model bundle directory")
-    model.add_argument("--dir", type=Path, required=True, help="the model bundle directory")
-    model.add_argument("--release", required=True, help="release string")
-    firmware = kinds.add_parser("firmware", parents=[where], help="a node firmware bundle")
-    source = firmware.add_mutually_exclusive_group()
-    source.add_argument("--file", type=Path, help="a bundle firmware.bundle already built")
-    source.add_argument(
-        "--src",
-        type=Path,
-        default=_SOURCE_ROOT / "firmware",
-        help="firmware source folder to build the bundle from (needs mpy-cross)",
-    )
-    firmware.add_argument("--release", required=True, help="release string")
-    cmds.add_parser("publish", parents=[where], help="sign new targets, snapshot, timestamp")
-    cmds.add_parser("timestamp", parents=[where], help="re-sign the timestamp now")
-    rotate = cmds.add_parser("rotate", parents=[where], help="replace a role's key(s)")
-    rotate.add_argument("--role", required=True, choices=ROLES)
-    cmds.add_parser("list", parents=[where], help="targets, versions and expiries")
+RepoOpt = Annotated[
+    Path | None, typer.Option("--repo", help="TUF repository dir (default: [ota] repo_dir)")
+]
+KeysOpt = Annotated[
+    Path | None, typer.Option("--keys", help="signing keys dir (default: [ota] keys_dir)")
+]
+ReleaseOpt = Annotated[str, typer.Option("--release", help="release string, e.g. 0.2.0")]
 
 
-def _dirs(args: argparse.Namespace, settings: ServerSettings) -> tuple[Path, Path]:
-    repo = args.repo or repo_dir_of(settings.ota, settings.data_dir)
-    keys = args.keys or settings.ota.keys_dir
-    if keys is None:
+def _settings(ctx: typer.Context) -> ServerSettings:
+    settings = getattr(ctx.find_root().obj, "settings", None)
+    if not isinstance(settings, ServerSettings):
+        fail(PROG, "internal: settings not loaded")
+    return settings
+
+
+def _dirs(ctx: typer.Context, repo: Path | None, keys: Path | None) -> tuple[Path, Path]:
+    settings = _settings(ctx)
+    repo_dir = repo or repo_dir_of(settings.ota, settings.data_dir)
+    keys_dir = keys or settings.ota.keys_dir
+    if keys_dir is None:
         raise RepoError("no keys directory: pass --keys or set [ota] keys_dir")
-    return Path(repo), Path(keys)
+    return Path(repo_dir), Path(keys_dir)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Repository and release errors end the command with their message and code 1."""
+    try:
+        yield
+    except (RepoError, rel.ReleaseError, OSError) as exc:
+        fail(PROG, exc)
 
 
 def _expiries(items: list[str]) -> dict[str, float]:
@@ -86,63 +72,155 @@ def _expiries(items: list[str]) -> dict[str, float]:
     return out
 
 
-def run_release(args: argparse.Namespace, settings: ServerSettings) -> int:
-    """Run one ``release`` command; errors print to stderr and return 1."""
-    try:
-        _run(args, settings)
-    except (RepoError, rel.ReleaseError, OSError) as exc:
-        print(f"camfleet-server release: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _run(args: argparse.Namespace, settings: ServerSettings) -> None:
-    repo_dir, keys_dir = _dirs(args, settings)
-    cmd = args.release_command
-    if cmd == "init":
+@release_app.command("init")
+def init(
+    ctx: typer.Context,
+    repo: RepoOpt = None,
+    keys: KeysOpt = None,
+    root_threshold: Annotated[int, typer.Option(help="root signatures needed")] = 1,
+    root_keys: Annotated[int, typer.Option(help="root keys to make")] = 1,
+    expiry: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="ROLE=DAYS",
+            help="metadata lifetime per role (default root=365 targets=90 snapshot=7 "
+            "timestamp=1); repeat for several roles",
+        ),
+    ] = None,
+) -> None:
+    """Create the signing keys and an empty repository (then move root-*.key offline)."""
+    with _errors():
+        repo_dir, keys_dir = _dirs(ctx, repo, keys)
         TufRepo.create(
             repo_dir,
             keys_dir,
-            root_threshold=args.root_threshold,
-            root_keys=args.root_keys,
-            expiry_days=_expiries(args.expiry),
+            root_threshold=root_threshold,
+            root_keys=root_keys,
+            expiry_days=_expiries(expiry or []),
         )
-        print(
-            f"created TUF repository {repo_dir} (root {args.root_threshold}-of-"
-            f"{args.root_keys}); keys in {keys_dir}: move root-*.key offline"
-        )
-        return
-    repo = TufRepo(repo_dir, keys_dir)
-    if cmd == "add":
+    print(
+        f"created TUF repository {repo_dir} (root {root_threshold}-of-{root_keys}); "
+        f"keys in {keys_dir}: move root-*.key offline"
+    )
+
+
+def _stage(ctx: typer.Context, repo: Path | None, keys: Path | None,
+           make: Callable[[TufRepo, Path], list[str]]) -> None:  # fmt: skip
+    with _errors():
+        tuf = TufRepo(*_dirs(ctx, repo, keys))
         with tempfile.TemporaryDirectory(prefix="camfleet-release-") as tmp:
-            staged = _add(repo, args, Path(tmp))
-        for path in staged:
-            print(f"staged {path}")
-        print("run 'camfleet-server release publish' to make it visible to devices")
-    elif cmd == "publish":
-        version = repo.publish()
-        print(f"published targets version {version}, timestamp {repo.timestamp().signed.version}")
-    elif cmd == "timestamp":
-        repo.refresh_timestamp()
-        ts = repo.timestamp().signed
-        print(f"timestamp version {ts.version}, expires {ts.expires.isoformat()}")
-    elif cmd == "rotate":
-        repo.rotate(args.role)
-        print(f"rotated {args.role} key(s): root is now version {repo.root_version()}")
-    elif cmd == "list":
-        _list(repo)
+            staged = make(tuf, Path(tmp))
+    for path in staged:
+        print(f"staged {path}")
+    print("run 'camfleet-server release publish' to make it visible to devices")
 
 
-def _add(repo: TufRepo, args: argparse.Namespace, work: Path) -> list[str]:
-    if args.artifact == "agent":
-        return rel.add_agent_release(repo, args.src, args.release, work, args.delta_from)
-    if args.artifact == "model":
-        return [rel.add_model_release(repo, args.dir, args.release, work)]
-    bundle = args.file
-    if bundle is None:
-        out = work / rel.firmware_target(args.release).rpartition("/")[2]
-        bundle = rel.build_firmware_bundle(args.src, args.release, out)
-    return [rel.add_firmware_release(repo, bundle, args.release)]
+@add_app.command("agent")
+def add_agent(
+    ctx: typer.Context,
+    release: ReleaseOpt,
+    repo: RepoOpt = None,
+    keys: KeysOpt = None,
+    src: Annotated[Path, typer.Option(help="source tree root")] = _SOURCE_ROOT,
+    delta_from: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="RELEASE",
+            help="also make a bsdiff4 delta from this release (already in the repository); "
+            "repeat for several",
+        ),
+    ] = None,
+) -> None:
+    """Stage the agent application bundle (and deltas from earlier releases)."""
+    deltas = delta_from or []
+    _stage(
+        ctx, repo, keys, lambda tuf, work: rel.add_agent_release(tuf, src, release, work, deltas)
+    )
+
+
+@add_app.command("model")
+def add_model(
+    ctx: typer.Context,
+    release: ReleaseOpt,
+    model_dir: Annotated[Path, typer.Option("--dir", help="the model bundle directory")],
+    repo: RepoOpt = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Stage a model bundle directory (checked: manifest, hashes, card, evaluation set)."""
+    _stage(
+        ctx, repo, keys, lambda tuf, work: [rel.add_model_release(tuf, model_dir, release, work)]
+    )
+
+
+@add_app.command("firmware")
+def add_firmware(
+    ctx: typer.Context,
+    release: ReleaseOpt,
+    repo: RepoOpt = None,
+    keys: KeysOpt = None,
+    file: Annotated[
+        Path | None, typer.Option(help="a firmware.bundle already built (instead of --src)")
+    ] = None,
+    src: Annotated[
+        Path, typer.Option(help="firmware source folder to build the bundle from (mpy-cross)")
+    ] = _SOURCE_ROOT / "firmware",
+) -> None:
+    """Stage a node firmware bundle, built from source or given as a file."""
+
+    def make(tuf: TufRepo, work: Path) -> list[str]:
+        bundle = file
+        if bundle is None:
+            out = work / rel.firmware_target(release).rpartition("/")[2]
+            bundle = rel.build_firmware_bundle(src, release, out)
+        return [rel.add_firmware_release(tuf, bundle, release)]
+
+    _stage(ctx, repo, keys, make)
+
+
+@release_app.command("publish")
+def publish(ctx: typer.Context, repo: RepoOpt = None, keys: KeysOpt = None) -> None:
+    """Sign the staged targets, a new snapshot and timestamp: devices see them now."""
+    with _errors():
+        tuf = TufRepo(*_dirs(ctx, repo, keys))
+        version = tuf.publish()
+        ts = tuf.timestamp().signed.version
+    print(f"published targets version {version}, timestamp {ts}")
+
+
+@release_app.command("timestamp")
+def timestamp(ctx: typer.Context, repo: RepoOpt = None, keys: KeysOpt = None) -> None:
+    """Re-sign the timestamp now (the server also does it before it expires)."""
+    with _errors():
+        tuf = TufRepo(*_dirs(ctx, repo, keys))
+        tuf.refresh_timestamp()
+        ts = tuf.timestamp().signed
+    print(f"timestamp version {ts.version}, expires {ts.expires.isoformat()}")
+
+
+@release_app.command("rotate")
+def rotate(
+    ctx: typer.Context,
+    role: Annotated[
+        str, typer.Option(help=f"the role whose key(s) to replace: {', '.join(ROLES)}")
+    ],
+    repo: RepoOpt = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Replace a role's key(s) and sign a new root that names them."""
+    if role not in ROLES:
+        fail(PROG, f"--role must be one of {', '.join(ROLES)}", 2)
+    with _errors():
+        tuf = TufRepo(*_dirs(ctx, repo, keys))
+        tuf.rotate(role)
+        version = tuf.root_version()
+    print(f"rotated {role} key(s): root is now version {version}")
+
+
+@release_app.command("list")
+def list_targets(ctx: typer.Context, repo: RepoOpt = None, keys: KeysOpt = None) -> None:
+    """Targets (staged and published), metadata versions and expiries."""
+    with _errors():
+        _list(TufRepo(*_dirs(ctx, repo, keys)))
 
 
 def _list(repo: TufRepo) -> None:
