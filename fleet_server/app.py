@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import threading
-import time
 from collections.abc import Callable, Generator
 
 import uvicorn
@@ -15,9 +13,9 @@ from fleet_server.api import create_app
 from fleet_server.config import ServerSettings
 from fleet_server.db import make_engine, make_sessionmaker
 from fleet_server.features import ServerContext, routers
-from fleet_server.health import retention
 from fleet_server.health.alerts import AlertBook
 from fleet_server.health.notify import Notifier
+from fleet_server.health.runner import DeadlineMonitor
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
@@ -40,45 +38,6 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-class DeadlineMonitor(threading.Thread):
-    """Marks devices offline when their heartbeat deadline passes."""
-
-    def __init__(
-        self, registry: Registry, metrics: Metrics, notifier: Notifier, grace: float,
-        every_s: float,
-    ) -> None:  # fmt: skip
-        super().__init__(name="deadline-monitor", daemon=True)
-        self.registry = registry
-        self.metrics = metrics
-        self.notifier = notifier
-        self.grace = grace
-        self.every_s = every_s
-        self.stopped = threading.Event()
-        self._next_compact = 0.0
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.every_s):
-            try:
-                now = time.time()
-                gone, changes = self.registry.mark_overdue(now, self.grace)
-                expired = self.registry.expire_commands(now)
-                if now >= self._next_compact:
-                    self._next_compact = now + 60.0
-                    with self.registry.sessions.begin() as db:
-                        moved = retention.compact(db, now)
-                    if moved:
-                        log.info("rolled up %d heartbeats older than a day", moved)
-            except Exception:  # a DB hiccup must not end the monitor
-                log.exception("deadline check failed")
-                continue
-            for dev in gone:
-                self.metrics.offline_deadline.inc()
-                log.info("device %s offline: heartbeat deadline passed", dev)
-            self.notifier.send(changes)
-            for cid in expired:
-                log.info("command %s timed out", cid)
 
 
 def serve(settings: ServerSettings) -> None:

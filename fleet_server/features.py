@@ -23,7 +23,7 @@ from fleet_server.health.history_api import health_router
 from fleet_server.health.notify import Notifier
 from fleet_server.identity.api import identity_router
 from fleet_server.identity.ca import CertificateAuthority
-from fleet_server.ingest.events import events_router
+from fleet_server.ingest.api import events_router
 from fleet_server.ingest.registry import Registry
 from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics

@@ -22,7 +22,8 @@ from fleet_server.dashboard.views import (
 )
 from fleet_server.db import Device
 from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
-from fleet_server.ingest.events import Event, sum_counts
+from fleet_server.ingest.api import sum_counts
+from fleet_server.ingest.events import Event
 from fleet_server.rollouts import pages as rollout_pages
 
 COUNTS_WINDOW_S = 24 * 3600
