@@ -141,7 +141,9 @@ def _firmware_files(sim: bool) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.is_file())
 
 
-def node_config(job: Job, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def node_config(job: Job, extra: dict[str, Any] | None = None, sim: bool = False) -> dict[str, Any]:
+    """The node's config.json: the real board's HAL (``machine``) unless ``sim`` (the
+    virtual node of the unix port, whose build carries ``hal_sim``)."""
     config: dict[str, Any] = {
         "device_id": job.device_id,
         "broker_host": job.mqtt_host,
@@ -150,9 +152,10 @@ def node_config(job: Job, extra: dict[str, Any] | None = None) -> dict[str, Any]
         "cert": "cert.der",
         "key": "key.der",
         "heartbeat_s": job.heartbeat_s,
-        "hal": "sim",
-        "sim_dir": "sim",
+        "hal": "sim" if sim else "machine",
     }
+    if sim:
+        config["sim_dir"] = "sim"
     config.update(extra or {})
     return config
 
@@ -173,7 +176,7 @@ def provision_node(
     transport.write("key.der", est_client.key_der_sec1(key), 0o600)
     transport.write("cert.der", est_client.der(cert))
     transport.write("root.der", root.public_bytes(serialization.Encoding.DER))
-    config = node_config(job, extra_config)
+    config = node_config(job, extra_config, sim)
     transport.write("config.json", (json.dumps(config, indent=2) + "\n").encode())
     body = record.build(job.device_id, "node", job.site, job.layout, job.technician)
     sub = record.submission(body, key, est_client.pem(cert).decode(), None)

@@ -262,3 +262,21 @@ def test_offline_queue_survives_and_sends_later(server: IdentityServer, tmp_path
     # sending the same record again stores nothing new
     again = ApiClient(server.base_url, tech).submit_record(sub)
     assert again["stored"] is False
+
+
+@pytest.mark.parametrize("sim", [False, True])
+def test_node_config_names_the_hal_its_build_carries(sim: bool, tmp_path: Path) -> None:
+    """A real board's config must name the machine HAL: its build has no hal_sim module
+    (a board given ``hal: sim`` would fail to boot)."""
+    from firmware.build import build
+    from firmware.config import load_config
+    from provisioning.flows import Job, node_config
+
+    job = Job("node-0042", "tok", {}, {}, "tech", "https://est", tmp_path / "ca", "mqtt", 8883,
+              60.0, 10.0)  # fmt: skip
+    config = load_config(node_config(job, None, sim))
+    assert config["hal"] == ("sim" if sim else "machine")
+    build(tmp_path / "out", sim=sim)
+    modules = {p.stem for p in (tmp_path / "out").iterdir()}
+    assert (f"hal_{config['hal']}" in modules) is True
+    assert ("hal_sim" in modules) is sim
