@@ -15,6 +15,7 @@ for name in (
     "version",
     "clock",
     "fsutil",
+    "schema",
     "contract",
     "timecheck",
     "mqtt_packet",
