@@ -33,7 +33,7 @@ def _sha(path: Path) -> str:
 
 def _small_change(tree: Path) -> None:
     """One module edited, as a real bug-fix release would."""
-    mod = tree / "agent" / "backoff.py"
+    mod = tree / "agent" / "link" / "backoff.py"
     mod.write_text(mod.read_text() + "\n\n# 0.2.0: retry note for the next release\n")
 
 
