@@ -21,7 +21,8 @@ import pytest
 from tuf.api.metadata import Metadata, Root, Targets
 
 from fleet_server.ota import release as rel
-from fleet_server.ota.tufrepo import RepoError, TufRepo
+from fleet_server.ota.published import RepoError
+from fleet_server.ota.tufrepo import TufRepo
 from hil_tests.ota_rig import source_copy
 
 ROOT = Path(__file__).resolve().parents[1]
