@@ -16,13 +16,12 @@ from agent.vision.camera import (
     CameraSource,
     CameraStats,
     Capture,
-    FileReplaySource,
     Frame,
     FrameQueue,
-    SyntheticSource,
     make_source,
     register_source,
 )
+from agent.vision.camera_sim import FileReplaySource, SyntheticSource
 from agent.vision.detector import Detection, Detector
 from agent.vision.modelcard import ModelCard, load_card
 from agent.vision.pipeline import Pipeline

@@ -25,7 +25,7 @@ from hil_tests.ota_rig import source_copy
 
 def _edit(tree: Path) -> None:
     """A bug-fix release: one module changed in its middle, the version bumped."""
-    mod = tree / "agent" / "backoff.py"
+    mod = tree / "agent" / "link" / "backoff.py"
     lines = mod.read_text().splitlines(keepends=True)
     middle = len(lines) // 2
     lines.insert(middle, "\n# 0.2.0: retries spread a little wider after a broker restart\n")

@@ -53,6 +53,15 @@ def wait_for(
     raise RigError(f"timed out after {timeout:.1f}s waiting for {what}")
 
 
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> float:
+    """Wait for ``predicate``; the seconds it took (RigError after ``timeout``)."""
+    t0 = time.monotonic()
+    wait_for(predicate, timeout, interval, what)
+    return time.monotonic() - t0
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):

@@ -27,14 +27,13 @@ from agent.vision.camera import (
     CameraSource,
     CameraStats,
     Capture,
-    FileReplaySource,
     Frame,
     FrameQueue,
-    SyntheticSource,
     camera_state,
     make_source,
     measured_fps,
 )
+from agent.vision.camera_sim import FileReplaySource, SyntheticSource
 from common.settings import ConfigError, load_settings
 from firmware import contract
 from hil_tests.images import write_test_images

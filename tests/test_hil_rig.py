@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 
 from hil_tests.clock_shim import format_offset, parse_offset
+from hil_tests.images import covered_frames
 from hil_tests.netproxy import RETRANSMIT_S, NetProxy
-from hil_tests.real_rig import RealRig, RigFileError, load_rig_file
+from hil_tests.real_rig import RealRig
 from hil_tests.report import junit_outcomes, render, write_report
 from hil_tests.rig import Recorder, RigFault, Unsupported
-from hil_tests.virtual_rig import covered_frames
+from hil_tests.rig_file import RigFileError, load_rig_file
 
 # ------------------------------------------------------------------ the TCP proxy
 

@@ -22,12 +22,13 @@ from agent.ota import machine as m
 from agent.ota.backend import FakeBackend, make_backend
 from agent.ota.delta import apply_delta
 from agent.ota.errors import OtaError, SlotError
+from agent.ota.install import check_manifest
 from agent.ota.launch import Launcher
 from agent.ota.rauc import RaucBackend
 from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.store import StateStore
-from agent.ota.updater import Updater, check_manifest
+from agent.ota.updater import Updater
 from fleet_server.ota.release import build_agent_bundle, make_delta
 from fleet_server.ota.tufrepo import TufRepo
 from hil_tests.procs import REPO

@@ -21,7 +21,8 @@ import pytest
 from tuf.api.metadata import Metadata, Root, Targets
 
 from fleet_server.ota import release as rel
-from fleet_server.ota.tufrepo import RepoError, TufRepo
+from fleet_server.ota.published import RepoError
+from fleet_server.ota.tufrepo import TufRepo
 from hil_tests.ota_rig import source_copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def _sha(path: Path) -> str:
 
 def _small_change(tree: Path) -> None:
     """One module edited, as a real bug-fix release would."""
-    mod = tree / "agent" / "backoff.py"
+    mod = tree / "agent" / "link" / "backoff.py"
     mod.write_text(mod.read_text() + "\n\n# 0.2.0: retry note for the next release\n")
 
 

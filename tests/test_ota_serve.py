@@ -132,7 +132,7 @@ def _make_repo(tmp: Path, **create: int) -> tuple[Path, Path]:
     (tmp / "work").mkdir()
     rel.add_agent_release(repo, tree, "0.1.0", tmp / "work")
     repo.publish()
-    mod = tree / "agent" / "backoff.py"
+    mod = tree / "agent" / "link" / "backoff.py"
     mod.write_text(mod.read_text() + "\n# 0.2.0\n")
     rel.add_agent_release(repo, tree, "0.2.0", tmp / "work", ["0.1.0"])
     repo.publish()

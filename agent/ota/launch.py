@@ -40,10 +40,10 @@ from agent.config import AgentSettings
 from agent.ota import errors as e
 from agent.ota import machine as m
 from agent.ota.backend import KEPT_BUNDLE
+from agent.ota.install import check_manifest
 from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.store import StateStore
-from agent.ota.updater import check_manifest
 from common.cli import EXIT_USAGE, fail, make_app, run_app
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings

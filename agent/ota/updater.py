@@ -2,8 +2,10 @@
 
 Every step saves the record (``state.json``) *before* it acts, so after a crash or a power
 cut the next start knows what was in progress (``machine.on_boot``). The decisions are in
-``agent.ota.machine``; this module does the I/O around them: TUF fetch, unpack into the
-backend, switch, the restart seam, the trial and the commit.
+``agent.ota.machine``; this module acts on them: it owns the record, runs the install
+(``agent.ota.install``: TUF fetch, checks, unpack into the backend or the model slots, the
+accuracy gate) in a worker thread, then the switch, the restart seam, the trial and the
+commit, and reports ``update_state``.
 
 The restart seam is a callable: in the agent it stops the process cleanly and the launcher
 (``agent.ota.launch``, run by systemd) starts it again from the new ``current``.
@@ -22,7 +24,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,10 @@ from agent.ota import errors as e
 from agent.ota import machine as m
 from agent.ota.backend import InstallBackend, make_backend
 from agent.ota.crash import crash_point
-from agent.ota.fetch import FetchConfig, Fetcher, Target
+from agent.ota.install import Gate, GateOutcome, Installer, fetch_config
 from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.store import StateStore
-from common import bundle as common_bundle
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +55,6 @@ def release_of_code(releases_dir: Path) -> str | None:
     except OSError:
         return None
     return None
-
-
-def check_manifest(bundle: Path, release: str) -> None:
-    """The bundle's MANIFEST.json names ``release`` and every file matches its sha256."""
-    try:
-        manifest = common_bundle.read_manifest(bundle)
-    except common_bundle.BundleError as exc:
-        raise e.OtaError(e.BAD_BUNDLE, str(exc)) from exc
-    named = manifest.get("release")
-    if named is None or str(named) != release:
-        raise e.OtaError(e.BAD_BUNDLE, f"bundle says release {named}, wanted {release}")
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """The accuracy gate's verdict (agent.ota.model_gate.GateResult, as the updater uses it)."""
-
-    ok: bool
-    reason: str
-    detail: str
-    figures: dict[str, object]
-
-
-Gate = Callable[[Path, Path | None], GateOutcome]  # (candidate dir, current dir) -> verdict
 
 
 class Updater:
@@ -102,16 +78,13 @@ class Updater:
         self.clock = clock
         self.gate = gate or self.evaluation_gate
         self.backend = backend or make_backend(settings.backend, settings.slots_dir)
-        self.fetch_config = FetchConfig(
-            metadata_url=settings.metadata_url,
-            targets_url=settings.targets_url,
-            ca=settings.ca or default_ca,
-            trusted_root=settings.trusted_root,
-            metadata_dir=self.dir / "tuf",
-            download_dir=self.dir / "download",
-            max_target_bytes=settings.max_target_bytes,
-            timeout_s=settings.timeout_s,
-            retries=settings.download_retries,
+        self.installer = Installer(
+            fetch_config(settings, self.dir, default_ca),
+            self.backend,
+            settings.model_slots_dir,
+            step=self._step,
+            report=lambda progress: self._report(self.record, progress=progress),
+            progress=self._progress,
         )
         self._lock = threading.RLock()
         self._worker: threading.Thread | None = None
@@ -265,65 +238,25 @@ class Updater:
         if desired is None:
             return
         if desired.artifact == "model":
-            self._install_model(desired)
+            self.installer.model(desired, self.gate)
+            self._promote_model()
             return
         if desired.artifact != "agent":
             raise e.OtaError(e.INSTALL, f"artifact {desired.artifact} is not installed here")
-        self._check_release(desired, self.started_from)
-        self._report(self.record, progress=0.0)
-        fetcher = Fetcher(self.fetch_config)
-        running = self.backend.running()
-        kept = self.backend.kept_bundle(running) if running is not None else None
-        full, bundle, used_delta = fetcher.fetch_bundle(
-            desired.target, running, kept, progress=self._progress
-        )
-        self._check_target(full, desired)
-        self._step("downloaded")
-        log.info("%s downloaded (%s)", desired.target, "delta" if used_delta else "full")
-        crash_point("verify")
-        check_manifest(bundle, desired.release)
-        self._step("verified")
-        self._report(self.record)
-        self.backend.install(bundle, desired.release, full.sha256)
-        self._step("installed")
-        fetcher.clean()
+        self.installer.agent(desired, self.started_from)
         self._switch()
-
-    def _install_model(self, desired: m.Desired) -> None:
-        """A model bundle: fetch, unpack beside the current model, run the accuracy gate,
-        then switch the model link and restart (the pipeline loads its model at start)."""
-        slots = self._model_slots()
-        self._check_release(desired, slots.running())
-        self._report(self.record, progress=0.0)
-        fetcher = Fetcher(self.fetch_config)
-        full, info = fetcher.target(desired.target)
-        self._check_target(full, desired)
-        bundle = fetcher.download(full, info, self._progress)
-        self._step("downloaded")
-        crash_point("verify")
-        candidate = slots.install_bundle(bundle, desired.release, full.sha256)
-        current = slots.current_path() if slots.running() else None
-        result = self.gate(candidate, current)
-        if not result.ok:
-            slots.remove(desired.release)
-            raise e.OtaError(result.reason or e.ACCURACY_GATE, result.detail)
-        log.info("model %s passed the gate: %s", desired.release, result.figures)
-        self._step("verified")
-        self._report(self.record)
-        self._step("installed")
-        self._promote_model()
 
     def _promote_model(self) -> None:
         desired = self.record.desired
         if desired is None:
             return
-        slots = self._model_slots()
+        slots = self.installer.model_slots()
         slots.switch(desired.release)
         with self._lock:
             self._save(m.step(self.record, "promoted", error=None))
             self._report(self.record)
             self._restarting = True
-        Fetcher(self.fetch_config).clean()
+        self.installer.clean()
         previous = self.record.previous
         slots.prune({desired.release} if previous is None else {desired.release, previous})
         self.restart()
@@ -335,12 +268,6 @@ class Updater:
 
         result = evaluate(candidate, current, self.settings.model_gate)
         return GateOutcome(result.ok, result.reason, result.detail, dict(result.figures))
-
-    def _model_slots(self) -> AppSlots:
-        base = self.settings.model_slots_dir
-        if base is None:
-            raise e.OtaError(e.INSTALL, "model updates are not configured (ota.model_slots_dir)")
-        return AppSlots(base, required="bundle.json", marker_beside=True)
 
     def _switch(self) -> None:
         rec = self.record
@@ -388,7 +315,7 @@ class Updater:
             log.error("update to %s refused: %s", rec.desired, exc.wire)
             if rec.state in m.BUSY:
                 self._save(m.step(rec, "error", error=exc.wire))
-            Fetcher(self.fetch_config).clean()
+            self.installer.clean()
             self._report(self.record)
 
     # ------------------------------------------------------------ helpers
@@ -413,26 +340,6 @@ class Updater:
         if artifact == "model" and self.settings.model_slots_dir is not None:
             return AppSlots(self.settings.model_slots_dir, marker_beside=True).running()
         return None
-
-    @staticmethod
-    def _check_release(desired: m.Desired, running: str | None) -> None:
-        try:
-            m.release_key(desired.release)
-        except ValueError as exc:
-            raise e.OtaError(e.BAD_METADATA, str(exc)) from exc
-        if not desired.allow_downgrade and m.is_downgrade(running, desired.release):
-            raise e.OtaError(e.DOWNGRADE, f"{desired.release} is older than the running {running}")
-
-    @staticmethod
-    def _check_target(full: Target, desired: m.Desired) -> None:
-        artifact = full.custom.get("artifact")
-        release = full.custom.get("release")
-        if artifact != desired.artifact or release != desired.release:
-            raise e.OtaError(
-                e.BAD_METADATA,
-                f"{full.path} is signed as {artifact} {release}, "
-                f"not {desired.artifact} {desired.release}",
-            )
 
     def _progress(self, have: int, total: int) -> None:
         if self._stopping.is_set():

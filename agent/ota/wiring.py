@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import AgentSettings
-from agent.ota.updater import GateOutcome, Updater
+from agent.ota.install import GateOutcome
+from agent.ota.updater import Updater
 
 if TYPE_CHECKING:
     from agent.vision.runner import PipelineThread

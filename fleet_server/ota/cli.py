@@ -13,8 +13,9 @@ import typer
 from common.cli import fail, make_app
 from fleet_server.config import ServerSettings
 from fleet_server.ota import release as rel
+from fleet_server.ota.published import RepoError
 from fleet_server.ota.settings import repo_dir_of
-from fleet_server.ota.tufrepo import ROLES, RepoError, TufRepo
+from fleet_server.ota.tufrepo import ROLES, TufRepo
 
 PROG = "camfleet-server release"
 

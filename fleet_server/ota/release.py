@@ -28,7 +28,8 @@ import bsdiff4
 
 from common import bundle
 from common.files import atomic_write
-from fleet_server.ota.tufrepo import RepoError, TufRepo
+from fleet_server.ota.published import RepoError
+from fleet_server.ota.tufrepo import TufRepo
 
 BUNDLE_FORMAT = 1
 MANIFEST = bundle.MANIFEST

@@ -32,8 +32,9 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter
 
 from fleet_server.identity.est import EstListener
+from fleet_server.ota.published import RepoError
 from fleet_server.ota.settings import OtaSettings, repo_dir_of
-from fleet_server.ota.tufrepo import RepoError, TufRepo
+from fleet_server.ota.tufrepo import TufRepo
 
 if TYPE_CHECKING:
     from fleet_server.features import ServerContext

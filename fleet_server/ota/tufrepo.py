@@ -1,10 +1,6 @@
-"""The TUF repository of camfleet releases: metadata, signing keys, targets on disk.
-
-Layout of a repository directory R (servable by any static HTTP host; see docs/ota.md):
-
-    R/metadata/<N>.root.json, <N>.targets.json, <N>.snapshot.json, timestamp.json
-    R/targets/<dir>/<sha256>.<basename>     (consistent snapshots: content-addressed)
-    R/staged.json                           (targets added but not yet published; not served)
+"""The TUF repository of camfleet releases, on the signing side: keys, staging targets,
+publishing, the timestamp refresh and key rotation. Reading what is published (the layout,
+target entries, metadata without keys) is ``fleet_server.ota.published``.
 
 Signing keys live in a keys directory K, one PEM (PKCS#8, ed25519) per key, mode 0600:
 ``root-<i>.key`` (offline in production: only ``init`` and ``rotate`` need them),
@@ -18,16 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
@@ -40,11 +34,20 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from common.files import atomic_write, sync_dir
+from fleet_server.ota.published import (
+    CHUNK,
+    PublishedRepo,
+    RepoError,
+    TargetEntry,
+    check_target_path,
+    sha256_file,
+    target_file_path,
+)
 
+# RepoError is the package's error (defined with the reading side); the CLI takes it from here
 log = logging.getLogger(__name__)
 
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
@@ -56,107 +59,15 @@ DEFAULT_EXPIRY_DAYS: dict[str, float] = {
     "timestamp": 1.0,
 }
 _KEY_MODE = 0o600
-_CHUNK = 1 << 16
-
-_S = TypeVar("_S", Root, Timestamp, Snapshot, Targets)
-
-
-class RepoError(Exception):
-    """A repository operation that cannot be done; the message says why."""
-
-
-@dataclass(frozen=True)
-class TargetEntry:
-    """One target as listed: its path, length, sha256, custom data and whether published."""
-
-    path: str
-    length: int
-    sha256: str
-    custom: dict[str, Any]
-    published: bool
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def target_file_path(repo_dir: Path, target_path: str, sha256: str) -> Path:
-    """Where a target's bytes live: ``R/targets/<dir>/<sha256>.<basename>``.
-
-    This is the URL python-tuf's ngclient asks for with consistent snapshots.
-    """
-    dirname, _, basename = target_path.rpartition("/")
-    return repo_dir / "targets" / dirname / f"{sha256}.{basename}"
-
-
-def check_target_path(path: str) -> None:
-    parts = path.split("/")
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise RepoError(f"bad target path {path!r}: relative, no empty, '.' or '..' parts")
-
-
-class PublishedRepo:
-    """What a TUF repository directory publishes, read without keys (signatures are not
-    checked: the server trusts its own disk, devices verify them)."""
-
-    def __init__(self, repo_dir: Path) -> None:
-        self.repo_dir = Path(repo_dir)
-        self.metadata_dir = self.repo_dir / "metadata"
-        if not (self.metadata_dir / "1.root.json").is_file():
-            raise RepoError(f"no TUF repository in {self.repo_dir} (run 'release init')")
-
-    def root(self) -> Metadata[Root]:
-        return self._load(f"{self.root_version()}.root.json", Root)
-
-    def root_version(self) -> int:
-        versions = [
-            int(p.name.split(".")[0])
-            for p in self.metadata_dir.glob("*.root.json")
-            if p.name.split(".")[0].isdigit()
-        ]
-        return max(versions)
-
-    def timestamp(self) -> Metadata[Timestamp]:
-        return self._load("timestamp.json", Timestamp)
-
-    def snapshot(self) -> Metadata[Snapshot]:
-        return self._load(
-            f"{self.timestamp().signed.snapshot_meta.version}.snapshot.json", Snapshot
-        )
-
-    def targets(self) -> Metadata[Targets]:
-        return self._load(
-            f"{self.snapshot().signed.meta['targets.json'].version}.targets.json", Targets
-        )
-
-    def target_info(self, path: str) -> TargetEntry | None:
-        """A published target by path, or None."""
-        t = self.targets().signed.targets.get(path)
-        return None if t is None else _entry(t, published=True)
-
-    def _load(self, name: str, kind: type[_S]) -> Metadata[_S]:
-        path = self.metadata_dir / name
-        try:
-            md = Metadata.from_file(str(path))
-        except FileNotFoundError as exc:
-            raise RepoError(f"missing metadata {path}") from exc
-        except DeserializationError as exc:
-            raise RepoError(f"unreadable metadata {path}: {exc}") from exc
-        if not isinstance(md.signed, kind):
-            raise RepoError(f"{path} is not {kind.type} metadata")
-        return md
-
-
 class TufRepo(PublishedRepo):
-    """A TUF repository on disk (see the module docstring for the layout)."""
+    """A TUF repository on disk with its keys (layouts: this module's docstring and
+    ``fleet_server.ota.published``'s)."""
 
     def __init__(
         self,
@@ -231,8 +142,8 @@ class TufRepo(PublishedRepo):
 
     def list_targets(self) -> list[TargetEntry]:
         """Published targets, then staged ones (not yet visible to devices)."""
-        out = [_entry(t, published=True) for t in self.targets().signed.targets.values()]
-        out += [_entry(t, published=False) for t in self._staged().values()]
+        out = [TargetEntry.of(t, published=True) for t in self.targets().signed.targets.values()]
+        out += [TargetEntry.of(t, published=False) for t in self._staged().values()]
         return sorted(out, key=lambda e: (not e.published, e.path))
 
     def local_target(self, path: str) -> Path:
@@ -446,11 +357,6 @@ class TufRepo(PublishedRepo):
             os.close(fd)
 
 
-def _entry(t: TargetFile, *, published: bool) -> TargetEntry:
-    custom = t.unrecognized_fields.get("custom", {})
-    return TargetEntry(t.path, t.length, t.hashes["sha256"], dict(custom), published)
-
-
 def _write_md(path: Path, md: Metadata[Any]) -> None:
     atomic_write(str(path), md.to_bytes(JSONSerializer(compact=False)))
 
@@ -472,7 +378,7 @@ def _read_key(path: Path, role: str) -> CryptoSigner:
 def _copy_atomic(src: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     with src.open("rb") as fi, tmp.open("wb") as fo:
-        shutil.copyfileobj(fi, fo, _CHUNK)
+        shutil.copyfileobj(fi, fo, CHUNK)
         fo.flush()
         os.fsync(fo.fileno())
     os.replace(tmp, dest)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from fleet_server.commands.store import Outgoing
 from fleet_server.db import page
 from fleet_server.ota import release as rel
-from fleet_server.ota.tufrepo import PublishedRepo, RepoError
+from fleet_server.ota.published import PublishedRepo, RepoError
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts import plan, store
 from fleet_server.rollouts.model import Campaign, CampaignDevice

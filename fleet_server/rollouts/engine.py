@@ -1,5 +1,5 @@
 """The rollout engine's decisions, on plain data: campaign + device states + clock -> what
-to do. The store (fleet_server.rollouts.store) reads the rows, calls ``decide`` and carries
+to do. The tick (fleet_server.rollouts.tick) reads the rows, calls ``decide`` and carries
 the decision out (publish, clear, write); nothing here touches the database or the broker.
 
 Rules, per tick:
@@ -8,7 +8,7 @@ Rules, per tick:
   rolled back counts as failed (``deadline: ...``);
 - a committed device soaks for ``soak_s``: it must not go offline between its commit and
   the end of the soak, nor get a health alert between being asked and that end; then it is
-  healthy, else unhealthy. The store gives the times of those events (from the registry and
+  healthy, else unhealthy. The tick gives the times of those events (from the registry and
   the alert history), so a tick that comes late judges the same as one on time;
 - the current wave halts the campaign as soon as its failures (failed + rolled back +
   unhealthy after commit) exceed ``failure`` x wave size; it passes when every device of it

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.commands.store import Outgoing
 from fleet_server.rollouts import model as m
-from fleet_server.rollouts import store
+from fleet_server.rollouts import store, tick
 from fleet_server.rollouts.settings import RolloutSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def tick_all(
                 camp = store.lock_campaign(db, cid)
                 if camp.closed_at is not None:
                     continue  # another worker closed it a moment ago
-                res = store.tick_campaign(db, camp, now, default_tz, max_out)
+                res = tick.tick_campaign(db, camp, now, default_tz, max_out)
         except Exception:  # one campaign's trouble must not stop the others
             log.exception("rollout tick of campaign %s failed", cid)
             continue

@@ -20,9 +20,9 @@ import pytest
 from agent.identity.clock_guard import FILE_NAME as AGENT_LAST_GOOD
 from agent.vision.model_fetch import ModelFiles
 from hil_tests import checks, scenes
-from hil_tests.procs import Process
+from hil_tests.procs import Process, wait_until
 from hil_tests.rig import Rig, Unsupported
-from hil_tests.virtual_rig import VirtualRig, wait_until
+from hil_tests.virtual_rig import VirtualRig
 from tests.detection_helpers import model_files, model_release_repo
 
 __all__ = ["model_files"]  # fixture
