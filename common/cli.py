@@ -22,7 +22,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # a message is one line
 
 
 def fail(prog: str, message: object, code: int = EXIT_FAILED) -> NoReturn:

@@ -195,7 +195,7 @@ def source_copy(dest: Path, broken: str | None = None) -> Path:
         )
     if broken is not None:
         cli = dest / "agent" / "cli.py"
-        anchor = "    args = _parser().parse_args(argv)\n"
+        anchor = "    stop = threading.Event()\n"
         text = cli.read_text()
         if anchor not in text:
             raise RuntimeError("agent/cli.py changed: cannot break it on purpose")
