@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 
-from fleet_server.config import AlertSettings
+from fleet_server.health.settings import AlertSettings
 from fleet_server.health.alerts import AlertChange
 from fleet_server.metrics import Metrics
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from firmware import contract
 from fleet_server.commands.store import Outgoing
-from fleet_server.config import IngestSettings, MqttSettings
+from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.health.notify import Notifier
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client

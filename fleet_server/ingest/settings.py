@@ -1,0 +1,40 @@
+"""Settings of the ingest: its MQTT connection (``[mqtt]``) and batching (``[ingest]``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Section):
+    host: str = Field("localhost", description="Broker host name (must match its certificate)")
+    port: int = Field(8883, ge=1, le=65535, description="Broker TLS port")
+    client_id: str = Field(
+        "fleet-server-1", description="MQTT client id of this worker; unique per worker"
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    session_expiry_s: int = Field(
+        3600,
+        ge=0,
+        description="Seconds the broker keeps this worker's session (and queued messages) "
+        "after a disconnect",
+    )
+    shared: bool = Field(
+        True, description="Join the MQTT v5 shared subscription group so workers split the load"
+    )
+
+
+class IngestSettings(_Section):
+    batch_size: int = Field(500, ge=1, le=100_000, description="Most messages per DB transaction")
+    batch_ms: int = Field(
+        50, ge=1, le=10_000, description="Longest a message waits for its batch, milliseconds"
+    )
+    queue_size: int = Field(
+        20_000,
+        ge=10,
+        description="Messages held between MQTT and the DB writer; when full, reading from "
+        "the broker pauses (the broker queues for us)",
+    )
