@@ -15,8 +15,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 
-from fleet_server.health.settings import AlertSettings
 from fleet_server.health.alerts import AlertChange
+from fleet_server.health.settings import AlertSettings
 from fleet_server.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from firmware import contract
 from fleet_server.commands.store import Outgoing
-from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.health.notify import Notifier
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client
 from fleet_server.ingest.codec import Publish
 from fleet_server.ingest.registry import Accepted, Registry
+from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
