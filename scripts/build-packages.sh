@@ -26,8 +26,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 say() { printf '== %s\n' "$*"; }
 
 version=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-model_release=$("$PY" -c 'from agent.model_fetch import PACKAGE; print(PACKAGE.rsplit("@", 1)[1])')
-card=agent/cards/ssd_mobilenetv2_oidv4.toml
+model_release=$("$PY" -c 'from agent.vision.model_fetch import PACKAGE; print(PACKAGE.rsplit("@", 1)[1])')
+card=agent/vision/cards/ssd_mobilenetv2_oidv4.toml
 model_name=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["name"])' "$card")
 model_deb_name=camfleet-model-${model_name//_/-}
 
@@ -67,13 +67,13 @@ mkdir -p "$WORK/factory"
 "$PY" -m fleet_server.ota.release agent "$version" "$WORK/factory/camfleet-agent-$version.tar.gz" >/dev/null
 
 say "model bundle $model_name $model_release (evaluation set drafted on scikit-image's photos)"
-model_dir=$("$PY" -c 'from agent.model_fetch import cache_dir; print(cache_dir())')
+model_dir=$("$PY" -c 'from agent.vision.model_fetch import cache_dir; print(cache_dir())')
 photos=$("$PY" -c 'import os, skimage.data as d; p = os.path.dirname(d.__file__); print(" ".join(os.path.join(p, n) for n in ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg")))')
 # shellcheck disable=SC2086
-"$PY" -m agent.model_bundle eval-set --card "$card" --model-dir "$model_dir" --out "$WORK/model-eval" $photos >/dev/null 2>&1
-"$PY" -m agent.model_bundle build --card "$card" --eval "$WORK/model-eval" --release "$model_release" \
-  --model "$model_dir/$("$PY" -c 'from agent.model_fetch import MODEL_NAME; print(MODEL_NAME)')" \
-  --labels "$model_dir/$("$PY" -c 'from agent.model_fetch import LABELS_NAME; print(LABELS_NAME)')" \
+"$PY" -m agent.ota.eval_set eval-set --card "$card" --model-dir "$model_dir" --out "$WORK/model-eval" $photos >/dev/null 2>&1
+"$PY" -m agent.ota.eval_set build --card "$card" --eval "$WORK/model-eval" --release "$model_release" \
+  --model "$model_dir/$("$PY" -c 'from agent.vision.model_fetch import MODEL_NAME; print(MODEL_NAME)')" \
+  --labels "$model_dir/$("$PY" -c 'from agent.vision.model_fetch import LABELS_NAME; print(LABELS_NAME)')" \
   --out "$WORK/model-bundle" >/dev/null
 mkdir -p "$WORK/model"
 # the same bytes `camfleet-server release add model` publishes as model/<name>-<release>.tar.gz

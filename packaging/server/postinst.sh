@@ -38,7 +38,7 @@ if [ -d /run/systemd/system ]; then
   if [ -z "$2" ]; then
     # enabled; started by the administrator after `camfleet-server init` (docs/deploy.md)
     systemctl enable camfleet.target camfleet-broker.service camfleet-server.service \
-      camfleet-est.service >/dev/null || true
+      camfleet-est.service camfleet-ingest@1.service >/dev/null || true
   else
     # an upgrade: the prerm stopped what ran; the API unit migrates the schema first
     if systemctl is-enabled --quiet camfleet.target; then systemctl start camfleet.target || true; fi
