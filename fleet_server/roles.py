@@ -72,10 +72,16 @@ def _until_signalled() -> None:
 
 
 def _metrics(settings: ServerSettings, offset: int, metrics: Metrics) -> None:
-    if settings.role_metrics_port:
-        port = settings.role_metrics_port + offset
+    """Serve the process's metrics; a port taken costs the metrics, never the process."""
+    if not settings.role_metrics_port:
+        return
+    port = settings.role_metrics_port + offset
+    try:
         start_http_server(port, "127.0.0.1", registry=metrics.registry)
-        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    except OSError as exc:
+        log.error("metrics not served on 127.0.0.1:%d: %s", port, exc)
+        return
+    log.info("metrics on http://127.0.0.1:%d/metrics", port)
 
 
 def serve_ingest(settings: ServerSettings, instance: int) -> None:

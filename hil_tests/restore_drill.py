@@ -93,7 +93,8 @@ class Fleet:
         for proc in reversed(self.procs):
             proc.stop()
 
-    def start_old(self) -> ServerProcess:
+    def start_old(self) -> tuple[ServerProcess, str]:
+        """The old server and an admin's token (its reader: the rig reads as that admin)."""
         a = self.work / "a"
         self.ca.init()
         config = write_server_config(a / "server.toml", data_dir=a, pki_dir=a / "pki",
@@ -101,15 +102,17 @@ class Fleet:
                                      database_url=self.urls["a"], grace=self.cfg.grace,
                                      extra=server_extra(a))  # fmt: skip
         _must(cli(config, "release", "init", "--root-threshold", "1", "--root-keys", "1"))
+        token = _must(cli(config, "add-user", "drill-admin", "--role", "admin")).split()[-1]
         broker = Broker(self.ca, a / "broker", port=self.port).start()
         self.procs.append(broker)
-        return self._server(a, "fleet-a")
+        return self._server(a, "fleet-a", token), token
 
-    def _server(self, data: Path, client_id: str) -> ServerProcess:
+    def _server(self, data: Path, client_id: str, token: str) -> ServerProcess:
         server = ServerProcess(data, data / "pki", self.port, database_url=self.urls[data.name],
                                client_id=client_id, grace=self.cfg.grace,
                                extra=server_extra(data))  # fmt: skip
-        self.procs.append(server.start_and_wait())
+        server.reader_token = token
+        self.procs.append(server.start_and_wait(timeout=min(60.0, self.cfg.timeout_s)))
         self.server = server
         return server
 
@@ -138,11 +141,12 @@ class Fleet:
             proc.stop()
             self.procs.remove(proc)
 
-    def start_restored(self) -> ServerProcess:
+    def start_restored(self, token: str) -> ServerProcess:
+        """The restored server, read with the old server's admin token (people came back)."""
         b = self.work / "b"
         ca = CertificateAuthority(b / "pki")
         self.procs.append(Broker(ca, b / "broker", port=self.port).start())
-        return self._server(b, "fleet-b")
+        return self._server(b, "fleet-b", token)
 
     def fresh_config(self, name: str, database_url: str) -> Path:
         d = self.work / name
@@ -163,11 +167,10 @@ def run_drill(
     fleet = Fleet(work, database_a, database_b, cfg)
     result = DrillResult(work / "backup.tar.gz")
     try:
-        old = fleet.start_old()
+        old, result.admin_token = fleet.start_old()
         ids = fleet.start_devices()
         wait_for(lambda: reporting_since(old, 0.0, "") == len(ids), cfg.timeout_s,
                  interval=0.5, what=f"{len(ids)} devices online")  # fmt: skip
-        result.admin_token = old.add_user("drill-admin", "admin")
         result.revoked = ids[-1]
         status, body = old.post(f"/api/devices/{result.revoked}/revoke",
                                 {"reason": "drill"}, token=result.admin_token)  # fmt: skip
@@ -186,7 +189,7 @@ def run_drill(
         start_wall, t0 = time.time(), time.monotonic()
         _must(cli(config_b, "restore", str(result.archive)))
         result.restore_s = time.monotonic() - t0
-        new = fleet.start_restored()
+        new = fleet.start_restored(result.admin_token)
         want = len(ids) - 1
         wait_for(lambda: reporting_since(new, start_wall, result.revoked) == want,
                  cfg.timeout_s, interval=0.25, what=f"{want} devices reporting again")  # fmt: skip

@@ -39,12 +39,23 @@ SERVER_NATIVE = ["pydantic_core", "cryptography", "cffi", "bsdiff4", "uvloop", "
                  "psycopg_binary", "sqlalchemy"]  # fmt: skip
 
 
+def _sources_mtime() -> float:
+    """When the packaging's sources last changed (what a built package must be newer than)."""
+    paths = [*PKG.rglob("*"), ROOT / "scripts" / "build-packages.sh", ROOT / "pyproject.toml"]
+    return max(p.stat().st_mtime for p in paths if p.is_file())
+
+
 def _deb(name: str) -> Path:
     found = sorted(BUILT.glob(name))
+    why = ""
     if not found:
+        why = f"no {name} in {BUILT}"
+    elif found[-1].stat().st_mtime < _sources_mtime():
+        why = f"{found[-1].name} is older than packaging/ (stale)"
+    if why:
         if os.environ.get("CAMFLEET_REQUIRE_PACKAGES") == "1":
-            pytest.fail(f"no {name} in {BUILT}: `make packages` must run first")
-        pytest.skip(f"no {name} in {BUILT}: run `make packages` (about a minute)")
+            pytest.fail(f"{why}: `make packages` must run first")
+        pytest.skip(f"{why}: run `make packages` (about a minute)")
     return found[-1]
 
 

@@ -10,6 +10,7 @@ role's metrics are on 127.0.0.1; a SIGTERM ends a worker cleanly.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -40,12 +41,25 @@ def _get(url: str, tls: ssl.SSLContext | None, token: str = "") -> tuple[int, An
         return 0, None
 
 
+def _two_free_ports() -> int:
+    """A port p with p + 1 free too (the EST listener's metrics and ingest worker 1's)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
 @pytest.mark.slow
 def test_api_ingest_and_est_run_as_separate_processes(tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path / "pki")
     ca.init()
     broker = Broker(ca, tmp_path / "broker").start()
-    api_port, est_port, metrics_port = free_port(), free_port(), free_port()
+    api_port, est_port, metrics_port = free_port(), free_port(), _two_free_ports()
     config = write_server_config(
         tmp_path / "server.toml", data_dir=tmp_path, pki_dir=ca.dir, broker_port=broker.port,
         api_port=api_port, client_id="fleet",
