@@ -24,6 +24,7 @@ import pytest
 from agent.config import AgentSettings
 from common.settings import load_settings
 from fleet_server.config import ServerSettings
+from fleet_server.ota.release import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "packaging"
@@ -110,9 +111,11 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_agent_unit_keeps_notify_watchdog_and_directories() -> None:
     unit = (PKG / "agent" / "camfleet-agent.service").read_text()
-    for line in ("Type=notify", "WatchdogSec=60", "StateDirectory=camfleet-agent",
-                 "ConfigurationDirectory=camfleet-agent", "User=camfleet",
-                 "ReadWritePaths=/etc/camfleet-agent"):  # fmt: skip
+    for line in ("Type=notify", "NotifyAccess=all", "WatchdogSec=60", "Restart=always",
+                 "StateDirectory=camfleet-agent", "ConfigurationDirectory=camfleet-agent",
+                 "User=camfleet", "ReadWritePaths=/etc/camfleet-agent",
+                 "ExecStart=/opt/camfleet-agent/venv/bin/camfleet-agent-launch"
+                 " --config /etc/camfleet-agent/agent.toml"):  # fmt: skip
         assert f"\n{line}\n" in unit, line
 
 
@@ -143,7 +146,8 @@ def test_agent_package_holds_wheels_for_its_architecture(arch: str, tmp_path: Pa
     root = _extract(deb, tmp_path / "x")
     wheels = sorted((root / "opt/camfleet-agent/wheels").glob("*.whl"))
     _check_wheels(wheels, ARCH[arch], AGENT_NATIVE)
-    assert (root / f"opt/camfleet-agent/factory/camfleet-agent-{VERSION}.tar.gz").is_file()
+    factory = root / f"opt/camfleet-agent/factory/camfleet-agent-{VERSION}.tar.gz"
+    assert read_manifest(factory)["release"] == VERSION  # the launcher's first release
     assert (root / "lib/systemd/system/camfleet-agent.service").read_bytes() == (
         PKG / "agent" / "camfleet-agent.service"
     ).read_bytes()
