@@ -1,7 +1,7 @@
 """The agent as a service: sd_notify to a real Unix datagram socket standing in for
 systemd (READY, watchdog pings, STOPPING), the watchdog withheld when the pipeline hangs,
-the systemd unit (checked by systemd-analyze), the Debian package, camera sources through
-OpenCV (a real video file), and picamera2's clear refusal where it cannot run."""
+camera sources through OpenCV (a real video file), and picamera2's clear refusal where it
+cannot run. The systemd unit and the Debian package: tests/test_packages.py."""
 
 from __future__ import annotations
 
