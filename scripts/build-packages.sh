@@ -80,8 +80,20 @@ mkdir -p "$WORK/model"
 "$PY" -c 'import sys; from pathlib import Path; from fleet_server.ota.release import tar_directory; tar_directory(Path(sys.argv[1]), Path(sys.argv[2]))' \
   "$WORK/model-bundle" "$WORK/model/$model_name-$model_release.tar.gz"
 
+# The fleet server's Mosquitto plugin (C, one file) where the source tree has one: built
+# here for amd64 (gcc, libmosquitto-dev, libssl-dev) and installed where the broker config
+# looks for it (fleet_server/broker/plugin.py): a packaged server has no compiler.
+plugin_src=fleet_server/broker/plugin/camfleet_broker.c
+export CAMFLEET_BROKER_PLUGIN_SO=""
+if [ -f "$plugin_src" ]; then
+  say "broker plugin (amd64)"
+  mkdir -p "$WORK/plugin"
+  gcc -O2 -Wall -Wextra -Werror -fPIC -shared "$plugin_src" -o "$WORK/plugin/camfleet_broker.so" -lcrypto
+  CAMFLEET_BROKER_PLUGIN_SO=$WORK/plugin/camfleet_broker.so
+fi
+
 expand() {  # nfpm does not expand variables in file paths: expand the whole config here
-  "$PY" -c 'import os, sys; sys.stdout.write(os.path.expandvars(open(sys.argv[1]).read()))' "$1" >"$2"
+  "$PY" scripts/nfpm_config.py "$1" "$2"
 }
 
 package() {  # package <nfpm template> <name of the expanded config>

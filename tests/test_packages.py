@@ -119,6 +119,22 @@ def test_agent_unit_keeps_notify_watchdog_and_directories() -> None:
         assert f"\n{line}\n" in unit, line
 
 
+def test_the_broker_plugin_goes_into_the_server_package_when_the_tree_has_one(
+    tmp_path: Path,
+) -> None:
+    template = PKG / "server" / "nfpm.yaml"
+    env = {"PATH": os.environ["PATH"], "CAMFLEET_VERSION": "9.9", "DEB_ARCH": "amd64"}
+    for plugin in ("", "/work/plugin/camfleet_broker.so"):
+        out = tmp_path / "server.yaml"
+        subprocess.run([sys.executable, str(ROOT / "scripts/nfpm_config.py"), str(template),
+                        str(out)], env={**env, "CAMFLEET_BROKER_PLUGIN_SO": plugin},
+                       check=True)  # fmt: skip
+        text = out.read_text()
+        assert "version: 9.9" in text and "@BROKER_PLUGIN@" not in text
+        entry = f"  - src: {plugin}\n    dst: /usr/lib/camfleet/camfleet_broker.so\n"
+        assert (entry in text) == bool(plugin), text
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_maintainer_scripts_run_nothing_from_the_network(script: Path) -> None:
     text = script.read_text()
@@ -300,6 +316,8 @@ def test_server_package_installs_offline_and_serves_https_only(tmp_path: Path) -
             PKG / "server" / unit
         ).read_bytes()
     assert "/etc/camfleet/server.toml" in (root / "DEBIAN/conffiles").read_text()
+    plugin = root / "usr/lib/camfleet/camfleet_broker.so"  # the broker loads it (issue 15)
+    assert plugin.is_file() == (ROOT / "fleet_server/broker/plugin/camfleet_broker.c").is_file()
     _check_wheels(sorted((root / "opt/camfleet-server/wheels").glob("*.whl")), "x86_64",
                   SERVER_NATIVE)  # fmt: skip
     venv = _offline_venv(tmp_path / "venv", root / "opt/camfleet-server/wheels",
