@@ -59,12 +59,20 @@ def _model_tar(tmp: Path, model: ModelFiles, release: str) -> Path:
     return tar_directory(bundle, tmp / f"model-{release}.tar.gz")
 
 
-def test_first_model_goes_into_the_empty_slot_only(tmp_path: Path, model_files: ModelFiles) -> None:
+@pytest.fixture(scope="module")
+def first_model(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -> Path:
+    """The real model as a model bundle .tar.gz, release 1.0.0 (what a model package holds)."""
+    return _model_tar(tmp_path_factory.mktemp("model"), model_files, "1.0.0")
+
+
+def test_first_model_goes_into_the_empty_slot_only(
+    tmp_path: Path, model_files: ModelFiles, first_model: Path
+) -> None:
     settings = load_settings(AgentSettings, _packaged_config(tmp_path))
     assert settings.ota is not None
     # no model yet: the agent starts without detection (it reports and takes updates)
     assert awaiting_model(settings) == tmp_path / "state" / "models" / "current"
-    first = _model_tar(tmp_path, model_files, "1.0.0")
+    first = first_model
     assert init_model(settings.ota, first, if_none=True) == "1.0.0"
     assert awaiting_model(settings) is None
     current = tmp_path / "state" / "models" / "current"
@@ -76,11 +84,11 @@ def test_first_model_goes_into_the_empty_slot_only(tmp_path: Path, model_files: 
 
 
 def test_a_tampered_model_bundle_is_refused_and_the_slot_stays_empty(
-    tmp_path: Path, model_files: ModelFiles
+    tmp_path: Path, first_model: Path
 ) -> None:
     settings = load_settings(AgentSettings, _packaged_config(tmp_path))
     assert settings.ota is not None
-    good = _model_tar(tmp_path, model_files, "1.0.0")
+    good = first_model
     bad = tmp_path / "bad.tar.gz"
     with tarfile.open(good, "r:gz") as src, tarfile.open(bad, "w:gz") as dst:
         for member in src:
