@@ -303,7 +303,7 @@ def test_amd64_box_installs_offline_and_detects_with_the_model_package(tmp_path:
     assert "Person" in got["labels"]
 
 
-def test_server_package_installs_offline_and_serves_https_only(tmp_path: Path) -> None:
+def test_server_package_holds_units_config_and_amd64_wheels(tmp_path: Path) -> None:
     deb = _deb(f"camfleet-server_{VERSION}_amd64.deb")
     assert _field(deb, "Architecture") == "amd64"
     depends = _field(deb, "Depends")
@@ -320,6 +320,15 @@ def test_server_package_installs_offline_and_serves_https_only(tmp_path: Path) -
     assert plugin.is_file() == (ROOT / "fleet_server/broker/plugin/camfleet_broker.c").is_file()
     _check_wheels(sorted((root / "opt/camfleet-server/wheels").glob("*.whl")), "x86_64",
                   SERVER_NATIVE)  # fmt: skip
+    for script in ("postinst", "prerm", "postrm"):
+        assert (root / "DEBIAN" / script).read_bytes() == (
+            PKG / "server" / f"{script}.sh"
+        ).read_bytes()
+
+
+@pytest.mark.hil_long  # make hil (the roles over HTTPS from the source tree: make test)
+def test_server_package_installs_offline_and_serves_https_only(tmp_path: Path) -> None:
+    root = _extract(_deb(f"camfleet-server_{VERSION}_amd64.deb"), tmp_path / "x")
     venv = _offline_venv(tmp_path / "venv", root / "opt/camfleet-server/wheels",
                          f"camfleet[server,provision]=={VERSION}")  # fmt: skip
     import socket
