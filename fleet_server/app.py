@@ -17,10 +17,12 @@ from fleet_server.health.alerts import AlertBook
 from fleet_server.health.notify import Notifier
 from fleet_server.health.runner import DeadlineMonitor
 from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.identity.ca_ops import EST_KEY, ensure_est_cert
 from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
+from fleet_server.roles import Role, api_settings, serve_est, serve_ingest
 from fleet_server.rollouts.runner import RolloutRunner
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,27 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(settings: ServerSettings) -> None:
+def _tls(settings: ServerSettings, ca: CertificateAuthority) -> tuple[str | None, str | None]:
+    """The API's HTTPS certificate and key: the configured ones, else the fleet CA's server
+    certificate for the broker's names (made here when missing); (None, None): plain HTTP."""
+    api = settings.api
+    if not api.tls:
+        return None, None
+    if api.tls_cert is not None and api.tls_key is not None:
+        return str(api.tls_cert), str(api.tls_key)
+    return str(ensure_est_cert(ca, settings.broker.hosts)), str(ca.dir / EST_KEY)
+
+
+def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) -> None:
+    """Run the server (``role`` all), or one of its processes (fleet_server/roles.py)."""
+    if role is Role.INGEST:
+        serve_ingest(settings, instance)
+        return
+    if role is Role.EST:
+        serve_est(settings)
+        return
+    if role is Role.API:
+        settings = api_settings(settings)
     url = settings.db_url()
     upgrade(url)
     engine = make_engine(url)
@@ -49,7 +71,8 @@ def serve(settings: ServerSettings) -> None:
     metrics = Metrics()
     notifier = Notifier(settings.alerts, metrics)
     ca = CertificateAuthority(settings.pki_dir)
-    ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest, notifier)
+    ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest, notifier,
+                    subscribe=role is Role.ALL)  # fmt: skip
     ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier, ingest.send)
     monitor = DeadlineMonitor(
         registry, metrics, notifier, settings.health.heartbeat_grace,
@@ -64,6 +87,7 @@ def serve(settings: ServerSettings) -> None:
     monitor.start()
     rollouts.start()
     app = create_app(registry, metrics, routers(ctx))
+    cert, key = _tls(settings, ca)
     server = _Server(
         uvicorn.Config(
             app,
@@ -71,9 +95,12 @@ def serve(settings: ServerSettings) -> None:
             port=settings.api.port,
             log_level=settings.log_level.lower(),
             access_log=False,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
         )
     )
-    log.info("API on http://%s:%s/api/devices", settings.api.host, settings.api.port)
+    scheme = "https" if cert else "http"
+    log.info("API on %s://%s:%s/api/devices", scheme, settings.api.host, settings.api.port)
     try:
         server.run()  # returns on SIGINT/SIGTERM
     finally:

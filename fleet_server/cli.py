@@ -23,7 +23,8 @@ import typer
 from common.cli import EXIT_USAGE, fail, make_app, run_app
 from common.logs import setup_logging
 from common.settings import ConfigError, load_settings
-from fleet_server.broker.conf import BrokerLayout, broker_binary, write_broker_config
+from fleet_server.backup.cli import register as register_backup
+from fleet_server.broker.conf import broker_binary, write_from_settings
 from fleet_server.config import ServerSettings
 from fleet_server.identity.ca import CAError, CertificateAuthority
 from fleet_server.ota.cli import release_app
@@ -32,6 +33,7 @@ PROG = "camfleet-server"
 
 app = make_app(__doc__)
 app.add_typer(release_app, name="release")
+register_backup(app)  # issue 18: backup, restore (docs/deploy.md)
 
 
 @dataclass(frozen=True)
@@ -64,19 +66,18 @@ def loaded(ctx: typer.Context) -> Loaded:
     return obj
 
 
-def _write_broker(ca: CertificateAuthority, settings: ServerSettings) -> BrokerLayout:
-    b = settings.broker
-    return write_broker_config(ca, settings.broker_dir, b.listen_port, b.bind, pairs=b.pairs)
-
-
 @app.command()
 def init(ctx: typer.Context) -> None:
-    """Create the CA (root and issuing CA, broker and server certificates) and the broker's
-    config and ACL. Idempotent: what exists is kept."""
+    """Create the CA (root and issuing CA, broker and server certificates, the HTTPS
+    certificate of EST, OTA and the API for [broker] hosts) and the broker's config and
+    ACL. Idempotent: what exists is kept."""
+    from fleet_server.identity.ca_ops import ensure_est_cert
+
     run = loaded(ctx)
     try:
         run.ca.init(run.settings.broker.hosts)
-        layout = _write_broker(run.ca, run.settings)
+        ensure_est_cert(run.ca, run.settings.broker.hosts)
+        layout = write_from_settings(run.ca, run.settings)
     except (CAError, OSError) as exc:
         fail(PROG, exc)
     print(f"CA in {run.settings.pki_dir}; broker config {layout.conf}")
@@ -87,7 +88,7 @@ def broker_config(ctx: typer.Context) -> None:
     """Rewrite mosquitto.conf and the ACL from the server's state (after a pairing change)."""
     run = loaded(ctx)
     try:
-        layout = _write_broker(run.ca, run.settings)
+        layout = write_from_settings(run.ca, run.settings)
     except (CAError, OSError) as exc:
         fail(PROG, exc)
     print(f"wrote {layout.conf} and {layout.acl}")
@@ -99,7 +100,7 @@ def broker(ctx: typer.Context) -> None:
     so the server can signal it by the pid file)."""
     run = loaded(ctx)
     try:
-        layout = _write_broker(run.ca, run.settings)
+        layout = write_from_settings(run.ca, run.settings)
         mosquitto = broker_binary()
         if layout.pid_file is not None:  # exec keeps this pid: the server SIGHUPs it
             layout.pid_file.write_text(f"{os.getpid()}\n")
@@ -118,12 +119,28 @@ def migrate(ctx: typer.Context) -> None:
 
 
 @app.command("run")
-def run_server(ctx: typer.Context) -> None:
-    """Run the fleet server: ingest, health monitor, rollouts and the REST API, until
-    SIGTERM or SIGINT."""
+def run_server(
+    ctx: typer.Context,
+    role: Annotated[
+        str,
+        typer.Option(help="all (one process), or one systemd unit's share: api, ingest, est"),
+    ] = "all",
+    instance: Annotated[
+        int, typer.Option(help="with --role ingest: the worker's number (its MQTT client id)")
+    ] = 1,
+) -> None:
+    """Run the fleet server until SIGTERM or SIGINT: everything in one process (ingest,
+    health monitor, rollouts, REST API, EST), or one role of it (docs/deploy.md)."""
     from fleet_server.app import serve
+    from fleet_server.roles import Role
 
-    serve(loaded(ctx).settings)
+    try:
+        chosen = Role(role)
+    except ValueError:
+        fail(PROG, f"unknown --role {role!r}: {', '.join(r.value for r in Role)}", EXIT_USAGE)
+    if instance < 1:
+        fail(PROG, "--instance counts from 1", EXIT_USAGE)
+    serve(loaded(ctx).settings, chosen, instance)
 
 
 @app.command("add-user")

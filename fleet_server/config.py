@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_server.broker.settings import BrokerSettings
@@ -22,6 +22,25 @@ class _Section(BaseModel):
 class ApiSettings(_Section):
     host: str = Field("127.0.0.1", description="Address the REST API listens on")
     port: int = Field(8080, ge=0, le=65535, description="REST API port")
+    tls: bool = Field(
+        False,
+        description="Serve the API and the dashboard over HTTPS only (docs/deploy.md); the "
+        "packaged server sets it",
+    )
+    tls_cert: Path | None = Field(
+        None,
+        description="HTTPS certificate chain (PEM); default: the fleet CA's server "
+        "certificate for [broker] hosts (pki_dir/est.pem, made when missing)",
+    )
+    tls_key: Path | None = Field(
+        None, description="Private key of tls_cert (PEM); default: pki_dir/est.key"
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ApiSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
 
 class ServerSettings(BaseSettings):
@@ -40,6 +59,14 @@ class ServerSettings(BaseSettings):
         "PostgreSQL: postgresql+psycopg://user@host/db",
     )
     log_level: str = Field("INFO", description="Python logging level")
+    role_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65000,
+        description="Prometheus /metrics of the processes run with `run --role est` (this "
+        "port) and `--role ingest --instance N` (this port + N) on 127.0.0.1; 0: none "
+        "(the API process serves its own on the API port)",
+    )
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT client")
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="Mosquitto")
     api: ApiSettings = Field(default_factory=ApiSettings, description="REST API")

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import ssl
+import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CONF_DIR = "etc/camfleet-agent"
 STATE_DIR = "var/lib/camfleet-agent"
+_ROOT_MAX = 1 << 20  # a TUF root.json is a few KiB
 
 
 def _capture(camera: dict[str, Any]) -> tuple[bytes, str]:
@@ -47,6 +52,71 @@ def _capture(camera: dict[str, Any]) -> tuple[bytes, str]:
     if frame is None:
         raise ProvisionError("the camera gave no frame", "check the camera and its config")
     return frame.data, record.media_type(frame.origin)
+
+
+def merge_config(path: Path, enrolled: dict[str, object]) -> dict[str, object]:
+    """The box's config (the package's, say) with what enrollment sets put over it: the
+    tables it does not set ([ota], [pipeline], ...) stay; ``mqtt`` and ``renewal`` keep
+    their other keys; ``camera`` is replaced whole (another camera type has other keys)."""
+    try:
+        old: dict[str, object] = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        old = {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProvisionError(
+            f"{path} is not a readable TOML file: {exc}", "fix it or remove it"
+        ) from exc
+    out = dict(old)
+    for key, value in enrolled.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict) and key != "camera":
+            out[key] = {**before, **value}
+        else:
+            out[key] = value
+    return out
+
+
+def fetch_trusted_root(root: Path, config: dict[str, object], ca: Path) -> Path | None:
+    """The fleet's TUF root (``1.root.json``) from the server's OTA listener into the
+    config's ``[ota] trusted_root``, when there is an [ota] table and no such file yet:
+    fetched over HTTPS checked against the fleet root CA the technician brought. A failure
+    is logged, not fatal: the box reports, and OTA updates wait for the file."""
+    ota = config.get("ota")
+    if not isinstance(ota, dict) or not ota.get("metadata_url") or not ota.get("trusted_root"):
+        return None
+    dest = Path(str(ota["trusted_root"]))
+    if dest.exists() or not dest.is_relative_to(root):
+        return None
+    url = str(ota["metadata_url"]).rstrip("/") + "/1.root.json"
+    if not url.startswith("https://"):
+        log.warning("not fetching the TUF root over %s: https only", url)
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(ca))
+        with urllib.request.urlopen(url, timeout=15, context=context) as resp:  # noqa: S310
+            data = resp.read(_ROOT_MAX + 1)
+        doc = json.loads(data)
+        if len(data) > _ROOT_MAX or doc["signed"]["_type"] != "root":
+            raise ValueError("not a TUF root")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("the fleet's TUF root was not fetched from %s (%s): OTA updates wait "
+                    "until %s is there", url, exc, dest)  # fmt: skip
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(dest), data, 0o644)
+    return dest
+
+
+def hand_over(root: Path, paths: list[Path]) -> None:
+    """Run as root on a packaged box: the files go to the agent's user (the owner of its
+    state directory), so the service can read its key and renew its certificate."""
+    if os.geteuid() != 0:
+        return
+    st = (root / STATE_DIR).stat()
+    if st.st_uid == 0:
+        return
+    for path in paths:
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 def enroll(root: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +149,11 @@ def enroll(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         "renewal": {"est_url": str(params["est_url"])},
     }
     (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write(str(conf / "agent.toml"), dump_toml(config).encode(), 0o644)
+    merged = merge_config(conf / "agent.toml", config)
+    atomic_write(str(conf / "agent.toml"), dump_toml(merged).encode(), 0o644)
+    written = [conf / "key.pem", conf / "cert.pem", conf / "agent.toml", ca]
+    trusted = fetch_trusted_root(root, merged, ca)
+    hand_over(root, [*written, *([trusted] if trusted else [])])
     frame, ftype = _capture(camera)
     body = record.build(
         device_id, "agent", params["site"], params.get("layout") or {}, params["technician"],

@@ -102,6 +102,18 @@ class LocalDirTransport(Transport):
     def where(self, path: str) -> str:
         return str(self._local(path))
 
+    def reset(self) -> None:
+        """On the box itself (``local:/`` under systemd): restart the agent service. A
+        directory standing in for a box (the virtual rig) has nothing to restart."""
+        if self.root != Path("/") or not Path("/run/systemd/system").is_dir():
+            return
+        result = self.run(["systemctl", "restart", "camfleet-agent"])
+        if result.returncode != 0:
+            raise TransportError(
+                f"agent not restarted: {result.stderr.strip()}",
+                "run 'systemctl status camfleet-agent' on the box",
+            )
+
 
 class SshTransport(Transport):
     name = "ssh"

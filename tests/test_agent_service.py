@@ -1,14 +1,12 @@
 """The agent as a service: sd_notify to a real Unix datagram socket standing in for
 systemd (READY, watchdog pings, STOPPING), the watchdog withheld when the pipeline hangs,
-the systemd unit (checked by systemd-analyze), the Debian package, camera sources through
-OpenCV (a real video file), and picamera2's clear refusal where it cannot run."""
+camera sources through OpenCV (a real video file), and picamera2's clear refusal where it
+cannot run. The systemd unit and the Debian package: tests/test_packages.py."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,12 +21,9 @@ from agent.link.backoff import Backoff
 from agent.sdnotify import Notifier
 from agent.vision.camera import Capture, FrameQueue, make_source
 from fleet_server.identity.ca import DeviceCredentials
-from fleet_server.ota import release as release_mod
 from hil_tests import scenes
 from hil_tests.agent import agent_process
-from hil_tests.procs import REPO, Broker, wait_for
-
-UNIT = REPO / "packaging" / "agent" / "camfleet-agent.service"
+from hil_tests.procs import Broker, wait_for
 
 
 class FakeSystemd:
@@ -141,53 +136,7 @@ def test_watchdog_is_withheld_while_the_pipeline_hangs(
         sup.close()
 
 
-def test_systemd_unit_is_valid_notify_service_with_watchdog_and_dirs(tmp_path: Path) -> None:
-    text = UNIT.read_text()
-    for line in (
-        "Type=notify",
-        "WatchdogSec=60",
-        "StateDirectory=camfleet-agent",
-        "ConfigurationDirectory=camfleet-agent",
-        "Restart=always",
-        "ExecStart=/opt/camfleet/venv/bin/camfleet-agent-launch"
-        " --config /etc/camfleet-agent/agent.toml",
-        "NotifyAccess=all",  # the agent is the launcher's child
-    ):
-        assert line in text.splitlines(), line
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed")
-    unit = tmp_path / "camfleet-agent.service"
-    unit.write_text(text.replace("/opt/camfleet/venv/bin/camfleet-agent-launch", "/bin/true"))
-    proc = subprocess.run(
-        [analyze, "verify", str(unit)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
-
-
-def test_debian_package_holds_unit_config_and_wheel(tmp_path: Path) -> None:
-    if shutil.which("dpkg-deb") is None:
-        pytest.skip("dpkg-deb not installed")
-    build = REPO / "build"
-    proc = subprocess.run(
-        ["make", "agent-deb"], cwd=REPO, capture_output=True, text=True, check=False, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    deb = sorted(build.glob("camfleet-agent_*_all.deb"))[-1]
-    listing = subprocess.run(
-        ["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True
-    ).stdout
-    assert "./lib/systemd/system/camfleet-agent.service" in listing
-    assert "./etc/camfleet-agent/agent.toml" in listing
-    assert "./opt/camfleet/wheels/camfleet-" in listing
-    assert "./opt/camfleet/factory/camfleet-agent-" in listing  # the launcher's first release
-    info = subprocess.run(
-        ["dpkg-deb", "-I", str(deb)], capture_output=True, text=True, check=True
-    ).stdout
-    assert "postinst" in info and "conffiles" in info
-    factory = sorted((build / "factory").glob("camfleet-agent-*.tar.gz"))[-1]
-    release = factory.name.removeprefix("camfleet-agent-").removesuffix(".tar.gz")
-    assert release_mod.read_manifest(factory)["release"] == release
+# The unit and the package: tests/test_packages.py.
 
 
 # ---------------------------------------------------------------- camera sources

@@ -22,11 +22,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Sequence
@@ -40,12 +42,14 @@ from agent.config import AgentSettings
 from agent.ota import errors as e
 from agent.ota import machine as m
 from agent.ota.backend import KEPT_BUNDLE
-from agent.ota.install import check_manifest
+from agent.ota.install import check_manifest, model_slots
 from agent.ota.settings import OtaSettings
 from agent.ota.slots import AppSlots
 from agent.ota.store import StateStore
 from common.cli import EXIT_USAGE, fail, make_app, run_app
 from common.logs import setup_logging
+from common.model_bundle import MANIFEST as MODEL_MANIFEST
+from common.model_bundle import BundleError, read_model_bundle
 from common.settings import ConfigError, load_settings
 
 log = logging.getLogger("agent.ota.launch")
@@ -56,6 +60,7 @@ _RESTART_MIN_S = 0.5
 _RESTART_MAX_S = 30.0
 _QUICK_EXIT_S = 10.0  # a child that lived less than this restarts with a growing delay
 _PR_SET_PDEATHSIG = 1
+_MANIFEST_MAX = 1 << 20  # a model bundle's bundle.json is a few KiB
 
 
 class Launcher:
@@ -202,6 +207,44 @@ def init_release(ota: OtaSettings, bundle: Path, release: str) -> None:
     slots.switch(release)
 
 
+def _model_release(bundle: Path) -> str:
+    """The release a model bundle (.tar.gz) names in its ``bundle.json``."""
+    try:
+        with tarfile.open(bundle, "r:gz") as tar:
+            for member in tar:
+                if member.isfile() and member.name.rsplit("/", 1)[-1] == MODEL_MANIFEST:
+                    f = tar.extractfile(member)
+                    raw = f.read(_MANIFEST_MAX) if f is not None else b""
+                    return str(json.loads(raw)["release"])
+    except (tarfile.TarError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise e.OtaError(
+            e.BAD_BUNDLE, f"{bundle.name}: no readable {MODEL_MANIFEST}: {exc}"
+        ) from exc
+    raise e.OtaError(e.BAD_BUNDLE, f"{bundle.name} holds no {MODEL_MANIFEST}")
+
+
+def init_model(ota: OtaSettings, bundle: Path, *, if_none: bool) -> str | None:
+    """Install a model bundle (the .tar.gz an OTA model release serves, or a
+    camfleet-model package holds) and make it the current model, without the accuracy
+    gate: the first model of a box. With ``if_none``, a slot that has a model keeps it
+    (models change through OTA releases and their gate). The release installed, or None."""
+    if ota.model_slots_dir is None:
+        raise e.OtaError(e.INSTALL, "the config has no [ota] model_slots_dir")
+    slots = model_slots(ota.model_slots_dir)
+    if if_none and slots.running() is not None:
+        return None
+    release = _model_release(bundle)
+    sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    installed = slots.install_bundle(bundle, release, sha)
+    try:
+        read_model_bundle(installed)  # every file against its hash, the card, the eval set
+    except BundleError as exc:
+        slots.remove(release)
+        raise e.OtaError(e.BAD_BUNDLE, f"{bundle.name}: {exc}") from exc
+    slots.switch(release)
+    return release
+
+
 PROG = "camfleet-agent-launch"
 app = make_app(__doc__)
 app.info.no_args_is_help = False  # with only --config it runs the launcher
@@ -253,6 +296,24 @@ def init(
         init_release(ota, bundle, release)
     except (e.OtaError, OSError) as exc:
         fail(PROG, f"init failed: {exc}")
+
+
+@app.command("init-model")
+def init_model_command(
+    ctx: typer.Context,
+    bundle: Annotated[Path, typer.Option(help="the model bundle (.tar.gz) to install")],
+    if_none: Annotated[
+        bool, typer.Option("--if-none", help="only when the box has no model yet")
+    ] = False,
+) -> None:
+    """Install a first model into the model slot ([ota] model_slots_dir) and make it
+    current (a camfleet-model package's postinst does this)."""
+    _, ota = _settings(ctx.obj)
+    try:
+        release = init_model(ota, bundle, if_none=if_none)
+    except (e.OtaError, OSError) as exc:
+        fail(PROG, f"init-model failed: {exc}")
+    print(f"model {release} installed" if release else "the box has a model already: kept")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

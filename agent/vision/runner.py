@@ -270,13 +270,32 @@ class Detection:
         )
 
 
+def awaiting_model(settings: AgentSettings) -> Path | None:
+    """The model slot's ``current`` when the detector reads its model from there and no
+    model has reached the slot yet (a box installed without a model package, before its
+    first OTA model release); None otherwise."""
+    d = settings.pipeline.detector if settings.pipeline is not None else None
+    slots = settings.ota.model_slots_dir if settings.ota is not None else None
+    if d is None or slots is None:
+        return None
+    current = slots / "current"
+    if current.exists() or not d.card.is_relative_to(current):
+        return None
+    return current
+
+
 def start_detection(
     settings: AgentSettings, capture: Capture, link: Link, metrics: AgentMetrics
 ) -> Detection | None:
     ps = settings.pipeline
     if ps is None:
         return None
-    detector = make_detector(ps)  # raises with the reason: card, labels, backend
+    waiting = awaiting_model(settings)
+    if waiting is not None:  # it reports and takes updates; detects once a model is there
+        log.warning("no model in %s yet: detection is off until a model release is "
+                    "installed there (docs/ota.md)", waiting)  # fmt: skip
+    # otherwise it raises with the reason: card, labels, backend
+    detector = None if waiting is not None else make_detector(ps)
     outbox = Outbox(
         settings.state_dir / "outbox.sqlite",
         settings.device_id,

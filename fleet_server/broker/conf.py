@@ -18,6 +18,7 @@ from pathlib import Path
 
 from common.files import atomic_write
 from firmware import contract
+from fleet_server.config import ServerSettings
 from fleet_server.identity.ca import CertificateAuthority
 
 
@@ -192,6 +193,15 @@ def write_broker_config(
     conf = render_conf(ca, layout, port, bind, persistence, log_to_stderr)
     atomic_write(str(layout.conf), conf.encode(), 0o644)
     return layout
+
+
+def write_from_settings(ca: CertificateAuthority, settings: ServerSettings) -> BrokerLayout:
+    """The broker's config and ACL as the server's settings say (``init``, ``broker``,
+    ``broker-config`` and a restore all write them this way)."""
+    b = settings.broker
+    return write_broker_config(
+        ca, settings.broker_dir, b.listen_port, b.bind, log_to_stderr=b.log_stderr, pairs=b.pairs
+    )
 
 
 def broker_binary() -> str:

@@ -18,6 +18,11 @@ class BrokerSettings(_Section):
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
         description="Names and addresses put in the broker certificate",
     )
+    log_stderr: bool = Field(
+        False,
+        description="Mosquitto logs to standard error (journald under systemd) instead of "
+        "broker/mosquitto.log",
+    )
     pairs: dict[str, str] = Field(
         default_factory=dict,
         description="Cabinet node id -> the edge box id it supervises: the ACL lets each "

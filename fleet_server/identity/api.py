@@ -37,7 +37,10 @@ from fleet_server.params import DeviceId
 from fleet_server.sites.records import ID_PATTERN, SiteRecordError, SiteRecords
 
 if TYPE_CHECKING:
+    from fleet_server.config import ServerSettings
     from fleet_server.features import ServerContext
+    from fleet_server.identity.ca import CertificateAuthority
+    from fleet_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ def identity_router(ctx: ServerContext) -> APIRouter:
         app.state.camfleet_auth = auth
         keeper = CrlKeeper(revoker, ident.crl_refresh_s)
         keeper.start()
-        listener = _est_listener(ctx, enrollment)
+        listener = est_listener(ctx.settings, ctx.ca, ctx.metrics, enrollment)
         if listener is not None:
             listener.start()
         try:
@@ -168,32 +171,25 @@ def identity_router(ctx: ServerContext) -> APIRouter:
     return router
 
 
-def _est_listener(ctx: ServerContext, enrollment: Enrollment) -> EstListener | EstWorkers | None:
-    """The EST listener: worker processes sharing one socket, or a thread (est_workers 0)."""
-    ident = ctx.settings.identity
+def est_listener(
+    settings: ServerSettings, ca: CertificateAuthority, metrics: Metrics, enrollment: Enrollment
+) -> EstListener | EstWorkers | None:
+    """The EST listener: worker processes sharing one socket, or a thread (est_workers 0).
+    The identity router's lifespan starts it; ``run --role est`` runs it alone."""
+    ident = settings.identity
     if ident.est_port is None:
         return None
-    counter = requests_counter(ctx.metrics.registry)
-    hosts = ctx.settings.broker.hosts
+    counter = requests_counter(metrics.registry)
+    hosts = settings.broker.hosts
     if ident.est_workers == 0:
-        app = create_est_app(ctx.ca, enrollment, lambda op, outcome: _inc(counter, op, outcome))
+        app = create_est_app(ca, enrollment, lambda op, outcome: _inc(counter, op, outcome))
         return EstListener(
-            app,
-            ctx.ca,
-            ident.est_host,
-            ident.est_port,
-            hosts,
-            http=TLSHttpToolsProtocol,
+            app, ca, ident.est_host, ident.est_port, hosts, http=TLSHttpToolsProtocol
         )
     params = WorkerParams(
-        ctx.settings.db_url(),
-        str(ctx.settings.pki_dir),
-        ctx.settings.log_level,
-        ident.model_dump(mode="json"),
+        settings.db_url(), str(settings.pki_dir), settings.log_level, ident.model_dump(mode="json")
     )
-    return EstWorkers(
-        params, ctx.ca, ident.est_host, ident.est_port, hosts, ident.est_workers, counter
-    )
+    return EstWorkers(params, ca, ident.est_host, ident.est_port, hosts, ident.est_workers, counter)
 
 
 def _inc(counter: Counter, op: str, outcome: str) -> None:

@@ -97,8 +97,13 @@ class Ingest:
         mqtt_settings: MqttSettings,
         settings: IngestSettings,
         notifier: Notifier | None = None,
+        *,
+        subscribe: bool = True,
     ) -> None:
+        """``subscribe=False``: a connection that only publishes (commands, config, alerts)
+        and stores nothing: the API process when ingest workers run apart from it."""
         self.registry = registry
+        self.subscribe = subscribe
         self.notifier = notifier
         if notifier is not None:
             notifier.publish = self._publish_alert
@@ -117,7 +122,9 @@ class Ingest:
                 client_id=mqtt_settings.client_id,
                 keepalive_s=mqtt_settings.keepalive_s,
                 session_expiry_s=mqtt_settings.session_expiry_s,
-                subscriptions=contract.server_subscriptions(shared=mqtt_settings.shared),
+                subscriptions=(
+                    contract.server_subscriptions(shared=mqtt_settings.shared) if subscribe else ()
+                ),
                 # back within seconds of a broker restart: Mosquitto 2.0 does not restore
                 # shared subscriptions, so what devices publish before we subscribe again
                 # reaches no one
@@ -147,7 +154,7 @@ class Ingest:
         worker that crashes keeps its session (and its share) until it returns or the
         session expires (``session_expiry_s``).
         """
-        if self.client.connected.is_set():
+        if self.subscribe and self.client.connected.is_set():
             filters = [t for t, _q in contract.server_subscriptions(shared=self.cfg.shared)]
             self.client.unsubscribe(filters)
             self.client.unsubscribed.wait(5.0)

@@ -275,7 +275,7 @@ def add_firmware_release(repo: TufRepo, bundle: Path, release: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fleet_server.ota.release agent RELEASE OUT``: build one agent bundle
-    without a repository (the factory release ``make agent-deb`` puts in the package)."""
+    without a repository (the factory release ``make packages`` puts in the package)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv

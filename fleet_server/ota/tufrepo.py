@@ -346,15 +346,21 @@ class TufRepo(PublishedRepo):
         raw = {p: t.to_dict() for p, t in sorted(staged.items())}
         atomic_write(str(self.repo_dir / "staged.json"), json.dumps(raw, indent=1).encode())
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.keys_dir / ".lock", os.O_RDWR | os.O_CREAT, _KEY_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return writers_lock(self.keys_dir)
+
+
+@contextlib.contextmanager
+def writers_lock(keys_dir: Path) -> Iterator[None]:
+    """The repository's writers' lock (a file in the keys directory): every change of the
+    repository and its keys holds it, and so does a backup while it copies them."""
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(keys_dir / ".lock", os.O_RDWR | os.O_CREAT, _KEY_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_md(path: Path, md: Metadata[Any]) -> None:
