@@ -86,7 +86,7 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     ingest.start()
     monitor.start()
     rollouts.start()
-    app = create_app(registry, metrics, routers(ctx))
+    app = create_app(registry, metrics, routers(ctx), settings.api.csp_img_src)
     cert, key = _tls(settings, ca)
     server = _Server(
         uvicorn.Config(

@@ -198,7 +198,7 @@ def events_section(db: Session, device_id: str) -> Section | None:
         return None
     snap = next((e for e in rows if isinstance((e.data or {}).get("jpeg"), str)), None)
     img = (
-        f'<p><img id="snapshot" alt="last snapshot" style="max-width:480px" '
+        f'<p><img id="snapshot" class="snapshot" alt="last snapshot" '
         f'src="/api/events/{escape(snap.event_id)}/snapshot.jpg"></p>'
         if snap is not None
         else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response
@@ -93,7 +94,7 @@ def _record_out(row: Commissioning) -> dict[str, Any]:
 
 def identity_router(ctx: ServerContext) -> APIRouter:
     ident = ctx.settings.identity
-    auth = Authenticator(ctx.sessions)
+    auth = Authenticator(ctx.sessions, ctx.settings.api.session_s)
     enrollment = Enrollment(ctx.sessions, ctx.ca, ident)
     revoker = Revoker(ctx.sessions, ctx.ca, ctx.settings)
     records = SiteRecords(ctx.sessions, ctx.ca, ident.max_frame_bytes)
@@ -168,7 +169,25 @@ def identity_router(ctx: ServerContext) -> APIRouter:
         return {"record_id": record_id, "stored": stored, "verified": True}
 
     _read_routes(router, ctx, records, technician, operator)
+    _session_routes(router, auth, admin)
     return router
+
+
+def _session_routes(router: APIRouter, auth: Authenticator, admin: Any) -> None:
+    @router.get("/sessions")
+    def list_sessions(
+        _who: Actor = admin, all: bool = False, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """Dashboard sessions, newest first: live ones (``all=true``: also ended ones)."""
+        return [asdict(s) for s in auth.ui.list(not all, max(1, min(limit, 5000)))]
+
+    @router.post("/sessions/{session_id}/revoke", responses=_NOT_FOUND)
+    def revoke_session(session_id: int, who: Actor = admin) -> dict[str, Any]:
+        """End a dashboard session now (its cookie stops working at once)."""
+        info = auth.ui.revoke(session_id, who)
+        if info is None:
+            raise HTTPException(404, f"no session {session_id}")
+        return asdict(info)
 
 
 def est_listener(
