@@ -8,18 +8,30 @@ import base64
 import http.client
 import io
 import json
+import logging
+import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
+from agent.identity import est_client
+from common.settings import load_settings
 from firmware import contract
+from fleet_server.config import ServerSettings
+from fleet_server.db import make_engine, make_sessionmaker
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from fleet_server.identity.ca_ops import read_crl
+from fleet_server.identity.revocation import Revoker
 from fleet_server.ingest.jpeg import checked_snapshot, jpeg_problem
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
@@ -27,6 +39,7 @@ from tests.mqtt_helpers import Client
 from tests.test_dashboard import CHROMIUM
 
 COOKIE = "camfleet_session"
+GRACE_S = 2.0  # a superseded certificate's grace in these tests (default: an hour)
 
 
 def _jpeg(size: tuple[int, int] = (32, 24), **opts: Any) -> bytes:
@@ -85,8 +98,10 @@ def srv(
     ca: CertificateAuthority, pbroker: Broker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[IdentityServer]:
     server = IdentityServer(
-        tmp_path_factory.mktemp("people"), ca, pbroker, identity={"est_workers": 0}
-    )
+        tmp_path_factory.mktemp("people"), ca, pbroker,
+        # one EST worker process: a replacement enrollment there, the CRL by the server
+        identity={"est_workers": 1, "supersede_grace_s": GRACE_S, "crl_check_s": 0.5},
+    )  # fmt: skip
     server.start_all()
     yield server
     server.stop()
@@ -377,3 +392,156 @@ def test_in_chromium_a_framed_dashboard_does_not_render_and_sign_out_sticks(
     assert page.url.endswith("/ui/login")
     assert errors == []
     context.close()
+
+
+# ---------------------------------------------------------------- certificates (item 7)
+
+
+def _crl_serials(ca: CertificateAuthority) -> set[int]:
+    crl = read_crl(ca)
+    return {r.serial_number for r in crl} if crl is not None else set()
+
+
+def _can_connect(broker: Broker, root: Path, cert: Path, key: Path, client_id: str) -> bool:
+    """A real MQTT connection with this certificate: True when the broker's CONNACK
+    accepts it (a refused certificate fails the TLS handshake or never gets one)."""
+    accepted = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                    reconnect_on_failure=False)  # fmt: skip
+    c.tls_set(ca_certs=str(root), certfile=str(cert), keyfile=str(key))
+    c.on_connect = lambda _c, _u, _f, rc, _p: accepted.set() if not rc.is_failure else None
+    try:
+        c.connect("localhost", broker.port, keepalive=30)
+    except (ssl.SSLError, OSError):
+        return False
+    c.loop_start()
+    try:
+        return accepted.wait(5.0)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+class Box:
+    """A device key and the certificates EST gave it, as files."""
+
+    def __init__(self, srv: IdentityServer, device_id: str, tmp: Path) -> None:
+        self.srv, self.id, self.tmp = srv, device_id, tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.key = est_client.new_key()
+        self.key_path = tmp / f"{device_id}.key"
+        self.key_path.write_bytes(est_client.key_pem(self.key))
+        self.certs: list[Path] = []
+
+    def _keep(self, cert: x509.Certificate) -> Path:
+        path = self.tmp / f"{self.id}-{len(self.certs)}.pem"
+        path.write_bytes(est_client.pem(cert))
+        self.certs.append(path)
+        return path
+
+    def enroll(self, token: str) -> Path:
+        est = est_client.EstClient(self.srv.est_url, self.srv.ca.root_cert_path)
+        return self._keep(est.simpleenroll(est_client.make_csr(self.key, self.id), token, self.id))
+
+    def renew(self, with_cert: Path) -> Path:
+        est = est_client.EstClient(
+            self.srv.est_url, self.srv.ca.root_cert_path, cert=with_cert, key=self.key_path
+        )
+        return self._keep(est.simplereenroll(est_client.make_csr(self.key, self.id)))
+
+    def serial(self, i: int) -> int:
+        return x509.load_pem_x509_certificate(self.certs[i].read_bytes()).serial_number
+
+    def connects(self, broker: Broker, i: int) -> bool:
+        return _can_connect(
+            broker, self.srv.ca.root_cert_path, self.certs[i], self.key_path, self.id
+        )
+
+
+def test_renewal_supersedes_the_previous_certificate(
+    srv: IdentityServer, pbroker: Broker, tmp_path: Path
+) -> None:
+    box = Box(srv, "renew-cam-1", tmp_path)
+    box.enroll(srv.token(box.id))
+    box.renew(box.certs[0])
+    # within the grace the old one still connects (the device reconnects with the new one)
+    assert box.connects(pbroker, 1)
+    # a copy of the old certificate cannot renew, not even within the grace
+    with pytest.raises(est_client.EstError) as refused:
+        box.renew(box.certs[0])
+    assert (refused.value.status, refused.value.reason) == (403, "cert_superseded")
+    wait_for(
+        lambda: box.serial(0) in _crl_serials(srv.ca), GRACE_S + 10, what="old cert on the CRL"
+    )
+    assert box.serial(1) not in _crl_serials(srv.ca)
+    # the broker reloaded the CRL: the stolen copy is dead
+    wait_for(lambda: not box.connects(pbroker, 0), 10, what="old cert refused by the broker")
+    assert box.connects(pbroker, 1)
+    box.renew(box.certs[1])  # the current one renews as before
+    entries = srv.call("GET", "/api/audit?action=cert.superseded")[1]
+    assert [e["target"] for e in entries].count(box.id) == 1
+
+
+def test_a_token_for_an_enrolled_device_is_a_replacement_for_operators_only(
+    srv: IdentityServer, pbroker: Broker, tmp_path: Path
+) -> None:
+    box = Box(srv, "swap-cam-1", tmp_path)
+    spare = srv.token(box.id)  # a second plain token, minted before the device enrolled
+    box.enroll(srv.token(box.id))
+    box.renew(box.certs[0])
+    tech = _user(srv, "tina-tech", "technician")
+    op = _user(srv, "otto-op", "operator")
+    body = {"device_id": box.id, "kind": "agent"}
+    status, refused = srv.call("POST", "/api/enrollment-tokens", body, token=tech)
+    assert status == 403 and "needs_operator" in refused["detail"]
+    # the plain token left over cannot give the enrolled device a second certificate
+    with pytest.raises(est_client.EstError) as spent:
+        Box(srv, box.id, tmp_path / "spare").enroll(spare)
+    assert (spent.value.status, spent.value.reason) == (409, "already_enrolled")
+    status, made = srv.call("POST", "/api/enrollment-tokens", body, token=op)
+    assert status == 201 and made["replacement"] is True
+    audit_rows = srv.call("GET", "/api/audit?action=token.replace")[1]
+    assert [(a["actor"], a["outcome"]) for a in audit_rows if a["target"] == box.id] == [
+        ("otto-op", "ok"), ("tina-tech", "refused:needs_operator")]  # fmt: skip
+    # the box was replaced: a new key enrolls with the replacement token ...
+    new_box = Box(srv, box.id, tmp_path / "new")
+    new_box.enroll(made["token"])
+    # ... and every earlier certificate is revoked at once, on the CRL within crl_check_s
+    old = {box.serial(0), box.serial(1)}
+    wait_for(lambda: old <= _crl_serials(srv.ca), 10, what="old certificates on the CRL")
+    wait_for(lambda: not box.connects(pbroker, 1), 10, what="old cert refused by the broker")
+    assert new_box.connects(pbroker, 0)
+    with pytest.raises(est_client.EstError) as dead:
+        box.renew(box.certs[1])
+    assert dead.value.status == 403
+    # a plain token for a device without a valid certificate stays a technician's job
+    status, fresh = srv.call(
+        "POST", "/api/enrollment-tokens", {"device_id": "swap-cam-2"}, token=tech
+    )
+    assert status == 201 and fresh["replacement"] is False
+
+
+def test_revoking_an_unknown_device_is_404_and_restarts_log_no_false_kicks(
+    srv: IdentityServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, body = srv.call("POST", "/api/devices/never-heard-of/revoke", {"reason": "typo"})
+    assert status == 404, body
+    refused = srv.call("GET", "/api/audit?action=device.revoke")[1]
+    assert any(e["outcome"] == "refused:unknown_device" for e in refused)
+    srv.token("pending-cam-1")  # known by its token only: revocable (the token dies)
+    status, body = srv.call("POST", "/api/devices/pending-cam-1/revoke", {"reason": "lost"})
+    assert status == 200 and body["disconnected"], body
+    # a second revocation finds the deny role in place: no "Internal error" from the plugin
+    status, body = srv.call("POST", "/api/devices/pending-cam-1/revoke", {"reason": "again"})
+    assert status == 200 and body["already_revoked"] and body["disconnected"], body
+    # what the server does at every start (the CRL keeper's first round), with the deny
+    # roles already in the broker: nothing to re-apply, and no false "not kicked" line
+    settings = load_settings(ServerSettings, srv.config_path)
+    engine = make_engine(settings.db_url())
+    revoker = Revoker(make_sessionmaker(engine), srv.ca, settings)
+    with caplog.at_level(logging.INFO, logger="fleet_server.identity.revocation"):
+        assert revoker.reapply() == 0
+        assert revoker.denied(["pending-cam-1", "renew-cam-1"]) == {"pending-cam-1"}
+    engine.dispose()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "not kicked" not in srv.log_text()

@@ -33,7 +33,7 @@ from fleet_server.identity.enrollment import EnrollError, Enrollment
 from fleet_server.identity.est import EstListener, TLSHttpToolsProtocol, create_est_app
 from fleet_server.identity.est_workers import EstWorkers, WorkerParams, requests_counter
 from fleet_server.identity.model import Commissioning
-from fleet_server.identity.revocation import CrlKeeper, Revoker
+from fleet_server.identity.revocation import CrlKeeper, Revoker, UnknownDevice
 from fleet_server.params import DeviceId
 from fleet_server.sites.records import ID_PATTERN, SiteRecordError, SiteRecords
 
@@ -57,6 +57,11 @@ class TokenOut(BaseModel):
     device_id: str
     token: str = Field(description="Shown once; only its hash is kept")
     expires_at: float
+    replacement: bool = Field(
+        False,
+        description="The device has a valid certificate: enrolling with this token revokes "
+        "its earlier certificates (operators only)",
+    )
 
 
 class UserRequest(BaseModel):
@@ -102,7 +107,7 @@ def identity_router(ctx: ServerContext) -> APIRouter:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.camfleet_auth = auth
-        keeper = CrlKeeper(revoker, ident.crl_refresh_s)
+        keeper = CrlKeeper(revoker, min(ident.crl_refresh_s, ident.crl_check_s))
         keeper.start()
         listener = est_listener(ctx.settings, ctx.ca, ctx.metrics, enrollment)
         if listener is not None:
@@ -126,20 +131,26 @@ def identity_router(ctx: ServerContext) -> APIRouter:
         status_code=201,
         response_model=TokenOut,
         responses={400: {"description": "Refused"}, 404: {"description": "Unknown device"},
+                   403: {"description": "A replacement token needs an operator"},
                    409: {"description": "Revoked device"}},
     )  # fmt: skip
     def create_token(req: TokenRequest, who: Actor = technician) -> TokenOut:
         try:
-            token, expires = enrollment.create_token(
+            token, expires, replacement = enrollment.create_token_ex(
                 req.device_id, req.kind, who, req.site_id, req.ttl_s
             )
         except EnrollError as exc:
             raise HTTPException(exc.status, f"{exc.reason}: {exc.detail}") from exc
-        return TokenOut(device_id=req.device_id, token=token, expires_at=expires)
+        return TokenOut(
+            device_id=req.device_id, token=token, expires_at=expires, replacement=replacement
+        )
 
-    @router.post("/devices/{device_id}/revoke")
+    @router.post("/devices/{device_id}/revoke", responses=_NOT_FOUND)
     def revoke(device_id: DeviceId, req: RevokeRequest, who: Actor = operator) -> dict[str, Any]:
-        result = revoker.revoke(device_id, who, req.reason)
+        try:
+            result = revoker.revoke(device_id, who, req.reason)
+        except UnknownDevice as exc:
+            raise HTTPException(404, f"no device {device_id}") from exc
         return {
             "device_id": device_id,
             "certificates_revoked": result.certificates,
