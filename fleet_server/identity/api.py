@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
@@ -187,13 +187,15 @@ def identity_router(ctx: ServerContext) -> APIRouter:
 def _session_routes(router: APIRouter, auth: Authenticator, admin: Any) -> None:
     @router.get("/sessions")
     def list_sessions(
-        _who: Actor = admin, all: bool = False, limit: int = 500
+        _who: Actor = admin, all: bool = False, limit: Annotated[int, Query(ge=1, le=5000)] = 500
     ) -> list[dict[str, Any]]:
         """Dashboard sessions, newest first: live ones (``all=true``: also ended ones)."""
         return [asdict(s) for s in auth.ui.list(not all, max(1, min(limit, 5000)))]
 
     @router.post("/sessions/{session_id}/revoke", responses=_NOT_FOUND)
-    def revoke_session(session_id: int, who: Actor = admin) -> dict[str, Any]:
+    def revoke_session(
+        session_id: Annotated[int, PathParam(ge=1, le=2**62)], who: Actor = admin
+    ) -> dict[str, Any]:
         """End a dashboard session now (its cookie stops working at once)."""
         info = auth.ui.revoke(session_id, who)
         if info is None:
