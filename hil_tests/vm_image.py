@@ -26,10 +26,12 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "build" / "vm"
 MIRROR = os.environ.get("CAMFLEET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
-HOST_TOOLS = {"debootstrap": "debootstrap", "sgdisk": "gdisk", "mkfs.vfat": "dosfstools",
-              "mcopy": "mtools", "mkfs.ext4": "e2fsprogs", "grub-mkstandalone": "grub-efi-amd64-bin",
-              "grub-editenv": "grub-common", "qemu-img": "qemu-utils",
-              "qemu-system-x86_64": "qemu-system-x86", "rauc": "rauc", "openssl": "openssl"}  # fmt: skip
+HOST_TOOLS = {
+    "debootstrap": "debootstrap", "sgdisk": "gdisk", "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools", "mkfs.ext4": "e2fsprogs", "grub-mkstandalone": "grub-efi-amd64-bin",
+    "grub-editenv": "grub-common", "qemu-img": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86", "rauc": "rauc", "openssl": "openssl",
+}  # fmt: skip
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
 

@@ -33,7 +33,7 @@ MEDIA_LABEL = "CFMEDIA"  # the second disk: packages and bundles, like a USB sti
 GUEST_PACKAGES = (
     "linux-image-amd64", "initramfs-tools", "systemd-sysv", "udev", "dbus", "kmod", "procps",
     "iproute2", "util-linux", "passwd", "e2fsprogs", "python3", "python3-venv", "mosquitto",
-    "libssl3", "openssl", "ca-certificates", "zstd", "curl", "rauc", "grub-common",
+    "libssl3", "openssl", "ca-certificates", "zstd", "curl", "rauc", "rauc-service", "grub-common",
     "qemu-guest-agent",
 )  # fmt: skip
 
@@ -60,8 +60,12 @@ def layout(esp_mib: int = 64, slot_mib: int = 2048, data_mib: int = 1024) -> lis
     parts: list[Partition] = []
     start = 1
     for number, (label, size, code) in enumerate(
-        (("esp", esp_mib, "ef00"), ("rootfs-a", slot_mib, "8300"),
-         ("rootfs-b", slot_mib, "8300"), ("data", data_mib, "8300")),  # fmt: skip
+        (
+            ("esp", esp_mib, "ef00"),
+            ("rootfs-a", slot_mib, "8300"),
+            ("rootfs-b", slot_mib, "8300"),
+            ("data", data_mib, "8300"),
+        ),
         start=1,
     ):
         parts.append(Partition(number, label, start, size, code))
@@ -77,8 +81,11 @@ def disk_mib(parts: list[Partition]) -> int:
 def sgdisk_args(parts: list[Partition]) -> list[str]:
     args = ["--clear"]
     for p in parts:
-        args += [f"--new={p.number}:{p.start_sector}:{p.end_sector}",
-                 f"--typecode={p.number}:{p.type_code}", f"--change-name={p.number}:{p.label}"]  # fmt: skip
+        args += [
+            f"--new={p.number}:{p.start_sector}:{p.end_sector}",
+            f"--typecode={p.number}:{p.type_code}",
+            f"--change-name={p.number}:{p.label}",
+        ]
     return args
 
 
@@ -133,8 +140,7 @@ def grub_cfg(kernel_args: str = "console=ttyS0,115200 quiet") -> str:
 
 
 GRUB_EMBEDDED = (
-    f"search --no-floppy --label --set=root {ESP_LABEL}\n"
-    "configfile ($root)/EFI/BOOT/grub.cfg\n"
+    f"search --no-floppy --label --set=root {ESP_LABEL}\nconfigfile ($root)/EFI/BOOT/grub.cfg\n"
 )
 # the modules the standalone EFI GRUB needs for the script above
 GRUB_MODULES = (
@@ -187,7 +193,8 @@ COMMIT_SCRIPT = """\
 #!/bin/sh
 # the booted slot's health check decides: mark it good, or bad and reboot (the other slot)
 if /usr/lib/camfleet-vm/health; then
-  rauc status mark-good && echo "camfleet: slot $(rauc status --output-format=shell | sed -n 's/^RAUC_SYSTEM_BOOTED_BOOTNAME=//p') good" >/dev/ttyS0
+  slot=$(tr ' ' '\\n' </proc/cmdline | sed -n 's/^rauc.slot=//p')
+  rauc status mark-good && echo "camfleet: slot $slot marked good" >/dev/ttyS0
 else
   echo "camfleet: health check failed, falling back" >/dev/ttyS0
   rauc status mark-bad

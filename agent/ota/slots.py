@@ -246,8 +246,10 @@ def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
         if m.name.startswith("/") or ".." in parts:
             raise tarfile.TarError(f"{m.name!r} points outside the destination")
         if m.issym() or m.islnk():
-            target = PurePosixPath(m.name).parent / m.linkname if m.issym() else PurePosixPath(
-                m.linkname
+            target = (
+                PurePosixPath(m.name).parent / m.linkname
+                if m.issym()
+                else PurePosixPath(m.linkname)
             )
             if m.linkname.startswith("/") or _escapes(target):
                 raise tarfile.TarError(f"link {m.name!r} points outside the destination")
