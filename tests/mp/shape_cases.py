@@ -12,7 +12,10 @@ from tests.mp.checks import rejects
 C = contract
 DEV = "node-0001"
 HB_TOPIC = "camfleet/v1/node-0001/heartbeat"
-_HB = '{"v": 1, "id": "node-0001", "ts": 1767225600.5, "seq": 1, "kind": "node", "interval_s": 60, "uptime_s": 1.5'
+_HB = (
+    '{"v": 1, "id": "node-0001", "ts": 1767225600.5, "seq": 1, "kind": "node", '
+    '"interval_s": 60, "uptime_s": 1.5'
+)
 # under MicroPython these decode (its json keeps a lone surrogate as bytes, reads a BOM or
 # NaN its own way); what matters there is that nothing but ProtocolError escapes
 _MP_LENIENT = (
@@ -34,7 +37,7 @@ def _hb_with(extra):
 
 
 def _outcome(topic, payload):
-    """"ok" or the refusal reason; any other exception propagates (a failed case)."""
+    """ "ok" or the refusal reason; any other exception propagates (a failed case)."""
     try:
         C.decode(topic, payload)
     except C.ProtocolError as exc:
@@ -72,7 +75,7 @@ def test_numbers_that_do_not_fit():
 
 
 def test_invalid_utf8_is_bad_json():
-    rejects(C.R_JSON, C.decode, HB_TOPIC, _hb_with('"camera": "') [:-2] + b'\xff\xfe"}')
+    rejects(C.R_JSON, C.decode, HB_TOPIC, _hb_with('"camera": "')[:-2] + b'\xff\xfe"}')
 
 
 def test_shape_problem_on_values():
