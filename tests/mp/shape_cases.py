@@ -2,9 +2,15 @@
 # CPython and by tests/mp/run.py under MicroPython: whatever bytes arrive, decode returns a
 # message or raises ProtocolError, nothing else; and the corpus of hostile inputs kept in
 # tests/corpus/contract/ (one file each: the topic, a newline, the payload bytes) is
-# replayed under both interpreters.
+# replayed under both interpreters. contract_cases.py takes these cases in, so they run in
+# the contract's own MicroPython process (one compile of the tree, not two).
 
 import os
+
+try:  # noqa: SIM105 - CPython (pytest) tells the MicroPython process where the corpus is
+    os.environ.setdefault("CAMFLEET_CORPUS", __file__.rsplit("/", 2)[0] + "/corpus/contract")
+except AttributeError:  # MicroPython's os has no environ: it reads what pytest set
+    pass
 
 from firmware import contract
 from tests.mp.checks import rejects
