@@ -90,6 +90,7 @@ def _sign_in(page: object, token: str) -> None:
     page.fill("#login-token", token)  # type: ignore[attr-defined]
     page.click("#login")  # type: ignore[attr-defined]
     page.wait_for_url("**/ui/")  # type: ignore[attr-defined]
+    page.goto(page.url + "lang/en")  # type: ignore[attr-defined]  # these checks read English
 
 
 def test_dashboard_pages_in_chromium(
