@@ -72,8 +72,17 @@ def _fleet(registry: Registry) -> float:
                 soak_s=0, rate_per_min=10, windows=[], device_deadline_s=600, state=state,
                 reason="too many failures" if state == rm.HALTED else None,
                 created_at=now - 7200, created_by="op", updated_at=now - 1800))  # fmt: skip
-        db.add(rm.CampaignDevice(campaign_id="c-run", device_id="cam-d", wave=0, position=0,
-                                 state=rm.FAILED, state_at=now - 900, error="hash mismatch"))
+        db.add(
+            rm.CampaignDevice(
+                campaign_id="c-run",
+                device_id="cam-d",
+                wave=0,
+                position=0,
+                state=rm.FAILED,
+                state_at=now - 900,
+                error="hash mismatch",
+            )
+        )
         db.add(Event(event_id="cam-b-c1", device_id="cam-b", seq=1, type="counts", ts=now - 60,
                      received_at=now, data={"lines": {"l1": {"Car": {"in": 3}}}}))  # fmt: skip
     return now
@@ -144,7 +153,7 @@ def test_every_string_is_in_the_vietnamese_catalogue(registry: Registry) -> None
     _fleet(registry)
     i18n.MISSING.clear()
     vi = _render_all(registry, "vi")
-    assert i18n.MISSING == set(), f"missing from catalogue_vi.py: {sorted(i18n.MISSING)}"
+    assert not i18n.MISSING, f"missing from catalogue_vi.py: {sorted(i18n.MISSING)}"
     en = _render_all(registry, "en")
     assert "Cần xử lý" in vi["overview"] and "Needs attention" in en["overview"]
     assert 'lang="vi"' in vi["overview"] and 'lang="en"' in en["overview"]
@@ -175,7 +184,7 @@ def test_settings_and_language_redirects_stay_on_the_dashboard() -> None:
     with pytest.raises(ValueError):
         DashboardSettings(timezone="Mars/Olympus")
     with pytest.raises(ValueError):
-        DashboardSettings(tiles_url='javascript:alert(1)')
+        DashboardSettings(tiles_url="javascript:alert(1)")
     assert safe_next("/ui/devices?state=offline") == "/ui/devices?state=offline"
     for bad in ("https://evil.example/", "//evil.example/ui/", "/api/x", "/ui/\\evil"):
         assert safe_next(bad) == "/ui/"

@@ -117,8 +117,9 @@ VI: dict[str, str] = {
     " · commissioned {when} by {who}": " · lắp đặt {when} bởi {who}",
     "reference frame": "ảnh tham chiếu",
     "{n} days left": "còn {n} ngày",
-    "serial {serial} · valid until {when} ({state}) · {via}":
-        "số sê-ri {serial} · hiệu lực đến {when} ({state}) · {via}",
+    "serial {serial} · valid until {when} ({state}) · {via}": (
+        "số sê-ri {serial} · hiệu lực đến {when} ({state}) · {via}"
+    ),
     "last snapshot": "ảnh chụp gần nhất",
     "type": "loại",
     "counts": "đếm xe",

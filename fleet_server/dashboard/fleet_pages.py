@@ -75,7 +75,7 @@ def sites_page(db: Session) -> tuple[str, str]:
     empty = f'<tr><td colspan="5" class="muted">{escape(t("no sites"))}</td></tr>'
     table = (
         f'<table id="sites"><tr><th>{escape(t("site"))}</th><th>{escape(t("name"))}</th>'
-        f'<th>{escape(t("position"))}</th><th>{escape(t("state"))}</th>'
+        f"<th>{escape(t('position'))}</th><th>{escape(t('state'))}</th>"
         f"<th>{escape(t('devices'))}</th></tr>{rows or empty}</table>"
     )
     return t("Sites"), svg.site_map(points) + f"<h2>{escape(t('All sites'))}</h2>" + table
@@ -133,7 +133,7 @@ def counts_page(db: Session) -> tuple[str, str]:
         parts.append(
             f'<h2>{escape(site)}</h2><div class="charts">{chart}</div>'
             f'<table class="counts"><tr><th>{escape(t("line / zone"))}</th>'
-            f'<th>{escape(t("class"))}</th><th>{escape(t("direction"))}</th>'
+            f"<th>{escape(t('class'))}</th><th>{escape(t('direction'))}</th>"
             f"<th>{escape(t('last 24 h'))}</th></tr>{cells}{zone_cells}</table>"
         )
     return t("Traffic counts"), "".join(parts)
@@ -157,15 +157,17 @@ def site_section(db: Session, device_id: str) -> Section | None:
     name = site.name if site else rec.site_id
     pos = "" if site is None or site.lat is None else f" · {site.lat:.5f}, {site.lon:.5f}"
     frame = (
-        f' · <a href="/api/devices/{escape(device_id)}/site/frame">{escape(t("reference frame"))}</a>'
+        f' · <a href="/api/devices/{escape(device_id)}/site/frame">'
+        f"{escape(t('reference frame'))}</a>"
         if rec.reference_frame
         else ""
     )
     return Section(
         "Site",
         f'<p id="site"><a href="/ui/sites#{escape(rec.site_id)}">{escape(name)}</a>{pos}'
-        + escape(t(" · commissioned {when} by {who}", when=_when(rec.received_at),
-                   who=rec.submitted_by))
+        + escape(
+            t(" · commissioned {when} by {who}", when=_when(rec.received_at), who=rec.submitted_by)
+        )
         + f"{frame}</p>",
     )
 

@@ -92,8 +92,8 @@ def _certificates(warn_days: float) -> Source:
         found = []
         for device_id, not_after in rows:
             days = (not_after - now) / 86400
-            text = t("certificate expired") if days <= 0 else t("certificate expires in {n} days",
-                                                                  n=max(0, round(days)))  # fmt: skip
+            left = t("certificate expires in {n} days", n=max(0, round(days)))
+            text = t("certificate expired") if days <= 0 else left
             found.append(Problem(CRIT if days < 7 else WARN, "certificate", device_id, not_after,
                                  text, f"/ui/devices/{device_id}"))  # fmt: skip
         return found, n
@@ -121,7 +121,9 @@ def _updates(db: Session, now: float, limit: int) -> tuple[list[Problem], int]:
 def _halted(db: Session, now: float, limit: int) -> tuple[list[Problem], int]:
     where = rm.Campaign.state == rm.HALTED
     n = db.scalar(select(func.count()).select_from(rm.Campaign).where(where)) or 0
-    rows = db.scalars(select(rm.Campaign).where(where).order_by(rm.Campaign.updated_at).limit(limit))
+    rows = db.scalars(
+        select(rm.Campaign).where(where).order_by(rm.Campaign.updated_at).limit(limit)
+    )
     found = [
         Problem(CRIT, "rollout", c.name, c.updated_at,
                 t("rollout halted") + (f": {c.reason}" if c.reason else ""), f"/ui/rollouts/{c.id}")

@@ -14,9 +14,7 @@ class DashboardSettings(BaseModel):
     language: Literal["vi", "en"] = Field(
         "vi", description="Language of the pages until a person picks another (vi, en)"
     )
-    timezone: str = Field(
-        "Asia/Ho_Chi_Minh", description="IANA time zone the pages show times in"
-    )
+    timezone: str = Field("Asia/Ho_Chi_Minh", description="IANA time zone the pages show times in")
     refresh_s: float = Field(
         15.0, ge=2, le=600, description="How often open pages update themselves, seconds"
     )
