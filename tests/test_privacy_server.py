@@ -29,7 +29,7 @@ def server(
     broker: Broker, ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[IdentityServer]:
     srv = IdentityServer(tmp_path_factory.mktemp("privacy-server"), ca, broker,
-                         identity={"est_workers": 1})  # fmt: skip
+                         identity={"est_workers": 0})  # fmt: skip
     srv.start_all()
     yield srv
     srv.stop()
