@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_server.broker.settings import BrokerSettings
+from fleet_server.dashboard.settings import DashboardSettings
 from fleet_server.health.settings import AlertSettings, HealthSettings
 from fleet_server.identity.settings import IdentitySettings
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
@@ -86,6 +87,10 @@ class ServerSettings(BaseSettings):
     privacy: PrivacySettings = Field(
         default_factory=PrivacySettings,
         description="Snapshot policies, retention, data-subject exports (docs/privacy.md)",
+    )
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings,
+        description="Operators' dashboard: language, time zone, refresh (docs/operations.md)",
     )
 
     @property

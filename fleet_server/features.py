@@ -51,7 +51,8 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(commands_router(ctx.sessions, ctx.send))
     found.append(health_router(ctx.sessions))
     found.append(login_router())
-    found.append(dashboard_router(ctx.sessions, fleet_pages.SECTIONS, fleet_pages.PAGES))
+    found.append(dashboard_router(ctx.sessions, fleet_pages.SECTIONS, fleet_pages.PAGES,
+                                  ctx.settings.dashboard))  # fmt: skip
     found.append(events_router(ctx.sessions))  # issue 4: events, snapshots, counts
     found.append(tags_router(ctx.sessions))  # issue 5: device tags
     found.append(ota_router(ctx))  # issue 6: TUF repository under /ota/ (docs/ota.md)
