@@ -24,6 +24,7 @@ from fleet_server.health.notify import Notifier
 from fleet_server.identity.api import identity_router
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest.api import events_router
+from fleet_server.ingest.deadletter import dead_letters_router
 from fleet_server.ingest.registry import Registry
 from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics
@@ -54,6 +55,7 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(dashboard_router(ctx.sessions, fleet_pages.SECTIONS, fleet_pages.PAGES,
                                   ctx.settings.dashboard))  # fmt: skip
     found.append(events_router(ctx.sessions))  # issue 4: events, snapshots, counts
+    found.append(dead_letters_router(ctx.sessions))  # issue 15: messages set aside
     found.append(tags_router(ctx.sessions))  # issue 5: device tags
     found.append(ota_router(ctx))  # issue 6: TUF repository under /ota/ (docs/ota.md)
     found.append(  # issue 6: rollout campaigns, their dashboard page
