@@ -29,6 +29,7 @@ from fleet_server.ingest.registry import Registry
 from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics
 from fleet_server.ota.serve import ota_router
+from fleet_server.privacy.api import privacy_router
 from fleet_server.rollouts.api import rollouts_routes
 
 
@@ -60,4 +61,5 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(  # issue 6: rollout campaigns, their dashboard page
         rollouts_routes(ctx.sessions, ctx.send, ctx.settings, fleet_pages.PAGES)
     )
+    found.append(privacy_router(ctx.sessions, ctx.send, ctx.settings.privacy))  # issue 20
     return found
