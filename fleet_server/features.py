@@ -30,6 +30,7 @@ from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics
 from fleet_server.ota.serve import ota_router
 from fleet_server.privacy.api import privacy_router
+from fleet_server.privacy.subject_api import subject_router
 from fleet_server.rollouts.api import rollouts_routes
 
 
@@ -62,4 +63,5 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
         rollouts_routes(ctx.sessions, ctx.send, ctx.settings, fleet_pages.PAGES)
     )
     found.append(privacy_router(ctx.sessions, ctx.send, ctx.settings.privacy))  # issue 20
+    found.append(subject_router(ctx.sessions, ctx.settings.privacy))  # retention, exports
     return found
