@@ -20,16 +20,17 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from firmware import contract
 from fleet_server.commands.store import Outgoing
 from fleet_server.health.notify import Notifier
 from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.ingest import gate
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client
 from fleet_server.ingest.codec import Publish
 from fleet_server.ingest.registry import Accepted, Registry
+from fleet_server.ingest.safestore import SafeStore
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
+from fleet_server.ingest.supervisor import Supervisor, Watched
 from fleet_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,16 @@ class Ingest:
         self.settings = settings
         self._buffer = _Buffer(settings.queue_size)
         self._stop = threading.Event()
+        self.safe = SafeStore(registry, metrics, self._stop)
+        self.refusals = gate.RefusalCounts()
+        self.refusal_log = gate.RefusalLog(settings.refusal_log_interval_s,
+                                           counter=metrics.refusal_log_lines)  # fmt: skip
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._pending: list[_Item] = []  # the batch the writer holds (a new writer takes it)
+        self._down_since: float | None = time.monotonic()  # the MQTT link; None while up
+        self.supervisor = Supervisor(
+            metrics, max_restarts=settings.thread_restarts_max, window_s=60.0
+        )
         tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.root_cert_path))
         tls.load_cert_chain(str(ca.server_cert_path), str(ca.server_key_path))
         self.client = Mqtt5Client(
@@ -140,6 +150,20 @@ class Ingest:
     def start(self) -> None:
         self._writer.start()
         self.client.start()
+        self.supervisor.watch(Watched("ingest-writer", self._write_loop, self._writer))
+        io = Watched("mqtt5-io", self.client.revive, alive=self.client.alive)
+        self.supervisor.watch(io)
+        self.supervisor.ticks.append(self.refusal_log.flush)
+        self.supervisor.start()
+
+    def problem(self, link_down_s: float) -> str | None:
+        """Why this process is not healthy (``/healthz`` 503), or None."""
+        if self.supervisor.gave_up is not None:
+            return self.supervisor.gave_up
+        since = self._down_since
+        if since is not None and time.monotonic() - since > link_down_s:
+            return f"MQTT link down for {time.monotonic() - since:.0f}s"
+        return None
 
     def wait_connected(self, timeout: float) -> bool:
         return self.client.connected.wait(timeout)
@@ -161,8 +185,11 @@ class Ingest:
             until = time.monotonic() + drain_s
             while time.monotonic() < until and self._buffer.unfinished:
                 time.sleep(0.02)
+        self.supervisor.stopped.set()
         self._stop.set()
-        self._writer.join(timeout=10)
+        for w in self.supervisor.watched:
+            if w.name == "ingest-writer" and w.thread is not None and w.thread.is_alive():
+                w.thread.join(timeout=10)
         self.client.stop(session_expiry_s=0)
 
     def send(self, out: Outgoing) -> None:
@@ -179,6 +206,10 @@ class Ingest:
     # ---------------------------------------------------------------- MQTT thread
     def _on_state(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
+        if up:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.monotonic()
         if not up and not self._stop.is_set():
             log.warning("ingest lost the broker")
 
@@ -187,16 +218,15 @@ class Ingest:
         items: list[_Item] = []
         refused: list[int] = []
         kinds: Counter[str] = Counter()
-        decode = contract.decode
+        decode = gate.decode  # the one gate: every failure a refusal, never an exception
         for m in messages:
-            try:
-                device_id, kind, body = decode(m.topic, m.payload)
-            except contract.ProtocolError as exc:
-                self.metrics.rejected.labels(reason=exc.reason).inc()
-                log.warning("refused message on %r (%d bytes): %s", m.topic, len(m.payload), exc)
+            verdict = decode(m.topic, m.payload)
+            if isinstance(verdict, gate.Refused):
+                self._refuse(verdict, len(m.payload))
                 if m.qos:
                     refused.append(m.packet_id)
                 continue
+            device_id, kind, body = verdict
             kinds[kind] += 1
             msg = Accepted(device_id, kind, body, received_at, m.payload)
             items.append(_Item(msg, m.packet_id, generation))
@@ -206,39 +236,44 @@ class Ingest:
         if items:
             self._buffer.put_many(items, self._stop)
 
+    def _refuse(self, refused: gate.Refused, size: int) -> None:
+        self.metrics.rejected.labels(reason=refused.reason).inc()
+        self.refusals.add(refused.device_id, refused.reason)
+        self.refusal_log.note(refused, size)
+
     # ---------------------------------------------------------------- writer
     def _write_loop(self) -> None:
-        while not (self._stop.is_set() and not len(self._buffer)):
-            batch = self._buffer.take(self.settings.batch_size, self.settings.batch_ms / 1000)
+        # a writer started again by the supervisor first stores the batch its predecessor
+        # held when it died (taken from the buffer, not yet stored and acknowledged)
+        while not (self._stop.is_set() and not len(self._buffer) and not self._pending):
+            batch = self._pending or self._buffer.take(
+                self.settings.batch_size, self.settings.batch_ms / 1000
+            )
+            self._pending = batch
             self.metrics.queue_depth.set(len(self._buffer))
             if batch:
-                try:
-                    self._store(batch)
-                finally:
-                    self._buffer.done(len(batch))  # counted as done once stored and acked
+                self._store(batch)  # returns once stored and acked, or when stopping
+                self._pending = []
+                self._buffer.done(len(batch))
 
     def _store(self, batch: list[_Item]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                with self.metrics.batch_seconds.time():
-                    stats = self.registry.apply([item.msg for item in batch])
-                break
-            except SQLAlchemyError:  # the DB is down or locked: keep the batch, retry
-                self.metrics.store_errors.inc()
-                log.exception("storing a batch of %d failed; retrying in %.1fs", len(batch), delay)
-                if self._stop.wait(delay):
-                    return  # not acked: the broker keeps them for the next start
-                delay = min(delay * 2, 10.0)
+        # the DB away: kept and retried; a message at fault: set aside (safestore.py)
+        done = self.safe.apply([item.msg for item in batch])
+        if done is None:
+            return  # stopping; not acked: the broker keeps them for the next start
+        stats, set_aside = done
         committed = time.time()
         by_generation: dict[int, list[int]] = {}
         kinds: Counter[str] = Counter()
-        for item in batch:
+        aside = set(set_aside)
+        for n, item in enumerate(batch):
+            if item.mid:  # stored or set aside: acknowledged either way
+                by_generation.setdefault(item.generation, []).append(item.mid)
+            if n in aside:
+                continue
             kinds[item.msg.kind] += 1
             if item.msg.kind == "heartbeat":
                 self.metrics.lag.observe(max(0.0, committed - float(item.msg.body["ts"])))
-            if item.mid:
-                by_generation.setdefault(item.generation, []).append(item.mid)
         for generation, mids in by_generation.items():
             self.client.ack(generation, mids)
         for kind, n in kinds.items():
