@@ -6,7 +6,7 @@ packages on a media disk; the server is another VM, or the same one in a second 
 
 | action | how |
 |---|---|
-| power on / off / cut | qemu started / ``systemctl poweroff`` in the guest / qemu killed (SIGKILL) |
+| power on, off, cut | qemu started; ``systemctl poweroff`` in the guest; qemu SIGKILLed |
 | hang | ``systemctl kill -s SIGSTOP camfleet-agent`` (sockets kept, nothing done) |
 | run, read_file | the QEMU guest agent (virtio serial): no network or password needed |
 | logs | the serial console of the current boot and the agent's journal |
