@@ -15,12 +15,12 @@ import pytest
 
 from firmware import contract
 from fleet_server.dashboard import (
-    ops_views,
     charts,
     exports,
     fleet_pages,
     i18n,
     ops_data,
+    ops_views,
     problems,
     sitemap,
     views,
@@ -360,7 +360,8 @@ def test_counts_csv_round_trip(registry: Registry) -> None:
     text = exports.counts_csv(rows, {"tu-son": "Ngã tư Từ Sơn"})
     back = list(csv.DictReader(io.StringIO(text)))
     assert len(back) == len(rows) == 3 * 5  # 4 line counts + 1 zone count per interval
-    assert sum(int(r["count"]) for r in back) == sum(r.count for r in rows) == (4 + 5 + 6) + 3 * (2 + 1 + 3 + 2)
+    total = (4 + 5 + 6) + 3 * (2 + 1 + 3 + 2)  # car in; car out, person, truck, zone
+    assert sum(int(r["count"]) for r in back) == sum(r.count for r in rows) == total
     car_in = [r for r in back if r["class"] == "car" and r["direction"] == "in"]
     assert sorted(int(r["count"]) for r in car_in) == [4, 5, 6]
     assert {r["site_name"] for r in back} == {"Ngã tư Từ Sơn"}
@@ -410,7 +411,8 @@ def test_ngsi_ld_round_trip_against_the_documented_mapping(registry: Registry) -
         assert isinstance(e["intensity"]["value"], int) and e["intensity"]["value"] >= 0
     lanes = {(e["vehicleType"]["value"], e.get("laneDirection", {}).get("value")) for e in back}
     assert lanes == {("car", "forward"), ("car", "backward"), ("lorry", None)}
-    assert sum(e["intensity"]["value"] for e in back) == (4 + 5 + 6) + 3 * 2 + 3 * 3  # car in, car out, truck
+    # car in, car out, truck
+    assert sum(e["intensity"]["value"] for e in back) == (4 + 5 + 6) + 3 * 2 + 3 * 3
 
 
 def test_events_of_the_fleet_filtered(registry: Registry) -> None:
