@@ -22,6 +22,7 @@ from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
+from fleet_server.privacy.runner import RetentionRunner
 from fleet_server.roles import Role, api_settings, serve_est, serve_ingest
 from fleet_server.rollouts.runner import RolloutRunner
 
@@ -86,6 +87,8 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     ingest.start()
     monitor.start()
     rollouts.start()
+    retention = RetentionRunner(sessions, settings.privacy)  # issue 20: per-site retention
+    retention.start()
     app = create_app(registry, metrics, routers(ctx))
     cert, key = _tls(settings, ca)
     server = _Server(
@@ -106,6 +109,7 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     finally:
         monitor.stopped.set()
         rollouts.stopped.set()
+        retention.stopped.set()
         ingest.stop()
         notifier.close()
         engine.dispose()

@@ -28,12 +28,14 @@ from fleet_server.broker.conf import broker_binary, write_from_settings
 from fleet_server.config import ServerSettings
 from fleet_server.identity.ca import CAError, CertificateAuthority
 from fleet_server.ota.cli import release_app
+from fleet_server.privacy.cli import privacy_app
 
 PROG = "camfleet-server"
 
 app = make_app(__doc__)
 app.add_typer(release_app, name="release")
 register_backup(app)  # issue 18: backup, restore (docs/deploy.md)
+app.add_typer(privacy_app, name="privacy")  # issue 20: retention, export, erase
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from fleet_server.health.settings import AlertSettings, HealthSettings
 from fleet_server.identity.settings import IdentitySettings
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.ota.settings import OtaSettings
+from fleet_server.privacy.settings import PrivacySettings
 from fleet_server.rollouts.settings import RolloutSettings
 
 
@@ -82,6 +83,10 @@ class ServerSettings(BaseSettings):
     )
     rollouts: RolloutSettings = Field(
         default_factory=RolloutSettings, description="Rollout campaigns (docs/ota.md)"
+    )
+    privacy: PrivacySettings = Field(
+        default_factory=PrivacySettings,
+        description="Snapshot policies, retention, data-subject exports (docs/privacy.md)",
     )
     dashboard: DashboardSettings = Field(
         default_factory=DashboardSettings,

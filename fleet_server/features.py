@@ -25,10 +25,13 @@ from fleet_server.health.notify import Notifier
 from fleet_server.identity.api import identity_router
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest.api import events_router
+from fleet_server.ingest.deadletter import dead_letters_router
 from fleet_server.ingest.registry import Registry
 from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics
 from fleet_server.ota.serve import ota_router
+from fleet_server.privacy.api import privacy_router
+from fleet_server.privacy.subject_api import subject_router
 from fleet_server.rollouts.api import rollouts_routes
 
 
@@ -55,9 +58,12 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
                                   ctx.settings.dashboard))  # fmt: skip
     found.append(events_router(ctx.sessions))  # issue 4: events, snapshots, counts
     found.append(export_router(ctx.sessions))  # issue 19: counts CSV and NGSI-LD, events CSV
+    found.append(dead_letters_router(ctx.sessions))  # issue 15: messages set aside
     found.append(tags_router(ctx.sessions))  # issue 5: device tags
     found.append(ota_router(ctx))  # issue 6: TUF repository under /ota/ (docs/ota.md)
     found.append(  # issue 6: rollout campaigns, their dashboard page
         rollouts_routes(ctx.sessions, ctx.send, ctx.settings, fleet_pages.PAGES)
     )
+    found.append(privacy_router(ctx.sessions, ctx.send, ctx.settings.privacy))  # issue 20
+    found.append(subject_router(ctx.sessions, ctx.settings.privacy))  # retention, exports
     return found

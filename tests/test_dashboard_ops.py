@@ -289,10 +289,13 @@ def test_site_marks_from_commissioning(registry: Registry) -> None:
         marks = ops_data.site_marks(db)
     (m,) = marks
     assert (m.site_id, m.state, m.devices) == ("evil", "offline", ("cam-a",))
-    assert m.snapshot is not None and m.snapshot[0] == "cam-a-s1"
+    assert m.snapshot is not None and m.snapshot[:2] == ("cam-a", "cam-a-s1")
     html = sitemap.render(marks, sitemap.fit(marks, 860, 540))
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "/api/events/cam-a-s1/snapshot.jpg" in html
+    assert (
+        "/api/events/cam-a-s1/snapshot.jpg?device_id=cam-a" in html
+        and "/ui/events/cam-a/cam-a-s1" in html
+    )
 
 
 # --- charts ----------------------------------------------------------------------------

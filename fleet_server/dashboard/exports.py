@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fleet_server.dashboard.ops_data import CountRow, iso
+from fleet_server.ingest.events import snapshot_url
 
 CONTEXT = [
     "https://raw.githubusercontent.com/smart-data-models/dataModel.Transportation/master/"
@@ -76,7 +77,7 @@ def events_csv(rows: Iterable[tuple[str, float, str, str, str, str, bool]]) -> s
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(EVENT_FIELDS)
     for event_id, ts, type_, device, site, label, snap in rows:
-        link = f"/api/events/{urllib.parse.quote(event_id, safe='')}/snapshot.jpg" if snap else ""
+        link = snapshot_url(device, event_id) if snap else ""
         w.writerow([_safe_cell(v) for v in (event_id, iso(ts), type_, device, site, label, link)])
     return out.getvalue()
 

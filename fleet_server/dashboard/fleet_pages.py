@@ -17,7 +17,7 @@ from fleet_server.dashboard.views import (
     Section,
 )
 from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
-from fleet_server.ingest.events import Event
+from fleet_server.ingest.events import Event, snapshot_url
 from fleet_server.rollouts import pages as rollout_pages
 
 
@@ -74,7 +74,7 @@ def events_section(db: Session, device_id: str) -> Section | None:
     snap = next((e for e in rows if isinstance((e.data or {}).get("jpeg"), str)), None)
     img = (
         f'<p><img id="snapshot" class="snapshot" alt="{escape(t("last snapshot"))}" '
-        f'src="/api/events/{escape(snap.event_id)}/snapshot.jpg"></p>'
+        f'src="{escape(snapshot_url(snap.device_id, snap.event_id))}"></p>'
         if snap is not None
         else ""
     )

@@ -44,14 +44,14 @@ def site_marks(db: Session) -> list[Mark]:
         select(Event.device_id, func.max(Event.ts).label("ts"))
         .where(Event.type == "snapshot").group_by(Event.device_id).subquery()
     )  # fmt: skip
-    snaps: dict[str, tuple[str, float]] = {}
+    snaps: dict[str, tuple[str, str, float]] = {}
     rows = db.execute(
         select(Event.device_id, Event.event_id, Event.ts).join(
             newest, (Event.device_id == newest.c.device_id) & (Event.ts == newest.c.ts)
         ).where(Event.type == "snapshot")
     ).all()  # fmt: skip
     for device_id, event_id, ts in rows:
-        snaps[str(device_id)] = (str(event_id), float(ts))
+        snaps[str(device_id)] = (str(device_id), str(event_id), float(ts))
     marks = []
     for s in sites:
         if s.lat is None or s.lon is None:
@@ -59,7 +59,7 @@ def site_marks(db: Session) -> list[Mark]:
         devs = at.get(s.site_id, [])
         states = [shown_state(d, degraded) for d in devs] or ["unknown"]
         seen = [d.last_seen for d in devs if d.last_seen]
-        snap = max((snaps[d.id] for d in devs if d.id in snaps), key=lambda e: e[1], default=None)
+        snap = max((snaps[d.id] for d in devs if d.id in snaps), key=lambda e: e[2], default=None)
         marks.append(Mark(
             s.site_id, s.name, s.lat, s.lon, max(states, key=lambda x: RANK.get(x, 1)),
             tuple(sorted(d.id for d in devs)), max(seen, default=None), snap,

@@ -20,7 +20,7 @@ from fleet_server.dashboard import charts, ops_data, sitemap
 from fleet_server.dashboard.i18n import since_html, t, when
 from fleet_server.dashboard.settings import DashboardSettings
 from fleet_server.identity.model import Site
-from fleet_server.ingest.events import Event
+from fleet_server.ingest.events import Event, snapshot_url
 
 Render = Callable[..., HTMLResponse]
 SiteId = Annotated[str, Query(max_length=64, pattern=r"^[a-z0-9-]*$")]
@@ -71,15 +71,23 @@ def add_ops_routes(
         html = _events_html(found, total, where, names, query, offset)
         return render("page.html", "/ui/events", title=t("Events"), content=html)
 
-    @router.get("/events/{event_id}", response_class=HTMLResponse)
-    def event(event_id: str) -> HTMLResponse:
+    @router.get("/events/{device_id}/{event_id}", response_class=HTMLResponse)
+    def event(device_id: str, event_id: str) -> HTMLResponse:
         with sessions() as db:
-            ev = db.scalars(select(Event).where(Event.event_id == event_id)).first()
+            ev = db.scalars(
+                select(Event).where(Event.device_id == device_id, Event.event_id == event_id)
+            ).first()
             where = ops_data.site_of_devices(db, [ev.device_id]) if ev else {}
         if ev is None:
             raise HTTPException(status_code=404, detail=f"no event {event_id}")
         return render("page.html", "/ui/events", title=t("Event"),
                       content=_event_html(ev, where.get(ev.device_id, "")))  # fmt: skip
+
+
+def event_href(device_id: str, event_id: str) -> str:
+    """The stable link of one event (an event id is unique per device)."""
+    quote = urllib.parse.quote
+    return f"/ui/events/{quote(device_id, safe='')}/{quote(event_id, safe='')}"
 
 
 def _site_table(marks: list[sitemap.Mark], unplaced: int) -> str:
@@ -164,7 +172,7 @@ def _thumb(ev: Event) -> str:
     if not isinstance((ev.data or {}).get("jpeg"), str):
         return ""
     return (f'<img class="thumb" loading="lazy" alt="{escape(t("snapshot"))}" '
-            f'src="/api/events/{escape(ev.event_id)}/snapshot.jpg">')  # fmt: skip
+            f'src="{escape(snapshot_url(ev.device_id, ev.event_id))}">')  # fmt: skip
 
 
 def _events_html(
@@ -188,7 +196,7 @@ def _events_html(
         sid = where.get(ev.device_id, "")
         label = (ev.data or {}).get("label", "") if isinstance(ev.data, dict) else ""
         rows.append(
-            f'<tr class="event-row"><td><a href="/ui/events/{escape(ev.event_id)}">'
+            f'<tr class="event-row"><td><a href="{escape(event_href(ev.device_id, ev.event_id))}">'
             f"{since_html(ev.ts)}</a></td><td>{escape(t(ev.type))}</td>"
             f"<td>{escape(str(label))}</td>"
             f'<td><a href="/ui/devices/{escape(ev.device_id)}">{escape(ev.device_id)}</a></td>'

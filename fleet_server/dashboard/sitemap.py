@@ -13,8 +13,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
+from urllib.parse import quote
 
 from fleet_server.dashboard.i18n import since_html, t
+from fleet_server.ingest.events import snapshot_url
 
 TILE = 256
 CELL = 44  # sites closer than this many pixels merge into one cluster
@@ -31,7 +33,7 @@ class Mark:
     state: str  # worst of its devices: offline, degraded, unknown, online
     devices: tuple[str, ...] = ()
     last_heartbeat: float | None = None
-    snapshot: tuple[str, float] | None = None  # (event id, time) of the latest snapshot
+    snapshot: tuple[str, str, float] | None = None  # latest snapshot: device, event id, time
 
 
 @dataclass(frozen=True)
@@ -206,10 +208,11 @@ def _popup(m: Mark) -> str:
     links = ", ".join(f'<a href="/ui/devices/{escape(d)}">{escape(d)}</a>' for d in m.devices)
     snap = f'<span class="muted">{escape(t("none"))}</span>'
     if m.snapshot is not None:
-        event_id, ts = m.snapshot
-        snap = (f'<a href="/ui/events/{escape(event_id)}"><img class="thumb" loading="lazy" '
+        device, event_id, ts = m.snapshot
+        page = f"/ui/events/{quote(device, safe='')}/{quote(event_id, safe='')}"
+        snap = (f'<a href="{escape(page)}"><img class="thumb" loading="lazy" '
                 f'alt="{escape(t("last snapshot"))}" '
-                f'src="/api/events/{escape(event_id)}/snapshot.jpg"></a> '
+                f'src="{escape(snapshot_url(device, event_id))}"></a> '
                 f"{since_html(ts)}")  # fmt: skip
     return (
         f'<div class="popup" id="pop-{escape(m.site_id)}"><a href="#map" class="close">&#215;</a>'

@@ -390,3 +390,7 @@ def test_update_state_enums_and_ranges():
             assert exc.reason == C.R_SCHEMA, (field, exc.reason)
         else:
             raise AssertionError("update_state with " + field + "=" + repr(bad) + " accepted")
+
+
+# issue 15: shape bounds, the hostile corpus, a fuzz loop (tests/mp/shape_cases.py)
+from tests.mp.shape_cases import *  # noqa: E402, F403
