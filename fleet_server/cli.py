@@ -134,6 +134,7 @@ def run_server(
     """Run the fleet server until SIGTERM or SIGINT: everything in one process (ingest,
     health monitor, rollouts, REST API, EST), or one role of it (docs/deploy.md)."""
     from fleet_server.app import serve
+    from fleet_server.ingest.supervisor import EXIT_THREAD_DIED, fatal_happened
     from fleet_server.roles import Role
 
     try:
@@ -143,6 +144,8 @@ def run_server(
     if instance < 1:
         fail(PROG, "--instance counts from 1", EXIT_USAGE)
     serve(loaded(ctx).settings, chosen, instance)
+    if fatal_happened():  # a thread kept dying: non-zero, so systemd starts us again
+        raise typer.Exit(EXIT_THREAD_DIED)
 
 
 @app.command("add-user")
