@@ -12,6 +12,7 @@ from fleet_server.health.settings import AlertSettings, HealthSettings
 from fleet_server.identity.settings import IdentitySettings
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.ota.settings import OtaSettings
+from fleet_server.receipts.settings import ReceiptSettings
 from fleet_server.rollouts.settings import RolloutSettings
 
 
@@ -81,6 +82,10 @@ class ServerSettings(BaseSettings):
     )
     rollouts: RolloutSettings = Field(
         default_factory=RolloutSettings, description="Rollout campaigns (docs/ota.md)"
+    )
+    receipts: ReceiptSettings = Field(
+        default_factory=ReceiptSettings,
+        description="Receipts to devices and event loss accounting (docs/protocol.md)",
     )
 
     @property

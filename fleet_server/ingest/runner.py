@@ -27,10 +27,11 @@ from fleet_server.commands.store import Outgoing
 from fleet_server.health.notify import Notifier
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client
-from fleet_server.ingest.codec import Publish
+from fleet_server.ingest.codec import MqttError, Publish
 from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.metrics import Metrics
+from fleet_server.receipts import actions as receipts
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,14 @@ class Ingest:
         notifier: Notifier | None = None,
         *,
         subscribe: bool = True,
+        send_receipts: bool = True,
     ) -> None:
         """``subscribe=False``: a connection that only publishes (commands, config, alerts)
-        and stores nothing: the API process when ingest workers run apart from it."""
+        and stores nothing: the API process when ingest workers run apart from it.
+        ``send_receipts``: tell devices which events are stored after each commit."""
         self.registry = registry
         self.subscribe = subscribe
+        self.send_receipts = send_receipts
         self.notifier = notifier
         if notifier is not None:
             notifier.publish = self._publish_alert
@@ -111,6 +115,7 @@ class Ingest:
         self.cfg = mqtt_settings
         self.settings = settings
         self._buffer = _Buffer(settings.queue_size)
+        self.taken = 0  # messages accepted from the broker since start
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.root_cert_path))
@@ -144,16 +149,23 @@ class Ingest:
     def wait_connected(self, timeout: float) -> bool:
         return self.client.connected.wait(timeout)
 
-    def stop(self, drain_s: float = 10.0) -> None:
-        """Leave the shared group without losing anything, then end the session.
+    def stop(self, drain_s: float = 10.0, *, leave: bool = False) -> None:
+        """Stop; by default keep the broker session, with ``leave`` end it.
 
-        Unsubscribe first (the broker gives this worker's share to the others from then
-        on), store and acknowledge what already arrived, then disconnect with a session
-        expiry of 0: a worker that stopped cleanly must not keep a session in the group,
-        where the broker would go on queueing a share of the fleet's messages for it. A
-        worker that crashes keeps its session (and its share) until it returns or the
-        session expires (``session_expiry_s``).
+        A clean stop (SIGTERM: a restart, an upgrade) stores and acknowledges what already
+        arrived and disconnects keeping its session (``session_expiry_s``): the broker
+        goes on queueing this worker's share of the group until it returns, and delivers
+        again what it sent and we did not acknowledge.
+
+        ``leave`` (scaling down): unsubscribe first (the broker gives this worker's share
+        to the others from then on), store and acknowledge what already arrived, then
+        disconnect with a session expiry of 0, so that no session is left in the group.
         """
+        if not leave:
+            self._stop.set()  # the writer empties the buffer, then ends
+            self._writer.join(timeout=drain_s + 10)
+            self.client.stop(session_expiry_s=None)
+            return
         if self.subscribe and self.client.connected.is_set():
             filters = [t for t, _q in contract.server_subscriptions(shared=self.cfg.shared)]
             self.client.unsubscribe(filters)
@@ -203,8 +215,20 @@ class Ingest:
         for kind, n in kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
         self.client.ack(generation, refused)
+        self.taken += len(items)
         if items:
             self._buffer.put_many(items, self._stop)
+
+    def _receipts(self, batch: list[_Item], ts: float) -> None:
+        """After the commit: one receipt per device of the batch (docs/protocol.md)."""
+        for topic, payload in receipts.messages([item.msg for item in batch], ts):
+            try:
+                self.client.publish(topic, payload, 1)
+            except MqttError as exc:  # too much waits for the broker: the device resends
+                self.metrics.receipts_unsent.inc()
+                log.warning("receipt on %s not sent: %s", topic, exc)
+            else:
+                self.metrics.receipts_sent.inc()
 
     # ---------------------------------------------------------------- writer
     def _write_loop(self) -> None:
@@ -241,6 +265,8 @@ class Ingest:
                 by_generation.setdefault(item.generation, []).append(item.mid)
         for generation, mids in by_generation.items():
             self.client.ack(generation, mids)
+        if self.send_receipts:
+            self._receipts(batch, committed)
         for kind, n in kinds.items():
             self.metrics.stored.labels(kind=kind).inc(n)
         self.metrics.duplicates.inc(stats.duplicates)
