@@ -28,6 +28,7 @@ from fleet_server.ingest.registry import Registry
 from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics
 from fleet_server.ota.serve import ota_router
+from fleet_server.receipts.api import router as receipts_router
 from fleet_server.rollouts.api import rollouts_routes
 
 
@@ -57,4 +58,5 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(  # issue 6: rollout campaigns, their dashboard page
         rollouts_routes(ctx.sessions, ctx.send, ctx.settings, fleet_pages.PAGES)
     )
+    found.append(receipts_router(ctx.sessions))  # issue 14: event delivery and losses
     return found

@@ -24,6 +24,7 @@ from fleet_server.db import Device
 from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
 from fleet_server.ingest.api import sum_counts
 from fleet_server.ingest.events import Event
+from fleet_server.receipts.api import delivery_section
 from fleet_server.rollouts import pages as rollout_pages
 
 COUNTS_WINDOW_S = 24 * 3600
@@ -215,6 +216,7 @@ def events_section(db: Session, device_id: str) -> Section | None:
 
 
 SECTIONS: list[DeviceSection] = [site_section, certificate_section, events_section,
+                                  delivery_section,  # issue 14: receipts, losses
                                   rollout_pages.update_section]  # fmt: skip
 PAGES: list[ExtraPage] = [
     ("/ui/sites", "Sites", sites_page),
