@@ -149,8 +149,9 @@ class Ingest:
     def wait_connected(self, timeout: float) -> bool:
         return self.client.connected.wait(timeout)
 
-    def stop(self, drain_s: float = 10.0, *, leave: bool = False) -> None:
-        """Stop; by default keep the broker session, with ``leave`` end it.
+    def stop(self, drain_s: float = 10.0, *, leave: bool | None = None) -> None:
+        """Stop; keep the broker session, or with ``leave`` end it (``None``: as
+        ``keep_session_on_stop`` says).
 
         A clean stop (SIGTERM: a restart, an upgrade) stores and acknowledges what already
         arrived and disconnects keeping its session (``session_expiry_s``): the broker
@@ -161,6 +162,8 @@ class Ingest:
         to the others from then on), store and acknowledge what already arrived, then
         disconnect with a session expiry of 0, so that no session is left in the group.
         """
+        if leave is None:
+            leave = not self.cfg.keep_session_on_stop
         if not leave:
             self._stop.set()  # the writer empties the buffer, then ends
             self._writer.join(timeout=drain_s + 10)
