@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from firmware import contract
+from fleet_server.ingest.gate import GATE_REASONS
 
 
 class Metrics:
@@ -22,8 +23,25 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        for reason in contract.REASONS:
+        for reason in contract.REASONS + GATE_REASONS:
             self.rejected.labels(reason=reason)
+        self.dead_letters = Counter(
+            "camfleet_ingest_dead_letters_total",
+            "Messages that passed the contract but failed to store, set aside (GET "
+            "/api/dead-letters)",
+            registry=self.registry,
+        )
+        self.thread_restarts = Counter(
+            "camfleet_ingest_thread_restarts_total",
+            "Ingest threads that died and were started again, by thread",
+            ["thread"],
+            registry=self.registry,
+        )
+        self.refusal_log_lines = Counter(
+            "camfleet_ingest_refusal_log_lines_total",
+            "Log lines written about refusals (one summary per device and reason per interval)",
+            registry=self.registry,
+        )
         self.stored = Counter(
             "camfleet_ingest_stored_total",
             "Messages written to the registry, by kind",

@@ -20,15 +20,15 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from firmware import contract
 from fleet_server.commands.store import Outgoing
 from fleet_server.health.notify import Notifier
 from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.ingest import gate
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client
 from fleet_server.ingest.codec import MqttError, Publish
 from fleet_server.ingest.registry import Accepted, Registry
+from fleet_server.ingest.safestore import SafeStore
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.metrics import Metrics
 from fleet_server.receipts import actions as receipts
@@ -117,6 +117,10 @@ class Ingest:
         self._buffer = _Buffer(settings.queue_size)
         self.taken = 0  # messages accepted from the broker since start
         self._stop = threading.Event()
+        self.safe = SafeStore(registry, metrics, self._stop)
+        self.refusals = gate.RefusalCounts()
+        self.refusal_log = gate.RefusalLog(settings.refusal_log_interval_s,
+                                           counter=metrics.refusal_log_lines)  # fmt: skip
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.root_cert_path))
         tls.load_cert_chain(str(ca.server_cert_path), str(ca.server_key_path))
@@ -202,16 +206,15 @@ class Ingest:
         items: list[_Item] = []
         refused: list[int] = []
         kinds: Counter[str] = Counter()
-        decode = contract.decode
+        decode = gate.decode  # the one gate: every failure a refusal, never an exception
         for m in messages:
-            try:
-                device_id, kind, body = decode(m.topic, m.payload)
-            except contract.ProtocolError as exc:
-                self.metrics.rejected.labels(reason=exc.reason).inc()
-                log.warning("refused message on %r (%d bytes): %s", m.topic, len(m.payload), exc)
+            verdict = decode(m.topic, m.payload)
+            if isinstance(verdict, gate.Refused):
+                self._refuse(verdict, len(m.payload))
                 if m.qos:
                     refused.append(m.packet_id)
                 continue
+            device_id, kind, body = verdict
             kinds[kind] += 1
             msg = Accepted(device_id, kind, body, received_at, m.payload)
             items.append(_Item(msg, m.packet_id, generation))
@@ -233,6 +236,11 @@ class Ingest:
             else:
                 self.metrics.receipts_sent.inc()
 
+    def _refuse(self, refused: gate.Refused, size: int) -> None:
+        self.metrics.rejected.labels(reason=refused.reason).inc()
+        self.refusals.add(refused.device_id, refused.reason)
+        self.refusal_log.note(refused, size)
+
     # ---------------------------------------------------------------- writer
     def _write_loop(self) -> None:
         while not (self._stop.is_set() and not len(self._buffer)):
@@ -245,27 +253,23 @@ class Ingest:
                     self._buffer.done(len(batch))  # counted as done once stored and acked
 
     def _store(self, batch: list[_Item]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                with self.metrics.batch_seconds.time():
-                    stats = self.registry.apply([item.msg for item in batch])
-                break
-            except SQLAlchemyError:  # the DB is down or locked: keep the batch, retry
-                self.metrics.store_errors.inc()
-                log.exception("storing a batch of %d failed; retrying in %.1fs", len(batch), delay)
-                if self._stop.wait(delay):
-                    return  # not acked: the broker keeps them for the next start
-                delay = min(delay * 2, 10.0)
+        # the DB away: kept and retried; a message at fault: set aside (safestore.py)
+        done = self.safe.apply([item.msg for item in batch])
+        if done is None:
+            return  # stopping; not acked: the broker keeps them for the next start
+        stats, set_aside = done
         committed = time.time()
         by_generation: dict[int, list[int]] = {}
         kinds: Counter[str] = Counter()
-        for item in batch:
+        aside = set(set_aside)
+        for n, item in enumerate(batch):
+            if item.mid:  # stored or set aside: acknowledged either way
+                by_generation.setdefault(item.generation, []).append(item.mid)
+            if n in aside:
+                continue
             kinds[item.msg.kind] += 1
             if item.msg.kind == "heartbeat":
                 self.metrics.lag.observe(max(0.0, committed - float(item.msg.body["ts"])))
-            if item.mid:
-                by_generation.setdefault(item.generation, []).append(item.mid)
         for generation, mids in by_generation.items():
             self.client.ack(generation, mids)
         if self.send_receipts:

@@ -44,3 +44,10 @@ class IngestSettings(_Section):
         description="Messages held between MQTT and the DB writer; when full, reading from "
         "the broker pauses (the broker queues for us)",
     )
+    refusal_log_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Refused messages are logged once per device and reason, then at most one "
+        "summary line per this many seconds (counts are in /metrics either way)",
+    )

@@ -448,3 +448,7 @@ def test_receipt_schema():
     up = [t for t, _q in C.server_subscriptions()]
     assert not [t for t in up if t.endswith("/receipt")]  # the server never reads receipts
     assert ("read", "camfleet/v1/%u/receipt") in C.device_acl_patterns()
+
+
+# issue 15: shape bounds, the hostile corpus, a fuzz loop (tests/mp/shape_cases.py)
+from tests.mp.shape_cases import *  # noqa: E402, F403
