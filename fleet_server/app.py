@@ -20,8 +20,10 @@ from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.identity.ca_ops import EST_KEY, ensure_est_cert
 from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
+from fleet_server.ingest.supervisor import Watched
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
+from fleet_server.privacy.runner import RetentionRunner
 from fleet_server.receipts.runner import LossMonitor
 from fleet_server.roles import Role, api_settings, serve_est, serve_ingest
 from fleet_server.rollouts.runner import RolloutRunner
@@ -90,7 +92,15 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     monitor.start()
     losses.start()
     rollouts.start()
-    app = create_app(registry, metrics, routers(ctx))
+    retention = RetentionRunner(sessions, settings.privacy)  # issue 20: per-site retention
+    retention.start()
+    # issue 15: these loops too are started again if they die (ingest/supervisor.py)
+    ingest.supervisor.watch(Watched(monitor.name, monitor.run, monitor))
+    ingest.supervisor.watch(Watched(rollouts.name, rollouts.run, rollouts))
+    ingest.supervisor.watch(Watched(retention.name, retention.run, retention))
+    ingest.supervisor.watch(Watched(losses.name, losses.run, losses))  # issue 14
+    link_down_s = settings.ingest.healthz_link_down_s
+    app = create_app(registry, metrics, routers(ctx), health=lambda: ingest.problem(link_down_s))
     cert, key = _tls(settings, ca)
     server = _Server(
         uvicorn.Config(
@@ -111,6 +121,7 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
         monitor.stopped.set()
         losses.stopped.set()
         rollouts.stopped.set()
+        retention.stopped.set()
         ingest.stop()
         notifier.close()
         engine.dispose()

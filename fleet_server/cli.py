@@ -29,12 +29,14 @@ from fleet_server.broker.conf import broker_binary, write_from_settings
 from fleet_server.config import ServerSettings
 from fleet_server.identity.ca import CAError, CertificateAuthority
 from fleet_server.ota.cli import release_app
+from fleet_server.privacy.cli import privacy_app
 
 PROG = "camfleet-server"
 
 app = make_app(__doc__)
 app.add_typer(release_app, name="release")
 register_backup(app)  # issue 18: backup, restore (docs/deploy.md)
+app.add_typer(privacy_app, name="privacy")  # issue 20: retention, export, erase
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def run_server(
     """Run the fleet server until SIGTERM or SIGINT: everything in one process (ingest,
     health monitor, rollouts, REST API, EST), or one role of it (docs/deploy.md)."""
     from fleet_server.app import serve
+    from fleet_server.ingest.supervisor import EXIT_THREAD_DIED, fatal_happened
     from fleet_server.roles import Role
 
     try:
@@ -142,6 +145,8 @@ def run_server(
     if instance < 1:
         fail(PROG, "--instance counts from 1", EXIT_USAGE)
     serve(loaded(ctx).settings, chosen, instance)
+    if fatal_happened():  # a thread kept dying: non-zero, so systemd starts us again
+        raise typer.Exit(EXIT_THREAD_DIED)
 
 
 @app.command("leave-group")

@@ -53,24 +53,28 @@ class SiteDevice:
         self.seq = 0
         self.send("heartbeat", {"seq": 0, "kind": "agent", "interval_s": 30, "uptime_s": 1.0})
 
-    def send(self, kind: str, body: dict[str, Any]) -> None:
-        topic, payload, qos, retain = contract.encode(kind, self.id, body, time.time())
+    def send(self, kind: str, body: dict[str, Any], ts: float | None = None) -> None:
+        when = time.time() if ts is None else ts
+        topic, payload, qos, retain = contract.encode(kind, self.id, body, when)
         self.mqtt.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
-    def event(self, type_: str, data: dict[str, Any]) -> str:
+    def event(self, type_: str, data: dict[str, Any], ts: float | None = None) -> str:
         self.seq += 1
         event_id = f"{self.id}-{self.seq}-{time.monotonic_ns()}"
-        self.send("event", {"seq": self.seq, "event_id": event_id, "type": type_, "data": data})
+        body = {"seq": self.seq, "event_id": event_id, "type": type_, "data": data}
+        self.send("event", body, ts)
         return event_id
 
-    def snapshot(self, image: bytes, marking: dict[str, Any] | None) -> dict[str, Any]:
+    def snapshot(
+        self, image: bytes, marking: dict[str, Any] | None, ts: float | None = None
+    ) -> dict[str, Any]:
         """Send a snapshot event; the event as the server stored it."""
         data: dict[str, Any] = {"track": self.seq, "label": "Person", "score": 0.9,
                                 "box": [0.1, 0.1, 0.5, 0.9], "of": "",
                                 "jpeg": base64.b64encode(image).decode()}  # fmt: skip
         if marking is not None:
             data["privacy"] = marking
-        event_id = self.event("snapshot", data)
+        event_id = self.event("snapshot", data, ts)
         return self.stored(event_id)
 
     def stored(self, event_id: str, timeout: float = 10.0) -> dict[str, Any]:

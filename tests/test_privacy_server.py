@@ -4,6 +4,10 @@ images are stored, whatever the box claims; masks are versioned into the desired
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,15 +61,17 @@ def test_site_policy_decides_what_is_stored(
         assert (status, site["policy"], site["version"]) == (200, "anonymised", 0)
         assert site["devices"] == ["priv-cam-1"] and site["retention_days"] == 30
         ok = dev.snapshot(THUMB, anon)
-        assert ok["data"]["jpeg"].endswith("/snapshot.jpg")
+        assert "/snapshot.jpg" in ok["data"]["jpeg"]
         # a box that says anonymised but sends a photo; one that says nothing
         lie = dev.snapshot(PHOTO, anon)
         assert "jpeg" not in lie["data"]
         assert lie["data"]["image_refused"] == "anonymised_check_failed"
         bare = dev.snapshot(THUMB, None)
         assert bare["data"]["image_refused"] == "not_anonymised"
-        status, _ = server.call("GET", f"/api/events/{lie['event_id']}/snapshot.jpg")
-        assert status == 404
+        url = f"/api/events/{lie['event_id']}/snapshot.jpg?device_id=priv-cam-1"
+        assert server.call("GET", url)[0] == 404
+        url = f"/api/events/{ok['event_id']}/snapshot.jpg?device_id=priv-cam-1"
+        assert server.call("GET", url)[1] == THUMB
         # full needs the legal basis of the decision; the refusal is audited
         status, err = server.call("PUT", "/api/sites/priv-site-1/privacy", {"policy": "full"})
         assert status == 400 and "legal basis" in err["detail"]
@@ -163,3 +169,66 @@ def test_commissioning_refuses_bad_masks(
         assert server.call("GET", "/api/devices/priv-cam-3/masks")[0] == 404
     finally:
         dev.close()
+
+
+def test_retention_deletes_exactly_what_is_older_and_subject_requests(
+    server: IdentityServer, broker: Broker, tmp_path: Path
+) -> None:
+    short = SiteDevice(server, broker.port, "priv-cam-4", "priv-site-4", tmp_path)
+    default = SiteDevice(server, broker.port, "priv-cam-5", "priv-site-5", tmp_path)
+    try:
+        status, _ = server.call("PUT", "/api/sites/priv-site-4/privacy",
+                                {"policy": "anonymised", "retention_days": 10})  # fmt: skip
+        assert status == 200
+        now, day = time.time(), 86400.0
+        kept: dict[str, set[str]] = {"priv-cam-4": set(), "priv-cam-5": set()}
+        for dev, days_old, keep in [
+            (short, 9.9, True), (short, 10.1, False), (short, 29, False),
+            (default, 9.9, True), (default, 29.9, True), (default, 30.1, False),
+        ]:  # fmt: skip
+            stored = dev.snapshot(THUMB, privacy.marking("anonymised", 1 if dev is short else 0,
+                                                         0), ts=now - days_old * day)  # fmt: skip
+            assert "jpeg" in stored["data"], stored
+            count = dev.event("counts", {"lines": {}}, ts=now - days_old * day)
+            dev.stored(count)
+            if keep:
+                kept[dev.id] |= {stored["event_id"], count}
+        status, out = server.call("POST", "/api/privacy/retention")
+        assert status == 200
+        assert (out["deleted"].get("priv-site-4"), out["deleted"].get("priv-site-5")) == (4, 2)
+        for dev_id, ids in kept.items():
+            _s, page = server.call("GET", f"/api/events?device_id={dev_id}&limit=1000")
+            left = {e["event_id"] for e in page["items"] if e["type"] in ("snapshot", "counts")}
+            assert left == ids, (dev_id, left, ids)
+        entries = {e["target"]: e["detail"] for e in _audit(server, "privacy.retention")}
+        assert entries["priv-site-4"]["deleted"] == 4
+        assert entries["priv-site-4"]["snapshots"] == 2
+        assert entries["priv-site-4"]["retention_days"] == 10
+        assert entries["priv-site-5"]["deleted"] == 2
+        assert server.call("POST", "/api/privacy/retention")[1]["deleted"] == {}  # nothing left
+        # a data subject's request: the site's images of a time range, then their erasure
+        since, until = now - 20 * day, now
+        status, tar_bytes = server.call(
+            "GET", f"/api/sites/priv-site-5/images.tar?since={since}&until={until}"
+        )
+        assert status == 200
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+            names = tar.getnames()
+            manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+            jpegs = [tar.extractfile(n).read() for n in names if n.endswith(".jpg")]  # type: ignore[union-attr]
+        assert len(jpegs) == 1 and jpegs[0] == THUMB and len(manifest["images"]) == 1
+        assert manifest["images"][0]["device_id"] == "priv-cam-5"
+        assert _audit(server, "privacy.export")[0]["detail"]["images"] == 1
+        status, gone = server.call(
+            "DELETE", f"/api/sites/priv-site-5/images?since={since}&until={until}"
+        )
+        assert (status, gone["images"]) == (200, 1)
+        status, tar_bytes = server.call(
+            "GET", f"/api/sites/priv-site-5/images.tar?since=0&until={until}"
+        )
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:  # the 29.9-day one is left
+            assert len([n for n in tar.getnames() if n.endswith(".jpg")]) == 1
+        assert _audit(server, "privacy.erase")[0]["detail"]["images"] == 1
+    finally:
+        short.close()
+        default.close()

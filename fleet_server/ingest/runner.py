@@ -30,6 +30,7 @@ from fleet_server.ingest.codec import MqttError, Publish
 from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.ingest.safestore import SafeStore
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
+from fleet_server.ingest.supervisor import Supervisor, Watched
 from fleet_server.metrics import Metrics
 from fleet_server.receipts import actions as receipts
 
@@ -122,6 +123,11 @@ class Ingest:
         self.refusal_log = gate.RefusalLog(settings.refusal_log_interval_s,
                                            counter=metrics.refusal_log_lines)  # fmt: skip
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._pending: list[_Item] = []  # the batch the writer holds (a new writer takes it)
+        self._down_since: float | None = time.monotonic()  # the MQTT link; None while up
+        self.supervisor = Supervisor(
+            metrics, max_restarts=settings.thread_restarts_max, window_s=60.0
+        )
         tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.root_cert_path))
         tls.load_cert_chain(str(ca.server_cert_path), str(ca.server_key_path))
         self.client = Mqtt5Client(
@@ -149,6 +155,20 @@ class Ingest:
     def start(self) -> None:
         self._writer.start()
         self.client.start()
+        self.supervisor.watch(Watched("ingest-writer", self._write_loop, self._writer))
+        io = Watched("mqtt5-io", self.client.revive, alive=self.client.alive)
+        self.supervisor.watch(io)
+        self.supervisor.ticks.append(self.refusal_log.flush)
+        self.supervisor.start()
+
+    def problem(self, link_down_s: float) -> str | None:
+        """Why this process is not healthy (``/healthz`` 503), or None."""
+        if self.supervisor.gave_up is not None:
+            return self.supervisor.gave_up
+        since = self._down_since
+        if since is not None and time.monotonic() - since > link_down_s:
+            return f"MQTT link down for {time.monotonic() - since:.0f}s"
+        return None
 
     def wait_connected(self, timeout: float) -> bool:
         return self.client.connected.wait(timeout)
@@ -169,8 +189,7 @@ class Ingest:
         if leave is None:
             leave = not self.cfg.keep_session_on_stop
         if not leave:
-            self._stop.set()  # the writer empties the buffer, then ends
-            self._writer.join(timeout=drain_s + 10)
+            self._end_writer(drain_s + 10)  # it stores what the buffer holds, then ends
             self.client.stop(session_expiry_s=None)
             return
         if self.subscribe and self.client.connected.is_set():
@@ -180,9 +199,15 @@ class Ingest:
             until = time.monotonic() + drain_s
             while time.monotonic() < until and self._buffer.unfinished:
                 time.sleep(0.02)
-        self._stop.set()
-        self._writer.join(timeout=10)
+        self._end_writer(10.0)
         self.client.stop(session_expiry_s=0)
+
+    def _end_writer(self, timeout: float) -> None:
+        self.supervisor.stopped.set()
+        self._stop.set()
+        for w in self.supervisor.watched:
+            if w.name == "ingest-writer" and w.thread is not None and w.thread.is_alive():
+                w.thread.join(timeout=timeout)
 
     def send(self, out: Outgoing) -> None:
         """Publish a server message (command, desired config) on the ingest connection.
@@ -198,6 +223,10 @@ class Ingest:
     # ---------------------------------------------------------------- MQTT thread
     def _on_state(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
+        if up:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.monotonic()
         if not up and not self._stop.is_set():
             log.warning("ingest lost the broker")
 
@@ -243,14 +272,18 @@ class Ingest:
 
     # ---------------------------------------------------------------- writer
     def _write_loop(self) -> None:
-        while not (self._stop.is_set() and not len(self._buffer)):
-            batch = self._buffer.take(self.settings.batch_size, self.settings.batch_ms / 1000)
+        # a writer started again by the supervisor first stores the batch its predecessor
+        # held when it died (taken from the buffer, not yet stored and acknowledged)
+        while not (self._stop.is_set() and not len(self._buffer) and not self._pending):
+            batch = self._pending or self._buffer.take(
+                self.settings.batch_size, self.settings.batch_ms / 1000
+            )
+            self._pending = batch
             self.metrics.queue_depth.set(len(self._buffer))
             if batch:
-                try:
-                    self._store(batch)
-                finally:
-                    self._buffer.done(len(batch))  # counted as done once stored and acked
+                self._store(batch)  # returns once stored and acked, or when stopping
+                self._pending = []
+                self._buffer.done(len(batch))
 
     def _store(self, batch: list[_Item]) -> None:
         # the DB away: kept and retried; a message at fault: set aside (safestore.py)

@@ -51,3 +51,15 @@ class IngestSettings(_Section):
         description="Refused messages are logged once per device and reason, then at most one "
         "summary line per this many seconds (counts are in /metrics either way)",
     )
+    thread_restarts_max: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="An ingest thread that dies is started again, at most this many times a "
+        "minute; once more and the process exits with status 70 (systemd starts it again)",
+    )
+    healthz_link_down_s: float = Field(
+        30.0,
+        gt=0,
+        description="/healthz answers 503 while the MQTT link has been down longer than this",
+    )

@@ -81,12 +81,21 @@ def screen_events(db: Session, rows: Sequence[dict[str, Any]], now: float) -> in
     if not with_images:
         return 0
     ids = [r["event_id"] for r in with_images]
-    known = set(db.scalars(select(Event.event_id).where(Event.event_id.in_(ids))).all())
+    devices = list({r["device_id"] for r in with_images})
+    known = {
+        (str(d), str(e))
+        for d, e in db.execute(
+            select(Event.device_id, Event.event_id).where(
+                Event.event_id.in_(ids), Event.device_id.in_(devices)
+            )
+        ).all()
+    }  # an event id is unique per device
     refused = 0
     for row in with_images:
-        if row["event_id"] in known:
+        key = (row["device_id"], row["event_id"])
+        if key in known:
             continue
-        known.add(row["event_id"])
+        known.add(key)
         data = row["data"]
         cam = cameras(row["device_id"])
         reason = policy.screen(cam, _decode(data[SNAPSHOT_KEY]), data.get("privacy"))
