@@ -17,6 +17,7 @@ from fleet_server.commands.api import commands_router
 from fleet_server.commands.store import Outgoing
 from fleet_server.config import ServerSettings
 from fleet_server.dashboard import dashboard_router, fleet_pages
+from fleet_server.dashboard.export_api import export_router
 from fleet_server.dashboard.login import login_router
 from fleet_server.health.api import alerts_router
 from fleet_server.health.history_api import health_router
@@ -57,6 +58,7 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(dashboard_router(ctx.sessions, fleet_pages.SECTIONS, fleet_pages.PAGES,
                                   ctx.settings.dashboard))  # fmt: skip
     found.append(events_router(ctx.sessions))  # issue 4: events, snapshots, counts
+    found.append(export_router(ctx.sessions))  # issue 19: counts CSV and NGSI-LD, events CSV
     found.append(dead_letters_router(ctx.sessions))  # issue 15: messages set aside
     found.append(tags_router(ctx.sessions))  # issue 5: device tags
     found.append(ota_router(ctx))  # issue 6: TUF repository under /ota/ (docs/ota.md)
