@@ -307,6 +307,6 @@ class Link(NodeState):
             try:
                 self.publish("status", status_body("offline", reason))
                 self.client.disconnect()
-            except (OSError, mqtt.MQTTError) as exc:
+            except (OSError, MemoryError, mqtt.MQTTError) as exc:
                 self.client.close()
                 log("W", "could not say offline: %s", exc)

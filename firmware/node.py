@@ -313,8 +313,8 @@ class Node(link.Link, inbox.Inbox):
 
     def run(self) -> None:
         """Start, then loop until KeyboardInterrupt (a clean stop) or a reset."""
-        self.start()
         try:
+            self.start()
             while True:
                 self.loop_once()
         except KeyboardInterrupt:

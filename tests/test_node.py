@@ -162,7 +162,9 @@ def test_clean_stop_says_offline(
     try:
         node = _start(started, node_process(device_factory(dev), broker.port, tmp_path))
         _wait_body(obs, dev, "status", lambda b: b["state"] == "online", node)
-        assert node.stop() == 0
+        code = node.stop()
+        assert node.resets == [], f"the node reset before the stop: {node.log_text()[-2000:]}"
+        assert code == 0, f"exit code {code}: {node.log_text()[-2000:]}"
         off = _wait_body(obs, dev, "status", lambda b: b["state"] == "offline", node, 5)
         assert off["reason"] == "stopped"
         assert "stopped" in node.log_text()
