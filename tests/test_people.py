@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 from agent.identity import est_client
+from common import privacy
 from common.settings import load_settings
 from firmware import contract
 from fleet_server.config import ServerSettings
@@ -284,10 +285,12 @@ def test_snapshots_must_be_jpegs_and_are_served_with_nosniff(
     creds = device_factory(dev)
     cl = Client(pbroker.port, creds.root_pem, creds.cert_pem, creds.key_pem, dev)
     html = b"<html><body><script>fetch('/api/users')</script></body></html>"
-    real = _jpeg((64, 48))
+    real = _jpeg((16, 12))  # a thumbnail: what the default privacy policy lets through
+    marked = privacy.marking("anonymised", 0, 0)  # (issue 20: the box says how it was made)
     try:
         for seq, raw in enumerate([html, b"\xff\xd8\xff\xe0" + html + b"\xff\xd9", real]):
-            cl.publish(*_event(dev, seq, {"label": "car", "jpeg": base64.b64encode(raw).decode()}))
+            data = {"label": "car", "jpeg": base64.b64encode(raw).decode(), "privacy": marked}
+            cl.publish(*_event(dev, seq, data))
     finally:
         cl.close()
     auth = {"Authorization": f"Bearer {srv.admin_token}"}
