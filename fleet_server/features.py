@@ -32,6 +32,7 @@ from fleet_server.metrics import Metrics
 from fleet_server.ota.serve import ota_router
 from fleet_server.privacy.api import privacy_router
 from fleet_server.privacy.subject_api import subject_router
+from fleet_server.receipts.api import router as receipts_router
 from fleet_server.rollouts.api import rollouts_routes
 
 
@@ -64,6 +65,7 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(  # issue 6: rollout campaigns, their dashboard page
         rollouts_routes(ctx.sessions, ctx.send, ctx.settings, fleet_pages.PAGES)
     )
+    found.append(receipts_router(ctx.sessions))  # issue 14: event delivery and losses
     found.append(privacy_router(ctx.sessions, ctx.send, ctx.settings.privacy))  # issue 20
     found.append(subject_router(ctx.sessions, ctx.settings.privacy))  # retention, exports
     return found

@@ -18,6 +18,7 @@ from fleet_server.dashboard.views import (
 )
 from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
 from fleet_server.ingest.events import Event, snapshot_url
+from fleet_server.receipts.api import delivery_section
 from fleet_server.rollouts import pages as rollout_pages
 
 
@@ -91,6 +92,7 @@ def events_section(db: Session, device_id: str) -> Section | None:
 
 
 SECTIONS: list[DeviceSection] = [site_section, certificate_section, events_section,
+                                  delivery_section,  # issue 14: receipts, losses
                                   rollout_pages.update_section]  # fmt: skip
 PAGES: list[ExtraPage] = [
     *rollout_pages.PAGES,  # issue 6: campaigns
