@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from common.files import atomic_write
 from firmware import contract
 from fleet_server.broker.conf import paired_box_acl, render_acl
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
@@ -45,8 +44,7 @@ def started() -> Iterator[list[NodeProcess]]:
 @pytest.fixture(scope="module")
 def paired(ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A TLS Mosquitto whose ACL pairs node-0301 with box-0301 and node-0302 with box-0302."""
-    b = Broker(ca, tmp_path_factory.mktemp("paired-broker"))
-    atomic_write(str(b.layout.acl), render_acl(PAIRS).encode())
+    b = Broker(ca, tmp_path_factory.mktemp("paired-broker"), pairs=PAIRS)
     b.start()
     yield b
     b.stop()
