@@ -204,7 +204,7 @@ def test_the_rules_are_generated_from_the_contract(
     conf = layout.conf.read_text()
     assert "acl_file" not in conf and "use_username_as_clientid true" in conf
     assert "plugin_opt_up_kinds status,heartbeat,event,cmd/res,config/reported,update/state" in conf
-    assert "plugin_opt_down_kinds cmd/req,config/desired,update/desired" in conf
+    assert "plugin_opt_down_kinds cmd/req,config/desired,update/desired,receipt" in conf
     # dynamic security first (its deny role for revoked devices), then the fleet's rules
     assert conf.index("mosquitto_dynamic_security") < conf.index("camfleet_acl.so")
     assert (tmp_path / "pairs").read_text().splitlines()[1:] == ["node-a1 box-a1"]

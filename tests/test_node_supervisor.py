@@ -21,7 +21,7 @@ from fleet_server.broker.conf import paired_box_acl, render_acl
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker, free_port, wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 from tests.node_helpers import (
     events,
     no_memory_errors,
@@ -84,7 +84,7 @@ def test_node_reads_its_paired_box_heartbeat_and_nothing_else(
 ) -> None:
     box1, box2 = device_factory("box-0301"), device_factory("box-0302")
     node1, node2 = device_factory("node-0301"), device_factory("node-0302")
-    watcher = Client(paired.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path)
+    watcher = Client(paired.port, ca.root_cert_path, *server_creds(ca))
     clients = [watcher]
     try:
         watcher.subscribe(f"{contract.TOPIC_ROOT}/#")
