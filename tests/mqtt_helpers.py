@@ -77,4 +77,3 @@ def server_creds(ca: CertificateAuthority, name: str | None = None) -> tuple[Pat
     """A server-side identity of its own for a test's observer: the broker makes each
     certificate's CN the client id (issue 15), so two connections must never share one."""
     return server_identity.ensure(ca, name or f"test-{uuid.uuid4().hex[:10]}")
-
