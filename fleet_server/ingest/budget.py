@@ -10,6 +10,7 @@ device (a heartbeat a minute, a burst of events when a crowd passes) never comes
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,12 +25,13 @@ class KindBudget(BaseModel):
 
 def _defaults() -> dict[str, KindBudget]:
     return {
-        "heartbeat": KindBudget(rate_per_s=1.0, burst=30),
-        "status": KindBudget(rate_per_s=1.0, burst=20),
-        "event": KindBudget(rate_per_s=50.0, burst=1000),
-        "cmd_res": KindBudget(rate_per_s=10.0, burst=100),
-        "config_reported": KindBudget(rate_per_s=1.0, burst=20),
-        "update_state": KindBudget(rate_per_s=5.0, burst=50),
+        # a device back after days away sends its whole outbox at once: the bursts hold it
+        "heartbeat": KindBudget(rate_per_s=2.0, burst=1000),
+        "status": KindBudget(rate_per_s=1.0, burst=100),
+        "event": KindBudget(rate_per_s=100.0, burst=10000),
+        "cmd_res": KindBudget(rate_per_s=20.0, burst=500),
+        "config_reported": KindBudget(rate_per_s=1.0, burst=100),
+        "update_state": KindBudget(rate_per_s=5.0, burst=200),
     }
 
 
@@ -68,6 +70,7 @@ class Budget:
     settings: BudgetSettings
     _buckets: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     _floods: dict[str, _Flood] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # the floods (2 threads)
 
     def take(self, device_id: str, kind: str, now: float) -> bool:
         """One message of ``kind`` from ``device_id`` at ``now`` (monotonic seconds):
@@ -89,14 +92,20 @@ class Budget:
         return False
 
     def _dropped(self, device_id: str, now: float) -> None:
-        flood = self._floods.get(device_id)
-        if flood is None or (not flood.flooding and now - flood.last > self.settings.flood_gap_s):
-            flood = self._floods[device_id] = _Flood(first=now, last=now)
-        flood.last = now
-        flood.dropped += 1
+        with self._lock:
+            flood = self._floods.get(device_id)
+            gap = self.settings.flood_gap_s
+            if flood is None or (not flood.flooding and now - flood.last > gap):
+                flood = self._floods[device_id] = _Flood(first=now, last=now)
+            flood.last = now
+            flood.dropped += 1
 
     def floods(self, now: float) -> tuple[list[str], list[str]]:
         """(devices that began flooding, devices whose flood is over) since the last call."""
+        with self._lock:
+            return self._floods_locked(now)
+
+    def _floods_locked(self, now: float) -> tuple[list[str], list[str]]:
         began: list[str] = []
         ended: list[str] = []
         for device_id, flood in list(self._floods.items()):
@@ -114,4 +123,5 @@ class Budget:
 
     def flooding(self) -> dict[str, int]:
         """Devices flooding now -> messages dropped in their flood."""
-        return {d: f.dropped for d, f in self._floods.items() if f.flooding}
+        with self._lock:
+            return {d: f.dropped for d, f in self._floods.items() if f.flooding}

@@ -236,12 +236,9 @@ class Ingest:
         decode = gate.decode  # the one gate: every failure a refusal, never an exception
         now = time.monotonic()
         for m in messages:
-            verdict = decode(m.topic, m.payload)
-            if not isinstance(verdict, gate.Refused):
-                if self.quarantine.has(verdict[0]):
-                    verdict = gate.Refused(gate.R_QUARANTINED, verdict[0], "quarantined")
-                elif not self.budget.take(verdict[0], verdict[1], now):
-                    verdict = gate.Refused(gate.R_BUDGET, verdict[0], f"{verdict[1]} over budget")
+            # quarantine and budget first, from the topic alone: a flood costs no parsing
+            early = gate.precheck(m.topic, self.quarantine.has, self.budget.take, now)
+            verdict = decode(m.topic, m.payload) if early is None else early
             if isinstance(verdict, gate.Refused):
                 self._refuse(verdict, len(m.payload))
                 if m.qos:
