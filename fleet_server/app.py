@@ -26,6 +26,7 @@ from fleet_server.ingest.supervisor import Watched
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
 from fleet_server.privacy.runner import RetentionRunner
+from fleet_server.receipts.runner import LossMonitor
 from fleet_server.roles import Role, api_settings, serve_est, serve_ingest
 from fleet_server.rollouts.runner import RolloutRunner
 
@@ -77,7 +78,8 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     ca = CertificateAuthority(settings.pki_dir)
     quarantine = Quarantine(sessions, broker_kick(settings, ca))  # issue 15
     ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest, notifier,
-                    subscribe=role is Role.ALL, quarantine=quarantine)  # fmt: skip
+                    subscribe=role is Role.ALL, send_receipts=settings.receipts.send,
+                    quarantine=quarantine)  # fmt: skip
     ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier, ingest.send,
                         quarantine)  # fmt: skip
     monitor = DeadlineMonitor(
@@ -85,12 +87,15 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
         settings.health.check_interval_s,
     )  # fmt: skip
 
+    losses = LossMonitor(sessions, metrics, notifier, settings.receipts)
+
     def announce() -> Callable[[bytes], None] | None:  # campaign halts on the alerts topic
         return notifier.publish if settings.alerts.publish_mqtt else None
 
     rollouts = RolloutRunner(sessions, ingest.send, settings.rollouts, announce)
     ingest.start()
     monitor.start()
+    losses.start()
     rollouts.start()
     retention = RetentionRunner(sessions, settings.privacy)  # issue 20: per-site retention
     retention.start()
@@ -98,6 +103,7 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     ingest.supervisor.watch(Watched(monitor.name, monitor.run, monitor))
     ingest.supervisor.watch(Watched(rollouts.name, rollouts.run, rollouts))
     ingest.supervisor.watch(Watched(retention.name, retention.run, retention))
+    ingest.supervisor.watch(Watched(losses.name, losses.run, losses))  # issue 14
     link_down_s = settings.ingest.healthz_link_down_s
     app = create_app(registry, metrics, routers(ctx), health=lambda: ingest.problem(link_down_s))
     cert, key = _tls(settings, ca)
@@ -118,6 +124,7 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
         server.run()  # returns on SIGINT/SIGTERM
     finally:
         monitor.stopped.set()
+        losses.stopped.set()
         rollouts.stopped.set()
         retention.stopped.set()
         ingest.stop()

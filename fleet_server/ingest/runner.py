@@ -27,7 +27,7 @@ from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest import gate
 from fleet_server.ingest.budget import Budget
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client
-from fleet_server.ingest.codec import Publish
+from fleet_server.ingest.codec import MqttError, Publish
 from fleet_server.ingest.flood import FloodWatch
 from fleet_server.ingest.quarantine import Quarantine
 from fleet_server.ingest.registry import Accepted, Registry
@@ -35,6 +35,7 @@ from fleet_server.ingest.safestore import SafeStore
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.ingest.supervisor import Supervisor, Watched
 from fleet_server.metrics import Metrics
+from fleet_server.receipts import actions as receipts
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,15 @@ class Ingest:
         notifier: Notifier | None = None,
         *,
         subscribe: bool = True,
+        send_receipts: bool = True,
         quarantine: Quarantine | None = None,
     ) -> None:
         """``subscribe=False``: a connection that only publishes (commands, config, alerts)
-        and stores nothing: the API process when ingest workers run apart from it."""
+        and stores nothing: the API process when ingest workers run apart from it.
+        ``send_receipts``: tell devices which events are stored after each commit."""
         self.registry = registry
         self.subscribe = subscribe
+        self.send_receipts = send_receipts
         self.notifier = notifier
         if notifier is not None:
             notifier.publish = self._publish_alert
@@ -116,6 +120,7 @@ class Ingest:
         self.cfg = mqtt_settings
         self.settings = settings
         self._buffer = _Buffer(settings.queue_size)
+        self.taken = 0  # messages accepted from the broker since start
         self._stop = threading.Event()
         self.safe = SafeStore(registry, metrics, self._stop)
         self.refusals = gate.RefusalCounts()
@@ -183,16 +188,25 @@ class Ingest:
     def wait_connected(self, timeout: float) -> bool:
         return self.client.connected.wait(timeout)
 
-    def stop(self, drain_s: float = 10.0) -> None:
-        """Leave the shared group without losing anything, then end the session.
+    def stop(self, drain_s: float = 10.0, *, leave: bool | None = None) -> None:
+        """Stop; keep the broker session, or with ``leave`` end it (``None``: as
+        ``keep_session_on_stop`` says).
 
-        Unsubscribe first (the broker gives this worker's share to the others from then
-        on), store and acknowledge what already arrived, then disconnect with a session
-        expiry of 0: a worker that stopped cleanly must not keep a session in the group,
-        where the broker would go on queueing a share of the fleet's messages for it. A
-        worker that crashes keeps its session (and its share) until it returns or the
-        session expires (``session_expiry_s``).
+        A clean stop (SIGTERM: a restart, an upgrade) stores and acknowledges what already
+        arrived and disconnects keeping its session (``session_expiry_s``): the broker
+        goes on queueing this worker's share of the group until it returns, and delivers
+        again what it sent and we did not acknowledge.
+
+        ``leave`` (scaling down): unsubscribe first (the broker gives this worker's share
+        to the others from then on), store and acknowledge what already arrived, then
+        disconnect with a session expiry of 0, so that no session is left in the group.
         """
+        if leave is None:
+            leave = not self.cfg.keep_session_on_stop
+        if not leave:
+            self._end_writer(drain_s + 10)  # it stores what the buffer holds, then ends
+            self.client.stop(session_expiry_s=None)
+            return
         if self.subscribe and self.client.connected.is_set():
             filters = [t for t, _q in contract.server_subscriptions(shared=self.cfg.shared)]
             self.client.unsubscribe(filters)
@@ -200,12 +214,15 @@ class Ingest:
             until = time.monotonic() + drain_s
             while time.monotonic() < until and self._buffer.unfinished:
                 time.sleep(0.02)
+        self._end_writer(10.0)
+        self.client.stop(session_expiry_s=0)
+
+    def _end_writer(self, timeout: float) -> None:
         self.supervisor.stopped.set()
         self._stop.set()
         for w in self.supervisor.watched:
             if w.name == "ingest-writer" and w.thread is not None and w.thread.is_alive():
-                w.thread.join(timeout=10)
-        self.client.stop(session_expiry_s=0)
+                w.thread.join(timeout=timeout)
 
     def send(self, out: Outgoing) -> None:
         """Publish a server message (command, desired config) on the ingest connection.
@@ -251,8 +268,20 @@ class Ingest:
         for kind, n in kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
         self.client.ack(generation, refused)
+        self.taken += len(items)
         if items:
             self._buffer.put_many(items, self._stop)
+
+    def _receipts(self, batch: list[_Item], ts: float) -> None:
+        """After the commit: one receipt per device of the batch (docs/protocol.md)."""
+        for topic, payload in receipts.messages([item.msg for item in batch], ts):
+            try:
+                self.client.publish(topic, payload, 1)
+            except MqttError as exc:  # too much waits for the broker: the device resends
+                self.metrics.receipts_unsent.inc()
+                log.warning("receipt on %s not sent: %s", topic, exc)
+            else:
+                self.metrics.receipts_sent.inc()
 
     def _refuse(self, refused: gate.Refused, size: int) -> None:
         self.metrics.rejected.labels(reason=refused.reason).inc()
@@ -294,6 +323,8 @@ class Ingest:
                 self.metrics.lag.observe(max(0.0, committed - float(item.msg.body["ts"])))
         for generation, mids in by_generation.items():
             self.client.ack(generation, mids)
+        if self.send_receipts:
+            self._receipts(batch, committed)
         for kind, n in kinds.items():
             self.metrics.stored.labels(kind=kind).inc(n)
         self.metrics.duplicates.inc(stats.duplicates)

@@ -24,6 +24,12 @@ class MqttSettings(_Section):
         description="Seconds the broker keeps this worker's session (and queued messages) "
         "after a disconnect",
     )
+    keep_session_on_stop: bool = Field(
+        True,
+        description="A clean stop (SIGTERM) keeps this worker's session, so the broker queues "
+        "its share of the group until it is back; false: a clean stop leaves the group "
+        "(as `leave-group` does)",
+    )
     shared: bool = Field(
         True, description="Join the MQTT v5 shared subscription group so workers split the load"
     )
