@@ -221,3 +221,20 @@ def test_view_moved_masks_stale_until_confirmed(detector: Detector, tmp_path: Pa
                  "masks_version": 2})  # fmt: skip
     assert not guard.stale and guard.policy == "full"
     assert sc.MOVED == "moved"
+
+
+def test_commissioning_frame_is_signed_masked(tmp_path: Path) -> None:
+    from provisioning import onbox, record
+
+    photo = scenes.person()  # 512 x 512, a face in the top half
+    frame = scenes.png_bytes(photo)
+    masks = {"privacy": [TOP], "motion": [FLAG]}
+    masked, media, state = onbox._apply_masks(tmp_path, frame, masks)
+    img = decode_jpeg(masked)  # any format cv2 reads
+    rows = int(0.4 * img.shape[0])
+    assert media == "image/png" and int(img[:rows].max()) == 0
+    assert np.array_equal(img[rows + 2 :], photo[rows + 2 :])  # the rest untouched (PNG)
+    box = PrivacyState(state.parent)  # what the box starts with, before the server speaks
+    assert box.section["masks"]["privacy"] == [TOP] and box.section["masks_version"] == 1
+    body = record.build("cam-1", "agent", {"site_id": "s-1"}, {"masks": masks}, "tech", masked)
+    assert body["masks"] == masks and body["reference_frame"]["size"] == len(masked)

@@ -234,3 +234,17 @@ def guard_emit(guard: PrivacyState, emit: Emit) -> Emit:
         return emit(event_type, data, ts, cls)
 
     return guarded
+
+
+def masked_image(data: bytes, masks: privacy.Masks) -> bytes:
+    """An encoded image with its privacy masks blacked out, as PNG (the commissioning
+    reference frame: the technician's tool signs this, never the unmasked frame)."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise ValueError("not a decodable image")
+    bgr = np.ascontiguousarray(arr, np.uint8)
+    blackout(bgr, MaskCache(masks[privacy.PRIVACY]))
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ValueError("the masked frame could not be encoded")
+    return bytes(buf)
