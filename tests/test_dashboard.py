@@ -180,7 +180,7 @@ def test_dashboard_pages_in_chromium(
     assert "no sites commissioned yet" in str(page.text_content("svg.map"))
     page.screenshot(path=str(tmp_path / "sites.png"), full_page=True)
     page.goto(base + "/ui/counts")
-    assert "no counts in the last day" in page.inner_text("#no-counts")
+    assert "no counts in this period" in page.inner_text("#no-counts")
     page.screenshot(path=str(tmp_path / "counts.png"), full_page=True)
 
     for name in ("overview", "devices", "device", "alerts", "sites", "counts"):

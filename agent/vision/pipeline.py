@@ -24,6 +24,7 @@ from agent.vision import scene as sc
 from agent.vision.counting import Counter
 from agent.vision.detector import Box, Detection, Detector
 from agent.vision.frames import decode_image, normalise
+from agent.vision.motion import FULL
 from agent.vision.privacy import MaskedGate, PrivacyState, guard_emit
 from agent.vision.settings import PipelineSettings
 from agent.vision.tracker import END, NEW, TrackChange, Tracker
@@ -81,6 +82,18 @@ def jpeg_snapshot(rgb: Image, box: Box, side: int, limit: int = _SNAPSHOT_MAX) -
                 return bytes(buf)
         side = max(16, side // 2)
     return None
+
+
+def cut_by_roi(box: Box, roi: Box, margin: float = 0.01) -> bool:
+    """True when ``box`` reaches an edge of ``roi`` that is not the frame's edge: the
+    detector saw only part of that object (a parked car at the border of a region grown
+    around a passer-by); its box is wrong, and it would start a second track."""
+    for i, (b, r, frame_edge) in enumerate(zip(box, roi, (0.0, 0.0, 1.0, 1.0), strict=True)):
+        if abs(r - frame_edge) <= margin:
+            continue
+        if (i < 2 and b <= r + margin) or (i >= 2 and b >= r - margin):
+            return True
+    return False
 
 
 def _r(box: Box) -> list[float]:
@@ -161,6 +174,8 @@ class Pipeline:
             self._infer_ms.append(self.detector.last_ms)
             if self._classes:
                 found = [d for d in found if d.label in self._classes]
+            if decision.roi != FULL:
+                found = [d for d in found if not cut_by_roi(d.box, decision.roi)]
             track_changes = self.tracker.update(
                 found,
                 decision.roi,

@@ -3,7 +3,7 @@ desired config's ``privacy`` section, kept in ``state_dir/privacy.json``), and w
 image that leaves the box goes through.
 
 - ``mask_frame`` blacks out the privacy masks in a frame as it arrives (before anything else
-  sees it); ``motion_keep`` gives the motion gate the pixels it may look at;
+  sees it); ``motion_ignore`` gives the motion gate the pixels it must not look at;
 - ``outgoing`` turns a (masked) image into what the policy lets leave: nothing (``none``,
   or while the masks are stale), a thumbnail of at most ``ANON_MAX_SIDE`` pixels
   (``anonymised``: no face, person or plate can be recognised in it; the server checks
@@ -155,10 +155,10 @@ class PrivacyState:
             rgb = rgb.copy()
         return blackout(rgb, cache)
 
-    def motion_keep(self, width: int, height: int) -> Image | None:
-        """1 where motion counts, 0 inside motion masks; None without motion masks."""
+    def motion_ignore(self, width: int, height: int) -> Image | None:
+        """1 inside motion masks, 0 where motion counts; None without motion masks."""
         cache = self._motion
-        return cache.keep(width, height) if cache.polygons else None
+        return cache.mask(width, height) if cache.polygons else None
 
     @property
     def has_motion_masks(self) -> bool:
@@ -202,18 +202,18 @@ Emit = Callable[[str, dict[str, Any], float, str], "str | None"]
 
 
 class MaskedGate(MotionGate):
-    """The motion gate that never looks inside motion masks: their pixels of the small grey
-    frame are set to 0 (no change there, ever) before the gate compares it."""
+    """The motion gate that never looks inside motion masks: they are the gate's ``mask``
+    (ignored for motion and for the camera-shift estimate), with any mask given too."""
 
     def __init__(self, settings: MotionSettings, guard: PrivacyState) -> None:
         super().__init__(settings)
         self.guard = guard
 
-    def decide(self, grey: Image, t: float) -> GateDecision:
-        keep = self.guard.motion_keep(grey.shape[1], grey.shape[0])
-        if keep is not None:
-            grey = grey * keep
-        return super().decide(grey, t)
+    def decide(self, grey: Image, t: float, mask: Image | None = None) -> GateDecision:
+        ignore = self.guard.motion_ignore(grey.shape[1], grey.shape[0])
+        if ignore is not None:
+            mask = ignore if mask is None else np.maximum(mask, ignore)
+        return super().decide(grey, t, mask)
 
 
 def guard_emit(guard: PrivacyState, emit: Emit) -> Emit:
