@@ -50,6 +50,7 @@ VI: dict[str, str] = {
     "certificate expires in {n} days": "chứng chỉ hết hạn sau {n} ngày",
     "update {state}": "cập nhật {state}",
     "rollout halted": "đợt cập nhật đã dừng",
+    "quarantined by {who}": "bị cách ly bởi {who}",
     # states, kinds
     "online": "trực tuyến",
     "offline": "mất kết nối",
