@@ -55,6 +55,8 @@ KINDS = {
     # OTA (issue 6): the release a campaign wants on this device, and how its install goes
     "update_desired": ("update/desired", DOWN, 1, True, 4096),
     "update_state": ("update/state", UP, 1, False, 4096),
+    # receipts (issue 14): which of the device's events the server's database now holds
+    "receipt": ("receipt", DOWN, 1, False, 4096),
 }
 
 _SUFFIX_TO_KIND = {}
@@ -300,8 +302,17 @@ def decode(topic_name: str, payload: bytes | bytearray | str) -> tuple[str, str,
 # ---------------------------------------------------------------- reconnect policy
 
 
+# Longest wait between two reconnect attempts: with it, every device is back within a
+# minute of the network's return (the first retry's spread and a connect timeout included).
+RECONNECT_CAP_S = 30.0
+
+
 def reconnect_delay(
-    attempt: int, rnd: float, base: float = 1.0, cap: float = 300.0, first_spread: float = 20.0
+    attempt: int,
+    rnd: float,
+    base: float = 1.0,
+    cap: float = RECONNECT_CAP_S,
+    first_spread: float = 20.0,
 ) -> float:
     """Seconds to wait before reconnect ``attempt`` (0 = the first retry after a loss).
 
@@ -314,3 +325,59 @@ def reconnect_delay(
         return rnd * first_spread
     ceiling = min(cap, base * float(1 << min(attempt, 30)))
     return rnd * ceiling
+
+
+# ---------------------------------------------------------------- receipts (issue 14)
+
+# Most ranges in one receipt message; a batch holding more for one device sends several.
+RECEIPT_MAX_RANGES = 64
+SEQ_MAX = 2**53
+
+
+def seq_ranges(seqs: list[int]) -> list[list[int]]:
+    """Sorted, merged inclusive ranges [lo, hi] covering the sequence numbers ``seqs``."""
+    out = []  # type: list[list[int]]
+    for s in sorted(seqs):
+        if out and s <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], s)
+        else:
+            out.append([s, s])
+    return out
+
+
+def receipt_bodies(epoch: str, seqs: list[int]) -> list[dict[str, Any]]:
+    """Receipt payload bodies (without v/id/ts) naming ``seqs`` of the stream ``epoch``:
+    ranges, at most RECEIPT_MAX_RANGES per message."""
+    ranges = seq_ranges(seqs)
+    out = []
+    i = 0
+    while i < len(ranges):
+        out.append({"epoch": epoch, "ranges": ranges[i : i + RECEIPT_MAX_RANGES]})
+        i += RECEIPT_MAX_RANGES
+    return out
+
+
+def receipt_ranges(body: dict[str, Any], epoch: str, next_seq: int) -> list[list[int]]:
+    """The ranges of a decoded receipt a device may act on, or ProtocolError.
+
+    A receipt for another stream (``epoch``), with a malformed range, with more than
+    RECEIPT_MAX_RANGES ranges, or naming a sequence number the device never gave out
+    (>= ``next_seq``) is refused whole: nothing of it may delete anything.
+    """
+    if body.get("epoch", "") != epoch:
+        raise ProtocolError(R_SCHEMA, "receipt for another event stream")
+    ranges = body["ranges"]
+    if len(ranges) > RECEIPT_MAX_RANGES:
+        raise ProtocolError(R_SCHEMA, "receipt has too many ranges")
+    out = []
+    for r in ranges:
+        if not isinstance(r, list) or len(r) != 2:
+            raise ProtocolError(R_SCHEMA, "receipt range must be [lo, hi]")
+        lo = r[0]
+        hi = r[1]
+        if not type_ok(lo, "int") or not type_ok(hi, "int") or lo < 0 or hi < lo:
+            raise ProtocolError(R_SCHEMA, "receipt range must be 0 <= lo <= hi")
+        if hi >= next_seq:
+            raise ProtocolError(R_SCHEMA, "receipt names events never sent")
+        out.append([lo, hi])
+    return out

@@ -14,6 +14,7 @@ from fleet_server.identity.settings import IdentitySettings
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.ota.settings import OtaSettings
 from fleet_server.privacy.settings import PrivacySettings
+from fleet_server.receipts.settings import ReceiptSettings
 from fleet_server.rollouts.settings import RolloutSettings
 
 
@@ -83,6 +84,10 @@ class ServerSettings(BaseSettings):
     )
     rollouts: RolloutSettings = Field(
         default_factory=RolloutSettings, description="Rollout campaigns (docs/ota.md)"
+    )
+    receipts: ReceiptSettings = Field(
+        default_factory=ReceiptSettings,
+        description="Receipts to devices and event loss accounting (docs/protocol.md)",
     )
     privacy: PrivacySettings = Field(
         default_factory=PrivacySettings,

@@ -99,3 +99,42 @@ class Metrics:
             "1 while ingest is connected to the broker",
             registry=self.registry,
         )
+        # receipts and loss accounting (issue 14); the gauges come from the database
+        self.receipts_sent = Counter(
+            "camfleet_receipts_sent_total",
+            "Receipt messages sent to devices after committed batches",
+            registry=self.registry,
+        )
+        self.receipts_unsent = Counter(
+            "camfleet_receipts_unsent_total",
+            "Receipts not handed to the broker (the device sends the events again)",
+            registry=self.registry,
+        )
+        self.events_lost = Gauge(
+            "camfleet_events_lost",
+            "Event sequence numbers counted lost (holes open longer than lost_after_s), "
+            "all devices",
+            registry=self.registry,
+        )
+        self.events_missing = Gauge(
+            "camfleet_events_missing",
+            "Event sequence numbers in open holes, not yet counted lost",
+            registry=self.registry,
+        )
+        self.events_late = Gauge(
+            "camfleet_events_late",
+            "Events counted lost that arrived after all (taken off camfleet_events_lost)",
+            registry=self.registry,
+        )
+        self.events_refused_at_source = Gauge(
+            "camfleet_events_refused_at_source",
+            "Events devices report they refused (disk full) or dropped (outbox budget), "
+            "from their latest heartbeats",
+            ["why"],
+            registry=self.registry,
+        )
+        self.events_unreceipted = Gauge(
+            "camfleet_events_unreceipted",
+            "Events devices sent and hold without a receipt, from their latest heartbeats",
+            registry=self.registry,
+        )

@@ -247,6 +247,8 @@ class Detection:
         fields: dict[str, object] = {
             "outbox": self.outbox.depth(),
             "outbox_dropped": dropped.total,
+            "outbox_unreceipted": self.outbox.unreceipted(),
+            "outbox_refused": self.outbox.refused(),
             "scene": p.problems(),
             "invokes": p.invokes,
         }
@@ -307,8 +309,10 @@ def start_detection(
         ps.outbox.max_rows,
     )
     sender = Sender(
-        outbox, link, ps.outbox.window, on_acked=lambda ids: metrics.acked.inc(len(ids))
-    )
+        outbox, link, ps.outbox.window, on_acked=lambda ids: metrics.acked.inc(len(ids)),
+        receipt_timeout_s=ps.outbox.receipt_timeout_s,
+        receipt_timeout_cap_s=ps.outbox.receipt_timeout_cap_s,
+    )  # fmt: skip
     thread = PipelineThread(
         ps, capture, outbox, detector, metrics, settings.state_dir, kick=sender.kick
     )

@@ -239,6 +239,16 @@ class OutboxSettings(BaseModel):
     )
     max_rows: int = Field(200_000, ge=10, description="Most messages waiting.")
     window: int = Field(20, ge=1, le=1000, description="Messages in flight (unacknowledged).")
+    receipt_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Sent events without the server's receipt for this long are sent again "
+        "(from the oldest); each round without a receipt doubles it.",
+    )
+    receipt_timeout_cap_s: float = Field(
+        300.0, gt=0, le=86400, description="Longest wait for a receipt before sending again."
+    )
 
 
 class PipelineSettings(BaseModel):

@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.commands import store as cmds
 from fleet_server.commands.store import Command
-from fleet_server.dashboard import i18n, problems, svg
+from fleet_server.dashboard import i18n, problems
 from fleet_server.dashboard import inventory_view as inv
+from fleet_server.dashboard.charts import Series, time_chart
 from fleet_server.dashboard.env import locale_dependency, make_env, safe_next
 from fleet_server.dashboard.login import ui_reader
 from fleet_server.dashboard.settings import DashboardSettings
@@ -30,8 +31,8 @@ from fleet_server.health.rules import OFFLINE_RULE
 from fleet_server.inventory.store import filter_devices, hardware_model, tags_of
 
 HERE = Path(__file__).resolve().parent
-NAV = [("/ui/", "Overview"), ("/ui/devices", "Devices"), ("/ui/alerts", "Alerts")]
-NAV_NAMES = ("Overview", "Devices", "Alerts")
+NAV = [("/ui/", "Overview"), ("/ui/devices", "Devices"), ("/ui/alerts", "Alerts"),
+       ("/ui/sites", "Sites"), ("/ui/counts", "Traffic"), ("/ui/events", "Events")]  # fmt: skip
 CHARTS = [
     ("cpu_pct", "CPU", "%"),
     ("temp_c", "Temperature", " °C"),
@@ -153,6 +154,9 @@ def dashboard_router(
         return render("alerts.html", "/ui/alerts", title=i18n.t("Alerts"), alerts=_alert_rows(rows),
                       show_all=all)  # fmt: skip
 
+    from fleet_server.dashboard.ops_views import add_ops_routes  # (it reads this module)
+
+    add_ops_routes(router, sessions, render, conf)
     for href, name, make_page in pages:
         router.add_api_route(
             href.removeprefix("/ui"), _page_view(sessions, render, href, name, make_page),
@@ -264,13 +268,18 @@ def device_context(
     extra = [s for s in (make(db, device_id) for make in sections) if s is not None]
     degraded = degraded_ids(db)
     charts = []
+    now = time.time()
+    gap = 3 * (dev.heartbeat_interval_s or 60)  # a missing heartbeat or more: a gap
     for key, name, unit in CHARTS:
         points = [(b.ts, float(b.body[key])) for b in beats
                   if isinstance(b.body.get(key), int | float)]  # fmt: skip
         if points:
-            charts.append(svg.line_chart(i18n.t(name), points, unit))
+            t0 = max(min(p[0] for p in points), now - HISTORY_S)
+            series = [Series(i18n.t(name), points)]
+            charts.append(time_chart(i18n.t(name), series, unit.strip(), t0, now, gap,
+                                     width=420, height=170, chart_id=f"chart-{key}"))  # fmt: skip
     if not charts:
-        charts.append(svg.line_chart(i18n.t("Health"), []))
+        charts.append(time_chart(i18n.t("Health"), [], "", now - HISTORY_S, now, 1))
     d = {"id": dev.id, "kind": dev.kind, "shown_state": shown_state(dev, degraded),
          "state_reason": dev.state_reason, "last_seen": dev.last_seen,
          "interval": dev.heartbeat_interval_s, "gaps": dev.seq_gaps}  # fmt: skip

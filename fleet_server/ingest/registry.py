@@ -20,6 +20,7 @@ from fleet_server.health.alerts import AlertBook, AlertChange
 from fleet_server.ingest import events
 from fleet_server.inventory import store as inventory
 from fleet_server.privacy import gate as privacy_gate
+from fleet_server.receipts import store as receipts
 from fleet_server.rollouts import store as rollout_store
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class Registry:
             stored, dups = events.store_events(db, event_rows)
             stats.events += stored
             stats.duplicates += dups
+            stats.alerts += receipts.track(db, batch, batch[-1].received_at if batch else 0.0)
             if self.alerts is not None:
                 self._run_alerts(db, self.alerts, devices, stats)
         return stats
