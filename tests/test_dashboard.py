@@ -173,9 +173,8 @@ def test_dashboard_pages_in_chromium(
     page.goto(base + "/ui/alerts")
     row = page.locator("table.alerts tr", has_text=HOT)
     row.locator("button.ack").click()
-    page.wait_for_function(
-        f"document.querySelector('#alert-{alert_id} .alert-state').textContent === 'acknowledged'"
-    )
+    # (no wait_for_function: the page's CSP refuses the eval it needs)
+    page.wait_for_selector(f"#alert-{alert_id} .alert-state:text-is('acknowledged')")
     page.screenshot(path=str(tmp_path / "alerts.png"), full_page=True)
     # the click changed the server, not only the page
     acked = fleet_server.get(f"/api/alerts?device_id={HOT}")[1]["items"][0]
