@@ -187,6 +187,27 @@ class Built:
     keys: Keys
 
 
+def rootfs(out: Path, image: str, healthy: bool = True) -> Path:
+    """The slot's ext4 image of ``image`` (made once): what slot A holds, what a bundle carries."""
+    keys = rauc_keys(out)
+    key = f"{base_key()}-{image}{'' if healthy else '-bad'}"
+    path = out / f"rootfs-{key}.ext4"
+    if path.is_file():
+        return path
+    base = debootstrap(out)
+    tree = out / f"tree-{key}"
+    if tree.exists():
+        shutil.rmtree(tree)
+    _run(["cp", "-a", str(base), str(tree)])
+    (tree / ".complete").unlink()
+    customise(tree, image, keys, healthy)
+    slot_mib = next(p.size_mib for p in lay.layout() if p.label == "rootfs-a")
+    ext4_image(tree, path.with_suffix(".tmp"), "rootfs", slot_mib)
+    shutil.rmtree(tree)
+    os.replace(path.with_suffix(".tmp"), path)
+    return path
+
+
 def build(out: Path = DEFAULT_OUT, image: str = "1", healthy: bool = True) -> Built:
     """The disk for ``image`` (a name written to /etc/camfleet-image), made once."""
     need = missing_tools()
@@ -196,30 +217,44 @@ def build(out: Path = DEFAULT_OUT, image: str = "1", healthy: bool = True) -> Bu
     parts = lay.layout()
     key = f"{base_key()}-{image}{'' if healthy else '-bad'}"
     disk = out / f"disk-{key}.raw"
-    rootfs = out / f"rootfs-{key}.ext4"
     keys = rauc_keys(out)
-    if disk.is_file() and rootfs.is_file():
-        return Built(disk, rootfs, keys)
-    base = debootstrap(out)
-    tree = out / f"tree-{key}"
-    if tree.exists():
-        shutil.rmtree(tree)
-    _run(["cp", "-a", str(base), str(tree)])
-    (tree / ".complete").unlink()
-    customise(tree, image, keys, healthy)
-    slot_mib = next(p.size_mib for p in parts if p.label == "rootfs-a")
-    ext4_image(tree, rootfs, "rootfs", slot_mib)
-    shutil.rmtree(tree)
+    slot = rootfs(out, image, healthy)
+    if disk.is_file():
+        return Built(disk, slot, keys)
     data_tree = out / "data-tree"
     data_tree.mkdir(exist_ok=True)
     data = out / f"data-{key}.ext4"
     ext4_image(data_tree, data, "data", next(p.size_mib for p in parts if p.label == "data"))
     esp = out / f"esp-{key}.vfat"
     esp_image(esp, out, next(p.size_mib for p in parts if p.label == "esp"))
-    assemble(disk, parts, {"esp": esp, "rootfs-a": rootfs, "data": data})
+    assemble(disk, parts, {"esp": esp, "rootfs-a": slot, "data": data})
     esp.unlink()
     data.unlink()
-    return Built(disk, rootfs, keys)
+    return Built(disk, slot, keys)
+
+
+def bundle(out: Path, image: str, healthy: bool = True) -> Path:
+    """A signed RAUC rootfs bundle of ``image`` (``rauc bundle``, plain format), made once."""
+    key = f"{base_key()}-{image}{'' if healthy else '-bad'}"
+    path = out / f"rootfs-{key}.raucb"
+    if path.is_file():
+        return path
+    keys = rauc_keys(out)
+    slot = rootfs(out, image, healthy)
+    work = out / f"bundle-{key}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    os.link(slot, work / "rootfs.ext4")
+    (work / "manifest.raucm").write_text(lay.rauc_manifest(image))
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    # lz4: quick to make and, under TCG, to read in the guest (Debian's kernel reads it)
+    _run(["rauc", "bundle", "--cert", str(keys.cert), "--key", str(keys.key),
+          "--mksquashfs-args=-comp lz4", str(work), str(tmp)])  # fmt: skip
+    shutil.rmtree(work)
+    os.replace(tmp, path)
+    return path
 
 
 def media(files: list[Path], path: Path, label: str = lay.MEDIA_LABEL) -> Path:
