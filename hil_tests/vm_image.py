@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -49,6 +50,15 @@ def missing_tools() -> list[str]:
 
 def base_key(packages: tuple[str, ...] = lay.GUEST_PACKAGES) -> str:
     return hashlib.sha256(f"{SUITE} {' '.join(sorted(packages))}".encode()).hexdigest()[:12]
+
+
+def image_key(image: str, healthy: bool = True) -> str:
+    """Names an image's files: the base, what is written into it (vm_layout and ``customise``,
+    so a changed script makes a new image, never a stale one), the image's name."""
+    made = Path(lay.__file__).read_bytes() + inspect.getsource(customise).encode()
+    return f"{base_key()}-{hashlib.sha256(made).hexdigest()[:8]}-{image}" + (
+        "" if healthy else "-bad"
+    )
 
 
 def _run(argv: list[str], **kw: object) -> str:
@@ -190,7 +200,7 @@ class Built:
 def rootfs(out: Path, image: str, healthy: bool = True) -> Path:
     """The slot's ext4 image of ``image`` (made once): what slot A holds, what a bundle carries."""
     keys = rauc_keys(out)
-    key = f"{base_key()}-{image}{'' if healthy else '-bad'}"
+    key = image_key(image, healthy)
     path = out / f"rootfs-{key}.ext4"
     if path.is_file():
         return path
@@ -215,7 +225,7 @@ def build(out: Path = DEFAULT_OUT, image: str = "1", healthy: bool = True) -> Bu
         raise ImageError("missing on this host: apt install " + " ".join(need))
     out.mkdir(parents=True, exist_ok=True)
     parts = lay.layout()
-    key = f"{base_key()}-{image}{'' if healthy else '-bad'}"
+    key = image_key(image, healthy)
     disk = out / f"disk-{key}.raw"
     keys = rauc_keys(out)
     slot = rootfs(out, image, healthy)
@@ -235,7 +245,7 @@ def build(out: Path = DEFAULT_OUT, image: str = "1", healthy: bool = True) -> Bu
 
 def bundle(out: Path, image: str, healthy: bool = True) -> Path:
     """A signed RAUC rootfs bundle of ``image`` (``rauc bundle``, plain format), made once."""
-    key = f"{base_key()}-{image}{'' if healthy else '-bad'}"
+    key = image_key(image, healthy)
     path = out / f"rootfs-{key}.raucb"
     if path.is_file():
         return path

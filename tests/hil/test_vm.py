@@ -23,7 +23,7 @@ from hil_tests.vm_rig import AGENT_UNIT, VmRig
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ROOT / "build" / "packages"
-pytestmark = pytest.mark.hil_long
+pytestmark = [pytest.mark.hil_long, pytest.mark.timeout(4 * 3600)]  # TCG: hours
 
 
 def _debs() -> list[Path]:
