@@ -24,7 +24,8 @@ from agent.vision import scene as sc
 from agent.vision.counting import Counter
 from agent.vision.detector import Box, Detection, Detector
 from agent.vision.frames import decode_image, normalise
-from agent.vision.motion import FULL, MotionGate
+from agent.vision.motion import FULL
+from agent.vision.privacy import MaskedGate, PrivacyState, guard_emit
 from agent.vision.settings import PipelineSettings
 from agent.vision.tracker import END, NEW, TrackChange, Tracker
 from firmware import contract
@@ -115,18 +116,24 @@ class Pipeline:
         emit: Emit,
         start_wall: float,
         reference: Image | None = None,
+        privacy: PrivacyState | None = None,
     ) -> None:
         self.s = settings
         self.detector = detector
-        self.emit = emit
-        self.gate = MotionGate(settings.motion)
+        # issue 20: privacy masks, motion masks, what of a snapshot leaves (agent/vision/privacy)
+        self.privacy = privacy if privacy is not None else PrivacyState(None)
+        self.emit = guard_emit(self.privacy, emit)
+        self.gate = MaskedGate(settings.motion, self.privacy)
         self.tracker = Tracker(settings.tracker)
         self.counter = Counter(
             settings.lines, settings.zones, settings.counts_every_s, settings.anchor, start_wall
         )
         self.health = sc.SceneHealth(settings.scene)
+        if reference is not None:
+            reference = self.privacy.mask_frame(reference)
         self.reference = sc.Reference(reference) if reference is not None else None
         self.new_reference = False  # set when the pipeline took its own reference frame
+        self._masks_seen = self.privacy.generation  # the reference is masked with these
         self._last_compare = -_COMPARE_S
         self._last_scene = -_SCENE_EVERY_S
         self._still_since: float | None = None
@@ -144,7 +151,12 @@ class Pipeline:
         """One decoded frame captured at ``t`` (monotonic) and ``wall`` (epoch). The one
         place a frame enters: grey and RGBA are converted to RGB, anything else raises
         ``frames.BadFrame`` before any state changes (``agent.vision.frames``)."""
-        rgb = normalise(rgb)
+        rgb = self.privacy.mask_frame(normalise(rgb))  # before anything looks at it
+        if self.reference is not None and self._masks_seen != self.privacy.generation:
+            self.reference = sc.Reference(
+                self.privacy.mask_frame(self.reference.image.astype(np.uint8))
+            )
+        self._masks_seen = self.privacy.generation
         self.frames += 1
         scene_due = t - self._last_scene >= _SCENE_EVERY_S
         if self.s.motion.always_detect and not scene_due:
