@@ -115,6 +115,7 @@ VI: dict[str, str] = {
     "Site": "Địa điểm",
     "Certificate": "Chứng chỉ",
     "Update": "Cập nhật",
+    "Event delivery": "Giao nhận sự kiện",
     " · commissioned {when} by {who}": " · lắp đặt {when} bởi {who}",
     "reference frame": "ảnh tham chiếu",
     "{n} days left": "còn {n} ngày",
