@@ -4,6 +4,7 @@ images are stored, whatever the box claims; masks are versioned into the desired
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -42,6 +44,14 @@ def server(
 def _audit(server: IdentityServer, action: str) -> list[dict[str, Any]]:
     _s, rows = server.call("GET", f"/api/audit?action={action}&limit=50")
     return list(rows)
+
+
+@contextlib.contextmanager
+def _ui(server: IdentityServer) -> Iterator[httpx.Client]:
+    """A dashboard session (the sign-in sets its cookie)."""
+    with httpx.Client(base_url=server.base_url, timeout=20) as ui:
+        assert ui.post("/ui/login", json={"token": server.admin_token}).status_code == 204
+        yield ui
 
 
 def _refused(server: IdentityServer, site: str) -> dict[tuple[str, str], int]:
@@ -82,6 +92,10 @@ def test_site_policy_decides_what_is_stored(
             200, "full", 1, BASIS)  # fmt: skip
         entry = _audit(server, "privacy.policy")[0]
         assert entry["outcome"] == "ok" and entry["detail"]["legal_basis"] == BASIS
+        with _ui(server) as ui:  # the site's decision on the dashboard's privacy page
+            page = ui.get("/ui/privacy").text
+            row = page[page.index('id="privacy-priv-site-1"') :].split("</tr>")[0]
+            assert "<b>full</b>" in row and "Decision 12/QD-UBND" in row and "admin" in row
         full = privacy.marking("full", 1, 0)
         assert "jpeg" in dev.snapshot(PHOTO, full)["data"]
         # mid-stream change to none: the next image is refused, whatever it says
@@ -154,6 +168,20 @@ def test_masks_versioned_into_desired_config_and_stale_after_a_move(
                    if e["target"] == "priv-cam-2" and e["outcome"] == "ok"]  # fmt: skip
         assert actions == [2, 1]
         assert _audit(server, "privacy.confirm")[0]["target"] == "priv-cam-2"
+        # the device page draws the masks over the last snapshot, and its editor is a file
+        with _ui(server) as ui:
+            page = ui.get("/ui/devices/priv-cam-2").text
+            section = page[page.index('id="mask-editor"') :]
+            assert section.count('class="mask mask-privacy"') == 1
+            assert section.count('class="mask mask-motion"') == 1
+            assert 'points="0.6000,0.0000 1.0000,0.0000 1.0000,0.3000"' in section
+            assert "/snapshot.jpg?device_id=priv-cam-2" in section  # no reference frame here
+            assert '<script src="/ui/privacy/masks.js" defer></script>' in section
+            assert "<script>" not in page and " style=" not in section  # CSP: files only
+            js = ui.get("/ui/privacy/masks.js")
+            assert js.headers["content-type"].startswith("text/javascript")
+            assert "script-src 'self'" in js.headers["content-security-policy"]
+            assert "/masks/confirm" in js.text
     finally:
         dev.close()
 

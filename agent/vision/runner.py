@@ -254,6 +254,8 @@ class Detection:
             "scene": p.problems(),
             "invokes": p.invokes,
         }
+        fields["light"] = p.light.mode
+        fields["unreliable"] = p.unreliable()
         m = p.measures
         if m is not None:
             fields["brightness"] = round(min(255.0, max(0.0, m.brightness)), 1)
