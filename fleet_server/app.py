@@ -19,6 +19,8 @@ from fleet_server.health.notify import Notifier
 from fleet_server.health.runner import DeadlineMonitor
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.identity.ca_ops import EST_KEY, ensure_est_cert
+from fleet_server.ingest.guard_api import broker_kick
+from fleet_server.ingest.quarantine import Quarantine
 from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
 from fleet_server.ingest.supervisor import Watched
@@ -85,9 +87,12 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     metrics = Metrics()
     notifier = Notifier(settings.alerts, metrics)
     ca = CertificateAuthority(settings.pki_dir)
+    quarantine = Quarantine(sessions, broker_kick(settings, ca))  # issue 15
     ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest, notifier,
-                    subscribe=role is Role.ALL, send_receipts=settings.receipts.send)  # fmt: skip
-    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier, ingest.send)
+                    subscribe=role is Role.ALL, send_receipts=settings.receipts.send,
+                    quarantine=quarantine)  # fmt: skip
+    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier, ingest.send,
+                        quarantine)  # fmt: skip
     monitor = DeadlineMonitor(
         registry, metrics, notifier, settings.health.heartbeat_grace,
         settings.health.check_interval_s,

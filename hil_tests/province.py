@@ -163,9 +163,17 @@ def seed_counts(
                     "zones": {"crosswalk": {"person": per["person"]["in"]}}}  # fmt: skip
             rows.append(Event(event_id=f"seed-c-{int(stop)}", device_id=device, seq=k,
                               type="counts", ts=stop, received_at=stop + 1, data=data))  # fmt: skip
+    return _add_new(sessions, rows)
+
+
+def _add_new(sessions: sessionmaker[Session], rows: list[Event]) -> int:
+    """Add the events not stored yet (a demo started again on its old state)."""
     with sessions.begin() as db:
-        db.add_all(rows)
-    return len(rows)
+        have = set(db.execute(select(Event.device_id, Event.event_id).where(
+            Event.event_id.like("seed-%"))).tuples().all())  # fmt: skip
+        new = [r for r in rows if (r.device_id, r.event_id) not in have]
+        db.add_all(new)
+    return len(new)
 
 
 def seed_snapshots(
@@ -181,9 +189,7 @@ def seed_snapshots(
             data = {"track": j, "label": label, "score": 0.8, "jpeg": jpeg}
             rows.append(Event(event_id=f"seed-s-{i}-{j}", device_id=device, seq=10_000 + j,
                               type="snapshot", ts=ts, received_at=ts + 1, data=data))  # fmt: skip
-    with sessions.begin() as db:
-        db.add_all(rows)
-    return len(rows)
+    return _add_new(sessions, rows)
 
 
 def seed_certificates(
@@ -192,7 +198,10 @@ def seed_certificates(
 ) -> None:  # fmt: skip
     now = time.time() if now is None else now
     with sessions.begin() as db:
+        have = set(db.scalars(select(IssuedCertificate.serial)).all())
         for i, device in enumerate(devices):
+            if f"5eed{i:08x}" in have:
+                continue
             days = 5 if device in expiring else 300 + i % 60
             db.add(IssuedCertificate(serial=f"5eed{i:08x}", device_id=device,
                                      not_before=now - 86400 * 60, not_after=now + days * 86400,
