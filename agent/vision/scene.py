@@ -88,7 +88,8 @@ class Reference:
 
 def colourfulness(rgb: npt.NDArray[np.uint8]) -> float:
     """Mean |R - G| + |G - B| of a small copy: about 0 for an infrared (grey) image."""
-    small = cv2.resize(rgb, (40, 30), interpolation=cv2.INTER_AREA)
+    # nearest: a sample of 4,800 pixels is plenty for a mean, at a tenth of area's cost
+    small = cv2.resize(rgb, (80, 60), interpolation=cv2.INTER_NEAREST)
     rg = cv2.absdiff(small[:, :, 0], small[:, :, 1])
     gb = cv2.absdiff(small[:, :, 1], small[:, :, 2])
     return float(rg.mean()) + float(gb.mean())
