@@ -98,9 +98,9 @@ def track(db: Session, batch: Sequence[Message], now: float) -> list[AlertChange
         if m.kind == "event":
             epoch = _epoch(m.body)
             if epoch is not None:
-                got = seqs.setdefault(m.device_id, {}).setdefault(epoch, [])
-                got.append(int(m.body["seq"]))
-                got += _dropped_at_source(m.body)
+                numbers = seqs.setdefault(m.device_id, {}).setdefault(epoch, [])
+                numbers.append(int(m.body["seq"]))
+                numbers += _dropped_at_source(m.body)
         elif m.kind == "heartbeat" and _COUNTERS & m.body.keys():
             beats[m.device_id] = m.body
     if not seqs and not beats:
@@ -111,10 +111,10 @@ def track(db: Session, batch: Sequence[Message], now: float) -> list[AlertChange
         row = rows[device_id]
         s = row.stream()
         lost: list[list[int]] = []
-        for epoch, numbers in by_epoch.items():
+        for epoch, found in by_epoch.items():
             out = tr.Outcome()
             if tr.switch_epoch(s, epoch, out):
-                got = tr.receive(s, numbers, now)
+                got = tr.receive(s, found, now)
                 lost += out.lost_ranges + got.lost_ranges
         row.keep(s, now)
         if lost:
