@@ -13,6 +13,7 @@ import pytest
 
 from firmware import contract
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from hil_tests import attack
 from hil_tests.procs import Broker, wait_for
 from hil_tests.server import ServerProcess
 from tests.mqtt_helpers import Client
@@ -26,7 +27,11 @@ def server(
 ) -> Iterator[ServerProcess]:
     srv = ServerProcess(
         tmp_path_factory.mktemp("guard-server"), ca.dir, broker.port, grace=5.0,
-        client_id="guard-server-1", extra={"ingest": {"refusal_log_interval_s": 30}},
+        client_id="guard-server-1", extra={"ingest": {
+            "refusal_log_interval_s": 30,
+            "budget": {"kinds": {"heartbeat": {"rate_per_s": 20, "burst": 100}},
+                       "flood_after_s": 2, "flood_gap_s": 1, "flood_clear_s": 3},
+        }},
     )  # fmt: skip
     srv.start_and_wait()
     yield srv
@@ -180,3 +185,139 @@ def test_dead_letters_are_listed_by_the_api(server: ServerProcess) -> None:
     assert server.get("/api/dead-letters", token="")[0] == 401
     _status, spec = server.get("/openapi.json")
     assert "/api/dead-letters" in spec["paths"]
+
+
+def _stored(server: ServerProcess, device: str) -> int:
+    return _count(server, "SELECT count(*) FROM heartbeats WHERE device_id = ?", device)
+
+
+def _alerts(server: ServerProcess, device: str) -> list[dict[str, object]]:
+    _status, page = server.get("/api/alerts?limit=1000")
+    return [a for a in page["items"] if a["device_id"] == device and a["rule"] == "flooding"]
+
+
+def test_flood_is_dropped_alerted_and_quarantine_shuts_it_out(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    flood_id, honest_id = "guard-flood-1", "guard-calm-1"
+    flooder = _device(broker, device_factory(flood_id))
+    honest = _device(broker, device_factory(honest_id))
+    before = server.metric("camfleet_ingest_rejected_total", 'reason="over_budget"')
+    sent = honest_sent = 0
+    try:
+        until = time.monotonic() + 4.0  # over budget for longer than flood_after_s (2 s)
+        while time.monotonic() < until and sent < 5000:
+            sent += 1
+            flooder.publish(*_heartbeat(flood_id, sent))
+            if sent % 100 == 0:
+                honest_sent += 1
+                honest.publish(*_heartbeat(honest_id, honest_sent))
+        wait_for(lambda: _stored(server, honest_id) == honest_sent, 20, what="honest stored")
+        wait_for(lambda: bool(_alerts(server, flood_id)), 10, what="a flooding alert")
+
+        def dropped() -> float:
+            return server.metric("camfleet_ingest_rejected_total", 'reason="over_budget"') - before
+
+        # every message accounted for: stored, or dropped over budget (the last may still
+        # be on their way when the alert opens)
+        wait_for(lambda: _stored(server, flood_id) + dropped() == sent, 15, what="all counted")
+        stored = _stored(server, flood_id)
+        assert 100 <= stored <= 100 + 20 * 6 and dropped() > 0, (stored, sent)
+        assert _alerts(server, flood_id)[0]["state"] == "open"
+        assert not _alerts(server, honest_id)
+        _status, seen = server.get("/api/quarantine")
+        assert flood_id in seen["flooding"] and honest_id not in seen["flooding"]
+        assert seen["refused"][flood_id]["over_budget"] == dropped()
+        # the operator shuts it out: the broker kicks it; a reader may not
+        operator = server.add_user("guard-operator", "operator")
+        path = f"/api/devices/{flood_id}/quarantine"
+        assert server.post(path, {"reason": "flood"})[0] == 401
+        status, body = server.post(path, {"reason": "flood"}, token=operator)
+        assert status == 200 and body["disconnected"] is True, body
+        wait_for(lambda: not flooder.client.is_connected(), 10, what="the flooder kicked")
+        _status, seen = server.get("/api/quarantine")
+        assert [q["device_id"] for q in seen["quarantined"]] == [flood_id]
+        # the flood is over once nothing was dropped for flood_clear_s: the alert resolves
+        wait_for(lambda: _alerts(server, flood_id)[0]["state"] == "resolved", 15,
+                 what="the flooding alert resolved")  # fmt: skip
+        # released, it comes back on its next connection
+        status, _body = server.post(path, {}, method="DELETE", token=operator)
+        assert status == 200
+        assert server.post(path, {}, method="DELETE", token=operator)[0] == 404
+        flooder.close()
+        flooder = _device(broker, device_factory(flood_id))
+        flooder.publish(*_heartbeat(flood_id, sent + 1))
+        wait_for(lambda: _stored(server, flood_id) == stored + 1, 15, what="back after release")
+        assert server.device(honest_id)["state"] == "online"  # type: ignore[index]
+    finally:
+        flooder.close()
+        honest.close()
+
+
+def _honest_survives(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice, prefix: str,
+    duration_s: float,
+) -> attack.AttackReport:  # fmt: skip
+    def creds(device_id: str) -> attack.Creds:
+        c = device_factory(device_id)
+        return attack.Creds(device_id, c.root_pem, c.cert_pem, c.key_pem)
+
+    honest = [creds(f"{prefix}-honest-{i}") for i in range(4)]
+    evil = creds(f"{prefix}-evil")
+    report = attack.run(broker.port, honest, evil, duration_s)
+    # every honest message stored, events as their own
+    for h in honest:
+        dev = h.device_id
+        hb_sql = "SELECT count(DISTINCT seq) FROM heartbeats WHERE device_id = ?"
+        ev_sql = (
+            "SELECT count(*) FROM events WHERE device_id = ? AND json_extract(data, '$.owner') = ?"
+        )
+        wait_for(lambda: _count(server, hb_sql, dev) == report.honest_heartbeats[dev]  # noqa: B023
+                 and _count(server, ev_sql, dev, dev) == report.honest_events[dev],  # noqa: B023
+                 30, what=f"every message of {dev} stored")  # fmt: skip
+        assert report.honest_heartbeats[dev] >= duration_s / attack.HB_INTERVAL_S * 0.8
+        assert (
+            _count(server, "SELECT count(*) FROM events WHERE device_id = ?", dev)
+            == (report.honest_events[dev])
+        )
+    # no honest device ever offline
+    _status, page = server.get("/api/alerts?limit=1000")
+    offline = [a for a in page["items"] if a["rule"] == "offline"
+               and a["device_id"].startswith(f"{prefix}-honest")]  # fmt: skip
+    assert offline == []
+    for h in honest:
+        assert server.device(h.device_id)["state"] == "online"  # type: ignore[index]
+    # every attack message stored (under the attacker's own id) or refused with a reason
+    dev = evil.device_id
+
+    def accounted() -> tuple[int, dict[str, int]]:
+        _s, seen = server.get("/api/quarantine")
+        refused: dict[str, int] = seen["refused"].get(dev, {})
+        stored = _count(server, "SELECT count(*) FROM heartbeats WHERE device_id = ?", dev)
+        stored += _count(server, "SELECT count(*) FROM events WHERE device_id = ?", dev)
+        return stored + sum(refused.values()), refused
+
+    until = time.monotonic() + 30
+    while (got := accounted())[0] != report.attack_sent and time.monotonic() < until:
+        time.sleep(0.2)
+    assert got[0] == report.attack_sent, (got, report.attack_kinds)
+    refused = got[1]
+    for reason in ("bad_shape", "bad_json", "bad_schema", "bad_version", "identity_mismatch",
+                   "oversized", "over_budget"):  # fmt: skip
+        assert refused.get(reason, 0) > 0, (reason, refused)
+    assert refused["over_budget"] > report.attack_kinds["flood"] / 2
+    return report
+
+
+def test_honest_traffic_survives_an_attacker(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    _honest_survives(server, broker, device_factory, "atk", duration_s=6.0)
+
+
+@pytest.mark.hil_long
+def test_honest_traffic_survives_an_attacker_for_a_minute(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    report = _honest_survives(server, broker, device_factory, "atk-long", duration_s=65.0)
+    assert report.attack_sent > 10_000
