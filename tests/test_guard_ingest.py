@@ -265,6 +265,13 @@ def _honest_survives(
     honest = [creds(f"{prefix}-honest-{i}") for i in range(4)]
     evil = creds(f"{prefix}-evil")
     report = attack.run(broker.port, honest, evil, duration_s)
+    # no honest device ever offline (looked at once: they stopped with the run)
+    _status, page = server.get("/api/alerts?limit=1000")
+    offline = [a for a in page["items"] if a["rule"] == "offline"
+               and a["device_id"].startswith(f"{prefix}-honest")]  # fmt: skip
+    assert offline == []
+    for h in honest:
+        assert server.device(h.device_id)["state"] == "online"  # type: ignore[index]
     # every honest message stored, events as their own
     for h in honest:
         dev = h.device_id
@@ -280,13 +287,6 @@ def _honest_survives(
             _count(server, "SELECT count(*) FROM events WHERE device_id = ?", dev)
             == (report.honest_events[dev])
         )
-    # no honest device ever offline
-    _status, page = server.get("/api/alerts?limit=1000")
-    offline = [a for a in page["items"] if a["rule"] == "offline"
-               and a["device_id"].startswith(f"{prefix}-honest")]  # fmt: skip
-    assert offline == []
-    for h in honest:
-        assert server.device(h.device_id)["state"] == "online"  # type: ignore[index]
     # every attack message stored (under the attacker's own id) or refused with a reason
     dev = evil.device_id
 
