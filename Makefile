@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench setup system venv hil clean model packages firmware tflite-venv
+.PHONY: demo test lint bench setup system venv hil clean model packages firmware tflite-venv \
+	vm-image vm-hil
 
 demo: setup ## broker, fleet server, two agents and a MicroPython node; Ctrl-C stops all
 	$(PY) -m hil_tests.demo
@@ -64,6 +65,18 @@ $(VENV)/.installed: pyproject.toml
 
 packages: venv model ## Debian packages in build/packages/: box (arm64, amd64), server (amd64), model
 	scripts/build-packages.sh
+
+# The VM rig (docs/hil.md): Debian 12 machines booted in qemu from the packages above.
+# Root (debootstrap, once: cached in build/vm); KVM where it can boot Debian, TCG otherwise.
+vm-image: venv ## the A/B disk image (Debian 12, GRUB EFI, RAUC) in build/vm
+	$(PY) -m hil_tests.vm_image --out build/vm
+
+vm-hil: packages vm-image ## the VM scenarios only (make hil runs them too); report in build/hil-vm/
+	rm -rf build/hil-vm && mkdir -p build/hil-vm
+	CAMFLEET_HIL_OUT=build/hil-vm $(PY) -m pytest -q tests/hil/test_vm.py -m "" \
+	  --junitxml=build/hil-vm/junit.xml; rc=$$?; \
+	  $(PY) -m hil_tests.report build/hil-vm/timeline.json --junit build/hil-vm/junit.xml \
+	  --out build/hil-vm/report.html; exit $$rc
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) demo-state bench/work .pytest_cache .mypy_cache .ruff_cache

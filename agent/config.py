@@ -53,7 +53,11 @@ class MqttSettings(BaseModel):
         1.0, gt=0, le=3600, description="Backoff base: retry n waits up to base * 2**n seconds."
     )
     reconnect_cap_s: float = Field(
-        300.0, gt=0, le=86400, description="Longest wait between two reconnect attempts."
+        30.0,
+        gt=0,
+        le=60,
+        description="Longest wait between two reconnect attempts (at most 60 s, so that "
+        "every device is back within a minute of the network's return).",
     )
     reconnect_first_spread_s: float = Field(
         20.0,

@@ -23,6 +23,7 @@ from agent.link.remote import make_commands
 from agent.ota.wiring import AgentOta
 from agent.supervisor import Supervisor
 from agent.vision.camera import Capture, FrameQueue, make_source
+from agent.vision.privacy import PrivacyState
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def _wire_downlink(
     log ring it reads."""
     ring = LogRing()
     logging.getLogger().addHandler(ring)
-    remote = make_commands(settings, capture, stop_event, ring)
+    guard = PrivacyState(settings.state_dir)  # issue 20: policy and masks of this camera
+    remote = make_commands(settings, capture, stop_event, ring, guard)
     link = Link(settings.device_id, settings.mqtt, on_message=ota.route(remote.handle))
     remote.publish = link.publish
     ota.attach(link.publish)

@@ -35,7 +35,7 @@ LOCAL = (
     "key str key.der",
     "keepalive_s int 60 1 65535",
     "reconnect_base_s num 1.0 0.01 3600",
-    "reconnect_cap_s num 300.0 0.1 86400",
+    "reconnect_cap_s num 30.0 0.1 60",  # back within a minute of the network's return
     "reconnect_first_spread_s num 20.0 0 3600",
     "connect_timeout_s num 5 0.5 120",
     "ack_timeout_s num 10 0.5 120",

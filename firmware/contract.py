@@ -55,6 +55,8 @@ KINDS = {
     # OTA (issue 6): the release a campaign wants on this device, and how its install goes
     "update_desired": ("update/desired", DOWN, 1, True, 4096),
     "update_state": ("update/state", UP, 1, False, 4096),
+    # receipts (issue 14): which of the device's events the server's database now holds
+    "receipt": ("receipt", DOWN, 1, False, 4096),
 }
 
 _SUFFIX_TO_KIND = {}
@@ -73,7 +75,17 @@ R_JSON = "bad_json"
 R_VERSION = "bad_version"
 R_IDENTITY = "identity_mismatch"
 R_SCHEMA = "bad_schema"
-REASONS = (R_TOPIC, R_SIZE, R_JSON, R_VERSION, R_IDENTITY, R_SCHEMA)
+R_SHAPE = "bad_shape"  # nested too deep, too many values, a number or string not storable
+REASONS = (R_TOPIC, R_SIZE, R_JSON, R_VERSION, R_IDENTITY, R_SCHEMA, R_SHAPE)
+
+# Bounds on the shape of every payload, checked right after parsing, before anything looks
+# inside: containers nested at most MAX_DEPTH deep (the payload object is depth 1), at most
+# MAX_ITEMS values in all its containers together, integers within +-MAX_INT (a signed
+# 64-bit column holds them), floats finite, strings valid Unicode (no lone surrogates)
+# without NUL.
+MAX_DEPTH = 16
+MAX_ITEMS = 4096
+MAX_INT = 2**63 - 1
 
 # Device ids: 3..64 chars of [a-z0-9-], starting and ending with a letter or digit.
 ID_MIN = 3
@@ -178,6 +190,60 @@ def validate(kind: str, body: object) -> dict[str, Any]:
     return body
 
 
+# ---------------------------------------------------------------- shape
+
+
+def _bad_string(text: str) -> bool:
+    if "\x00" in text:  # PostgreSQL's text and jsonb refuse NUL
+        return True
+    try:
+        text.encode()  # CPython: a lone surrogate (from a \\ud800 escape) does not encode
+    except UnicodeError:
+        return True
+    return False
+
+
+def shape_problem(body: object, check_strings: bool = True) -> str:
+    """What makes a parsed payload unstorable or too costly to look at, or "".
+
+    Iterative (no recursion, whatever the depth): MicroPython's stack is small.
+    ``check_strings``: look for lone surrogates too; only a payload with a backslash-u
+    escape can hold one, so the caller passes whether it has one.
+    """
+    if type(body) is not dict and type(body) is not list:
+        return ""  # a scalar: validate() says it is not an object
+    stack = [(body, 1)]
+    items = 0
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return "nested deeper than %d" % MAX_DEPTH
+        items += len(value)
+        if items > MAX_ITEMS:
+            return "more than %d values" % MAX_ITEMS
+        children = value
+        if type(value) is dict:
+            if check_strings:
+                for key in value:
+                    if _bad_string(key):
+                        return "a key is not valid Unicode"
+            children = list(value.values())
+        for child in children:
+            t = type(child)
+            if t is str:
+                if check_strings and _bad_string(child):
+                    return "a string is not valid Unicode"
+            elif t is int:
+                if not -MAX_INT <= child <= MAX_INT:
+                    return "an integer out of the 64-bit range"
+            elif t is float:
+                if child - child != 0:  # NaN and the infinities
+                    return "a number that is not finite"
+            elif t is dict or t is list:
+                stack.append((child, depth + 1))
+    return ""
+
+
 # ---------------------------------------------------------------- encode / decode
 
 
@@ -220,6 +286,13 @@ def decode(topic_name: str, payload: bytes | bytearray | str) -> tuple[str, str,
         body = json.loads(payload)
     except (ValueError, UnicodeError) as exc:
         raise ProtocolError(R_JSON, "not JSON: %s" % (exc,))  # noqa: B904 - MicroPython warns on "from"
+    except (RuntimeError, MemoryError):
+        # CPython: RecursionError (a RuntimeError) on deep nesting; MicroPython's parser
+        # runs out of memory instead. Either way the payload's shape is the problem.
+        raise ProtocolError(R_SHAPE, "nested too deep or too large to parse")  # noqa: B904
+    problem = shape_problem(body, "\\u" in payload)
+    if problem:
+        raise ProtocolError(R_SHAPE, problem)
     validate(kind, body)
     if body["id"] != device_id:
         raise ProtocolError(R_IDENTITY, "payload id %r on topic of %r" % (body["id"], device_id))
@@ -229,8 +302,17 @@ def decode(topic_name: str, payload: bytes | bytearray | str) -> tuple[str, str,
 # ---------------------------------------------------------------- reconnect policy
 
 
+# Longest wait between two reconnect attempts: with it, every device is back within a
+# minute of the network's return (the first retry's spread and a connect timeout included).
+RECONNECT_CAP_S = 30.0
+
+
 def reconnect_delay(
-    attempt: int, rnd: float, base: float = 1.0, cap: float = 300.0, first_spread: float = 20.0
+    attempt: int,
+    rnd: float,
+    base: float = 1.0,
+    cap: float = RECONNECT_CAP_S,
+    first_spread: float = 20.0,
 ) -> float:
     """Seconds to wait before reconnect ``attempt`` (0 = the first retry after a loss).
 
@@ -243,3 +325,59 @@ def reconnect_delay(
         return rnd * first_spread
     ceiling = min(cap, base * float(1 << min(attempt, 30)))
     return rnd * ceiling
+
+
+# ---------------------------------------------------------------- receipts (issue 14)
+
+# Most ranges in one receipt message; a batch holding more for one device sends several.
+RECEIPT_MAX_RANGES = 64
+SEQ_MAX = 2**53
+
+
+def seq_ranges(seqs: list[int]) -> list[list[int]]:
+    """Sorted, merged inclusive ranges [lo, hi] covering the sequence numbers ``seqs``."""
+    out = []  # type: list[list[int]]
+    for s in sorted(seqs):
+        if out and s <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], s)
+        else:
+            out.append([s, s])
+    return out
+
+
+def receipt_bodies(epoch: str, seqs: list[int]) -> list[dict[str, Any]]:
+    """Receipt payload bodies (without v/id/ts) naming ``seqs`` of the stream ``epoch``:
+    ranges, at most RECEIPT_MAX_RANGES per message."""
+    ranges = seq_ranges(seqs)
+    out = []
+    i = 0
+    while i < len(ranges):
+        out.append({"epoch": epoch, "ranges": ranges[i : i + RECEIPT_MAX_RANGES]})
+        i += RECEIPT_MAX_RANGES
+    return out
+
+
+def receipt_ranges(body: dict[str, Any], epoch: str, next_seq: int) -> list[list[int]]:
+    """The ranges of a decoded receipt a device may act on, or ProtocolError.
+
+    A receipt for another stream (``epoch``), with a malformed range, with more than
+    RECEIPT_MAX_RANGES ranges, or naming a sequence number the device never gave out
+    (>= ``next_seq``) is refused whole: nothing of it may delete anything.
+    """
+    if body.get("epoch", "") != epoch:
+        raise ProtocolError(R_SCHEMA, "receipt for another event stream")
+    ranges = body["ranges"]
+    if len(ranges) > RECEIPT_MAX_RANGES:
+        raise ProtocolError(R_SCHEMA, "receipt has too many ranges")
+    out = []
+    for r in ranges:
+        if not isinstance(r, list) or len(r) != 2:
+            raise ProtocolError(R_SCHEMA, "receipt range must be [lo, hi]")
+        lo = r[0]
+        hi = r[1]
+        if not type_ok(lo, "int") or not type_ok(hi, "int") or lo < 0 or hi < lo:
+            raise ProtocolError(R_SCHEMA, "receipt range must be 0 <= lo <= hi")
+        if hi >= next_seq:
+            raise ProtocolError(R_SCHEMA, "receipt names events never sent")
+        out.append([lo, hi])
+    return out

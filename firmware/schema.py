@@ -61,6 +61,9 @@ SCHEMAS = {
         "outbox": (_T_INT, False),
         # detection pipeline and scene health (agent)
         "outbox_dropped": (_T_INT, False),
+        # receipts (issue 14): sent and not yet receipted; refused at the source (disk full)
+        "outbox_unreceipted": (_T_INT, False),
+        "outbox_refused": (_T_INT, False),
         "scene": (_T_LIST, False),
         "brightness": (_T_NUM, False),
         "sharpness": (_T_NUM, False),
@@ -72,6 +75,8 @@ SCHEMAS = {
         "event_id": (_T_STR, True),
         "type": (_T_STR, True),
         "data": (_T_DICT, False),
+        # the device's event stream (issue 14): present when the device speaks receipts
+        "epoch": (_T_STR, False),
     },
     "cmd_req": {
         "cid": (_T_STR, True),
@@ -112,6 +117,10 @@ SCHEMAS = {
         "attempt": (_T_INT, False),
         "error": (_T_STR, False),
     },
+    "receipt": {
+        "epoch": (_T_STR, False),
+        "ranges": (_T_LIST, True),
+    },
 }
 
 # Percentages and other bounded numbers: field -> (min, max)
@@ -133,6 +142,8 @@ _RANGES = {
     "progress": (0, 100),
     "trial_s": (1, 86400),
     "attempt": (0, 1000),
+    "outbox_unreceipted": (0, 2**53),
+    "outbox_refused": (0, 2**53),
 }
 _ENUMS = {
     ("status", "state"): STATUS_STATES,

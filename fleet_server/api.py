@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
@@ -69,7 +69,13 @@ def device_out(dev: Device, tags: Sequence[str] = ()) -> DeviceOut:
     )
 
 
-def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter] = ()) -> FastAPI:
+def create_app(
+    registry: Registry,
+    metrics: Metrics,
+    routers: Sequence[APIRouter] = (),
+    health: Callable[[], str | None] = lambda: None,
+) -> FastAPI:
+    """``health``: why the process is unhealthy (``/healthz`` 503), or None."""
     app = FastAPI(
         title="camfleet fleet server",
         version="0.1.0",
@@ -130,8 +136,17 @@ def create_app(registry: Registry, metrics: Metrics, routers: Sequence[APIRouter
         app.include_router(router)
     mount_static(app)
 
-    @app.get("/healthz", tags=["server"])
-    def healthz() -> dict[str, str]:
+    @app.get(
+        "/healthz",
+        tags=["server"],
+        responses={503: {"description": "Unhealthy: an ingest thread gave up, or the MQTT "
+                         "link has been down longer than [ingest] healthz_link_down_s"}},
+    )  # fmt: skip
+    def healthz(response: Response) -> dict[str, str]:
+        problem = health()
+        if problem is not None:
+            response.status_code = 503
+            return {"status": "unhealthy", "problem": problem}
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["server"], response_class=Response)

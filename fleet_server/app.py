@@ -20,8 +20,11 @@ from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.identity.ca_ops import EST_KEY, ensure_est_cert
 from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
+from fleet_server.ingest.supervisor import Watched
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
+from fleet_server.privacy.runner import RetentionRunner
+from fleet_server.receipts.runner import LossMonitor
 from fleet_server.roles import Role, api_settings, serve_est, serve_ingest
 from fleet_server.rollouts.runner import RolloutRunner
 
@@ -72,12 +75,14 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     notifier = Notifier(settings.alerts, metrics)
     ca = CertificateAuthority(settings.pki_dir)
     ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest, notifier,
-                    subscribe=role is Role.ALL)  # fmt: skip
+                    subscribe=role is Role.ALL, send_receipts=settings.receipts.send)  # fmt: skip
     ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier, ingest.send)
     monitor = DeadlineMonitor(
         registry, metrics, notifier, settings.health.heartbeat_grace,
         settings.health.check_interval_s,
     )  # fmt: skip
+
+    losses = LossMonitor(sessions, metrics, notifier, settings.receipts)
 
     def announce() -> Callable[[bytes], None] | None:  # campaign halts on the alerts topic
         return notifier.publish if settings.alerts.publish_mqtt else None
@@ -85,8 +90,17 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     rollouts = RolloutRunner(sessions, ingest.send, settings.rollouts, announce)
     ingest.start()
     monitor.start()
+    losses.start()
     rollouts.start()
-    app = create_app(registry, metrics, routers(ctx))
+    retention = RetentionRunner(sessions, settings.privacy)  # issue 20: per-site retention
+    retention.start()
+    # issue 15: these loops too are started again if they die (ingest/supervisor.py)
+    ingest.supervisor.watch(Watched(monitor.name, monitor.run, monitor))
+    ingest.supervisor.watch(Watched(rollouts.name, rollouts.run, rollouts))
+    ingest.supervisor.watch(Watched(retention.name, retention.run, retention))
+    ingest.supervisor.watch(Watched(losses.name, losses.run, losses))  # issue 14
+    link_down_s = settings.ingest.healthz_link_down_s
+    app = create_app(registry, metrics, routers(ctx), health=lambda: ingest.problem(link_down_s))
     cert, key = _tls(settings, ca)
     server = _Server(
         uvicorn.Config(
@@ -105,7 +119,9 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
         server.run()  # returns on SIGINT/SIGTERM
     finally:
         monitor.stopped.set()
+        losses.stopped.set()
         rollouts.stopped.set()
+        retention.stopped.set()
         ingest.stop()
         notifier.close()
         engine.dispose()

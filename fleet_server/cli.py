@@ -3,6 +3,7 @@
 - `camfleet-server --config server.toml init`: the CA and the broker config (idempotent)
 - `camfleet-server --config server.toml broker`: Mosquitto with the generated config
 - `camfleet-server --config server.toml run`: ingest, health monitor, REST API
+- `camfleet-server --config server.toml leave-group --instance N`: scale ingest down
 - `camfleet-server --config server.toml add-user NAME --role admin`: a person's API token
 - `camfleet-server --config server.toml release ...`: OTA releases (docs/ota.md)
 
@@ -28,12 +29,14 @@ from fleet_server.broker.conf import broker_binary, write_from_settings
 from fleet_server.config import ServerSettings
 from fleet_server.identity.ca import CAError, CertificateAuthority
 from fleet_server.ota.cli import release_app
+from fleet_server.privacy.cli import privacy_app
 
 PROG = "camfleet-server"
 
 app = make_app(__doc__)
 app.add_typer(release_app, name="release")
 register_backup(app)  # issue 18: backup, restore (docs/deploy.md)
+app.add_typer(privacy_app, name="privacy")  # issue 20: retention, export, erase
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def run_server(
     """Run the fleet server until SIGTERM or SIGINT: everything in one process (ingest,
     health monitor, rollouts, REST API, EST), or one role of it (docs/deploy.md)."""
     from fleet_server.app import serve
+    from fleet_server.ingest.supervisor import EXIT_THREAD_DIED, fatal_happened
     from fleet_server.roles import Role
 
     try:
@@ -141,6 +145,23 @@ def run_server(
     if instance < 1:
         fail(PROG, "--instance counts from 1", EXIT_USAGE)
     serve(loaded(ctx).settings, chosen, instance)
+    if fatal_happened():  # a thread kept dying: non-zero, so systemd starts us again
+        raise typer.Exit(EXIT_THREAD_DIED)
+
+
+@app.command("leave-group")
+def leave_group_cmd(
+    ctx: typer.Context,
+    instance: Annotated[int, typer.Option(help="the stopped ingest worker's number")],
+) -> None:
+    """Scale down: after `run --role ingest --instance N` has stopped, store what the
+    broker queued for it, leave the shared group and end its session (docs/operations.md)."""
+    from fleet_server.roles import leave_group
+
+    if instance < 1:
+        fail(PROG, "--instance counts from 1", EXIT_USAGE)
+    n = leave_group(loaded(ctx).settings, instance)
+    print(f"ingest worker {instance} left the group; {n} queued messages stored")
 
 
 @app.command("add-user")

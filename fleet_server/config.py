@@ -8,10 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_server.broker.settings import BrokerSettings
+from fleet_server.dashboard.settings import DashboardSettings
 from fleet_server.health.settings import AlertSettings, HealthSettings
 from fleet_server.identity.settings import IdentitySettings
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
 from fleet_server.ota.settings import OtaSettings
+from fleet_server.privacy.settings import PrivacySettings
+from fleet_server.receipts.settings import ReceiptSettings
 from fleet_server.rollouts.settings import RolloutSettings
 
 
@@ -81,6 +84,18 @@ class ServerSettings(BaseSettings):
     )
     rollouts: RolloutSettings = Field(
         default_factory=RolloutSettings, description="Rollout campaigns (docs/ota.md)"
+    )
+    receipts: ReceiptSettings = Field(
+        default_factory=ReceiptSettings,
+        description="Receipts to devices and event loss accounting (docs/protocol.md)",
+    )
+    privacy: PrivacySettings = Field(
+        default_factory=PrivacySettings,
+        description="Snapshot policies, retention, data-subject exports (docs/privacy.md)",
+    )
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings,
+        description="Operators' dashboard: language, time zone, refresh (docs/operations.md)",
     )
 
     @property

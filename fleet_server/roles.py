@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from enum import StrEnum
 from types import FrameType
 
 from prometheus_client import start_http_server
+from sqlalchemy import Engine
 
 from fleet_server.config import ServerSettings
 from fleet_server.db import make_engine, make_sessionmaker
@@ -84,9 +86,7 @@ def _metrics(settings: ServerSettings, offset: int, metrics: Metrics) -> None:
     log.info("metrics on http://127.0.0.1:%d/metrics", port)
 
 
-def serve_ingest(settings: ServerSettings, instance: int) -> None:
-    """One ingest worker until SIGTERM: it stores and acknowledges what it holds, then ends
-    its session (docs/operations.md)."""
+def _worker(settings: ServerSettings, instance: int) -> tuple[Ingest, Notifier, Engine]:
     url = settings.db_url()
     upgrade(url)
     engine = make_engine(url)
@@ -97,7 +97,40 @@ def serve_ingest(settings: ServerSettings, instance: int) -> None:
         update={"client_id": f"{settings.mqtt.client_id}-ingest-{instance}"}
     )
     ingest = Ingest(registry, metrics, CertificateAuthority(settings.pki_dir), mqtt,
-                    settings.ingest, notifier)  # fmt: skip
+                    settings.ingest, notifier, send_receipts=settings.receipts.send)  # fmt: skip
+    return ingest, notifier, engine
+
+
+def leave_group(settings: ServerSettings, instance: int, quiet_s: float = 2.0) -> int:
+    """Scale down: take over the session of ingest worker ``instance`` (stopped before),
+    store what the broker queued for it, leave the shared group and end the session
+    (docs/operations.md). Returns the messages stored."""
+    ingest, notifier, engine = _worker(settings, instance)
+    ingest.start()
+    try:
+        if not ingest.wait_connected(30.0):
+            raise SystemExit("camfleet-server: leave-group: broker not reachable")
+        seen, quiet_since = -1, time.monotonic()
+        while time.monotonic() - quiet_since < quiet_s:  # until nothing more comes
+            now = ingest.taken
+            if now != seen:
+                seen, quiet_since = now, time.monotonic()
+            time.sleep(0.1)
+    finally:
+        ingest.stop(leave=True)
+        notifier.close()
+        engine.dispose()
+    log.info("ingest worker %d left the group; %d messages stored", instance, ingest.taken)
+    return ingest.taken
+
+
+def serve_ingest(settings: ServerSettings, instance: int) -> None:
+    """One ingest worker until SIGTERM: it stores and acknowledges what it holds and
+    disconnects keeping its session, so that the broker queues its share until it is back
+    (docs/operations.md; ``leave-group`` ends the session for good)."""
+    ingest, notifier, engine = _worker(settings, instance)
+    metrics = ingest.metrics
+    mqtt = ingest.cfg
     _metrics(settings, instance, metrics)
     ingest.start()
     log.info("ingest worker %d as %s", instance, mqtt.client_id)

@@ -32,7 +32,14 @@ def write_server_config(
         "pki_path": str(pki_dir),
         "database_url": database_url,
         "log_level": "INFO",
-        "mqtt": {"host": "localhost", "port": broker_port, "client_id": client_id},
+        # tests share a broker: a stopped server leaves the group unless a test asks
+        # otherwise (a kept session would take a share of the next test's messages)
+        "mqtt": {
+            "host": "localhost",
+            "port": broker_port,
+            "client_id": client_id,
+            "keep_session_on_stop": False,
+        },
         "broker": {"listen_port": broker_port},
         "api": {"host": "127.0.0.1", "port": api_port},
         "health": {"heartbeat_grace": grace, "check_interval_s": 0.25},

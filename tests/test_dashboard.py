@@ -21,6 +21,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLEET = [f"dash-{i:02d}" for i in range(8)]
 HOT = "dash-03"  # reports 95 °C: an open temperature alert, shown as degraded
 GONE = "dash-06"  # says offline
+LATE = "dash-05"  # goes offline while the overview is open
+REFRESH_S = 2
 
 
 def test_svg_chart_and_map_are_built_from_the_numbers() -> None:
@@ -54,20 +56,29 @@ def _publish_fleet(broker: Broker, make: Callable[[str], DeviceCredentials]) -> 
 
 
 @pytest.fixture(scope="module")
-def fleet_server(
-    ca: CertificateAuthority, device_factory: Callable[[str], DeviceCredentials],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[IdentityServer]:  # fmt: skip
+def dash_broker(
+    ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Broker]:
     # its own broker: retained statuses of other tests' devices would join this fleet
     broker = Broker(ca, tmp_path_factory.mktemp("dash-broker")).start()
-    srv = IdentityServer(tmp_path_factory.mktemp("dash"), ca, broker)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet_server(
+    ca: CertificateAuthority, device_factory: Callable[[str], DeviceCredentials],
+    tmp_path_factory: pytest.TempPathFactory, dash_broker: Broker,
+) -> Iterator[IdentityServer]:  # fmt: skip
+    broker = dash_broker
+    srv = IdentityServer(tmp_path_factory.mktemp("dash"), ca, broker,
+                         extra={"dashboard": {"refresh_s": REFRESH_S}})  # fmt: skip
     srv.start_all()
     _publish_fleet(broker, device_factory)
     wait_for(lambda: srv.get("/api/alerts?active=true")[1]["total"] >= 2, 15,
              what="temperature and offline alerts")  # fmt: skip
     yield srv
     srv.stop()
-    broker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +101,7 @@ def _sign_in(page: object, token: str) -> None:
     page.fill("#login-token", token)  # type: ignore[attr-defined]
     page.click("#login")  # type: ignore[attr-defined]
     page.wait_for_url("**/ui/")  # type: ignore[attr-defined]
+    page.goto(page.url + "lang/en")  # type: ignore[attr-defined]  # these checks read English
 
 
 def test_dashboard_pages_in_chromium(
@@ -168,7 +180,7 @@ def test_dashboard_pages_in_chromium(
     assert "no sites commissioned yet" in str(page.text_content("svg.map"))
     page.screenshot(path=str(tmp_path / "sites.png"), full_page=True)
     page.goto(base + "/ui/counts")
-    assert "no counts in the last day" in page.inner_text("#no-counts")
+    assert "no counts in this period" in page.inner_text("#no-counts")
     page.screenshot(path=str(tmp_path / "counts.png"), full_page=True)
 
     for name in ("overview", "devices", "device", "alerts", "sites", "counts"):
@@ -176,3 +188,51 @@ def test_dashboard_pages_in_chromium(
         assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert errors == []
     assert all(u.startswith(base) for u in requests), "a page fetched something remote"
+
+
+def test_overview_updates_itself_and_speaks_both_languages(
+    fleet_server: IdentityServer, browser: object, dash_broker: Broker,
+    device_factory: Callable[[str], DeviceCredentials], tmp_path: Path,
+) -> None:  # fmt: skip
+    page = browser.new_page()  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(fleet_server.base_url + "/ui/login")
+    _sign_in(page, fleet_server.add_user("ops-room", "viewer"))
+    page.click("#lang-vi")  # the choice is kept in a cookie, for every page after
+    page.wait_for_url("**/ui/")
+    assert page.inner_text("header a.here") == "Tổng quan"
+    assert page.inner_text("h1") == "Cần xử lý"
+    page.goto(fleet_server.base_url + "/ui/alerts")
+    assert page.inner_text("h1") == "Cảnh báo"
+    page.goto(fleet_server.base_url + "/ui/")
+    assert page.locator(f'tr.problem[data-subject="{GONE}"]').count() == 1
+    assert page.locator(f'tr.problem[data-subject="{LATE}"]').count() == 0
+    page.evaluate("window.__notReloaded = true")
+    page.evaluate("window.scrollTo(0, 50)")
+    creds = device_factory(LATE)
+    cl = Client(dash_broker.port, creds.root_pem, creds.cert_pem, creds.key_pem, LATE)
+    body = {"state": "offline", "kind": "agent", "reason": "power cut"}
+    went = time.monotonic()
+    cl.publish(*contract.encode("status", LATE, body, time.time())[:2], retain=True)
+    cl.close()
+    # within one refresh interval (plus the page's own fetch), without a reload
+    page.wait_for_selector(f'tr.problem[data-subject="{LATE}"]', timeout=(REFRESH_S + 3) * 1000)
+    assert time.monotonic() - went < REFRESH_S + 3
+    assert page.evaluate("window.__notReloaded") is True
+    assert "power cut" in page.inner_text(f'tr.problem[data-subject="{LATE}"]')
+    assert "mất kết nối" in page.inner_text("#summary")
+    page.screenshot(path=str(tmp_path / "overview-vi.png"), full_page=True)
+    # the server stops answering: the header says the page is stale
+    page.route("**/ui/", lambda route: route.abort())
+    page.wait_for_selector("#live-status.stale", timeout=(REFRESH_S + 3) * 1000)
+    assert "dữ liệu cũ" in page.inner_text("#live-status")
+    page.unroute("**/ui/")
+    page.wait_for_selector("#live-status:not(.stale)", timeout=(REFRESH_S + 3) * 1000)
+    page.click("#lang-en")
+    page.wait_for_url("**/ui/")
+    assert page.inner_text("h1") == "Needs attention"
+    assert page.inner_text("header a.here") == "Overview"
+    errors = [e for e in errors if "ERR_FAILED" not in e]  # the aborted fetches above
+    assert errors == []

@@ -1,9 +1,8 @@
-"""Sites map, traffic counts and the device page's site, certificate and events sections,
+"""The device page's site, certificate and events sections,
 rendered from a real database (rows as commissioning, enrollment and ingest store them)."""
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
@@ -60,27 +59,6 @@ def _fleet(registry: Registry) -> float:
         db.add(Event(event_id="cam-north-s1", device_id="cam-north", seq=9, type="snapshot",
                      ts=now, received_at=now, data={"jpeg": "/9j/", "label": "Car"}))  # fmt: skip
     return now
-
-
-def test_sites_map_places_and_colours_the_sites(registry: Registry) -> None:
-    _fleet(registry)
-    with registry.sessions() as db:
-        title, html = fleet_pages.sites_page(db)
-    assert title == "Sites"
-    assert html.count("<circle") == 2
-    assert 'class="site offline"><title>South gate (offline)' in html
-    assert 'class="site online"><title>North gate (online)' in html
-    assert re.search(r'<tr id="gate-n">.*cam-north', html)
-
-
-def test_traffic_counts_add_up_per_site(registry: Registry) -> None:
-    _fleet(registry)
-    with registry.sessions() as db:
-        _title, html = fleet_pages.counts_page(db)
-    assert "<h2>gate-n</h2>" in html and "gate-s" not in html  # only sites with counts
-    assert "<td>stop-line</td><td>Car</td><td>in</td><td>7</td>" in html
-    assert "<td>crossing</td><td>Person</td><td>in zone</td><td>4</td>" in html
-    assert "crossings per hour" in html
 
 
 def test_device_sections_show_site_certificate_and_snapshot(registry: Registry) -> None:

@@ -324,6 +324,7 @@ def test_tags_edited_and_filtered_in_chromium(srv: IdentityServer, tmp_path: Pat
             page.fill("#login-token", srv.add_user("inv-op", "operator"))
             page.click("#login")
             page.wait_for_url("**/ui/")
+            page.goto(srv.base_url + "/ui/lang/en")  # the checks below read English
             assert "Raspberry Pi 5 Model B Rev 1.0" in page.inner_text("#hardware-models")
             page.goto(srv.base_url + "/ui/devices/inv-c1")
             assert "not reported yet" in page.inner_text("#hardware")

@@ -1,6 +1,7 @@
 """The on-disk outbox: durability, sequence and ids across restarts, the budget policy
 (snapshots dropped first, counted, reported), and the sender against a real TLS Mosquitto:
-rows leave the disk only on PUBACK, and a broker outage loses nothing."""
+a PUBACK marks a row sent, only a receipt deletes it, forged receipts delete nothing, and
+a broker outage loses nothing."""
 
 from __future__ import annotations
 
@@ -125,19 +126,27 @@ def _link(creds: DeviceCredentials, port: int) -> Link:
     return Link(creds.device_id, settings)
 
 
-def test_sender_deletes_on_puback_and_resends_after_an_outage(
+def _receipt(watcher: Client, device: str, body: dict[str, object]) -> None:
+    topic, payload, _q, _r = contract.encode("receipt", device, body, time.time())
+    watcher.publish(topic, payload)
+
+
+def test_sender_marks_sent_on_puback_deletes_on_receipt_and_resends_after_an_outage(
     tmp_path: Path,
     ca: CertificateAuthority,
     device_factory: Callable[[str], DeviceCredentials],
 ) -> None:
+    """The watcher holds the server's certificate and speaks the contract: it publishes
+    receipts the way the fleet server does (the full server: tests/test_receipts_e2e.py)."""
     device = "cam-outbox-2"
     creds = device_factory(device)
     broker = Broker(ca, tmp_path / "broker").start()
     watcher = Client(broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path, "w1")
     box = Outbox(tmp_path / "outbox.sqlite", device, 1 << 20, 1000)
     link = _link(creds, broker.port)
-    sender = Sender(box, link, window=5)
+    sender = Sender(box, link, window=5, receipt_timeout_s=60)
     topic = contract.topic(device, "event")
+    ep = box.epoch
     try:
         watcher.subscribe(topic)
         for i in range(20):
@@ -145,9 +154,34 @@ def test_sender_deletes_on_puback_and_resends_after_an_outage(
         link.start()
         sender.start()
         got = watcher.wait_for(topic, 20, timeout=15)
-        wait_for(lambda: box.depth() == 0, 10, what="outbox emptied by PUBACKs")
         assert sorted(json.loads(p)["seq"] for p in got[:20]) == list(range(20))
-        assert sender.acked == 20
+        assert all(json.loads(p)["epoch"] == ep for p in got)
+        wait_for(lambda: box.unreceipted() == 20, 10, what="every row acknowledged")
+        assert box.depth() == 20 and sender.acked == 20  # PUBACK deletes nothing
+
+        # forged or wrong receipts delete nothing
+        for bad in (
+            {"epoch": "deadbeef", "ranges": [[0, 19]]},  # another stream
+            {"epoch": ep, "ranges": [[0, 20]]},  # names a seq never given out
+            {"epoch": ep, "ranges": [[0, 2**53]]},  # huge
+            {"epoch": ep, "ranges": [[5, 1]]},  # malformed
+            {"epoch": ep, "ranges": [[0, 0]] * 65},  # too many ranges
+        ):
+            _receipt(watcher, device, bad)
+        wait_for(lambda: sender.bad_receipts == 5, 10, what="forged receipts refused")
+        malformed = contract.topic(device, "receipt")
+        watcher.publish(malformed, b'{"v": 1, "id": "cam-outbox-2", "ts": 1, "ranges": 5}')
+        watcher.publish(malformed, b"not json")
+        _receipt(watcher, "cam-someone-else", {"epoch": ep, "ranges": [[0, 19]]})  # not ours
+        time.sleep(0.5)
+        assert box.depth() == 20 and box.unreceipted() == 20
+
+        _receipt(watcher, device, {"epoch": ep, "ranges": [[0, 9]]})
+        wait_for(lambda: box.depth() == 10, 10, what="receipted rows deleted")
+        _receipt(watcher, device, {"epoch": ep, "ranges": [[0, 9]]})  # again: idempotent
+        _receipt(watcher, device, {"epoch": ep, "ranges": [[10, 14], [15, 19]]})
+        wait_for(lambda: box.depth() == 0, 10, what="outbox emptied by receipts")
+        assert (box.unreceipted(), sender.receipted) == (0, 20)
 
         watcher.close()
         broker.stop()  # outage: events keep coming and stay on disk
@@ -155,24 +189,80 @@ def test_sender_deletes_on_puback_and_resends_after_an_outage(
         for i in range(20, 35):
             box.add("track.new", {"i": i}, 1.8e9 + i)
         time.sleep(0.5)
-        assert box.depth() == 15  # nothing acknowledged, nothing deleted
+        assert box.depth() == 15 and box.unreceipted() == 0
 
+        # a receipt for rows not sent yet deletes nothing, even when its range is valid
         broker = Broker(ca, tmp_path / "broker", port=broker.port).start()
         watcher = Client(
             broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path, "w2"
         )
         watcher.subscribe(topic)
-        wait_for(lambda: box.depth() == 0, 30, what="outbox emptied after the outage")
-        seqs = {json.loads(p)["seq"] for p in watcher.received(topic)}
-        # retained nothing, so the watcher saw only what was sent after it subscribed; every
-        # row reached the broker (PUBACK), which is what deleting it requires
-        assert sender.acked == 35
-        assert seqs <= set(range(20, 35))
+        wait_for(lambda: box.unreceipted() == 15, 30, what="rows acknowledged after the outage")
+        _receipt(watcher, device, {"epoch": ep, "ranges": [[20, 34]]})
+        wait_for(lambda: box.depth() == 0, 10, what="outbox emptied after the outage")
+        assert sender.receipted == 35
     finally:
         sender.stop()
         link.close()
         watcher.close()
         broker.stop()
+        box.close()
+
+
+def test_unsent_rows_are_not_deleted_by_a_receipt(tmp_path: Path) -> None:
+    box = _box(tmp_path)
+    for i in range(3):
+        box.add("t", {"i": i}, 1.8e9)
+    rows = box.pending(0, 10)
+    assert box.receipt([[0, 2]]) == []  # nothing was sent
+    assert box.mark_sent([rows[0].id, rows[1].id]) == [rows[0].id, rows[1].id]
+    assert box.mark_sent([rows[0].id]) == [rows[0].id]  # a second PUBACK: still waiting
+    assert box.unreceipted() == 2
+    assert box.receipt([[0, 2]]) == [rows[0].id, rows[1].id]
+    assert (box.depth(), box.unreceipted()) == (1, 0)
+
+
+def test_receipt_resend_timeout_backs_off_on_a_monotonic_clock(
+    tmp_path: Path, broker: Broker, device_factory: Callable[[str], DeviceCredentials]
+) -> None:
+    """No receipt comes (no server): the rows go again after the timeout, then after twice
+    it, and so on up to the cap; the wall clock plays no part."""
+    device = "cam-outbox-4"
+    creds = device_factory(device)
+    box = Outbox(tmp_path / "outbox.sqlite", device, 1 << 20, 1000)
+    link = _link(creds, broker.port)
+    now = [1000.0]
+    sender = Sender(box, link, window=5, receipt_timeout_s=10, receipt_timeout_cap_s=30,
+                    clock=lambda: now[0])  # fmt: skip
+    try:
+        for i in range(3):
+            box.add("t", {"i": i}, 1.8e9)
+        link.start()
+        assert link.wait_connected(15)
+
+        def settle(sent: int) -> None:
+            def done() -> bool:
+                sender.step()
+                return sender.sent == sent and box.unreceipted() == 3 and not sender._inflight
+
+            wait_for(done, 10, what=f"{sent} sends acknowledged")
+
+        settle(3)
+        for step, (advance, total) in enumerate(((9.9, 3), (0.2, 6), (19.0, 6), (1.5, 9),
+                                                  (30.5, 12), (30.5, 15))):  # fmt: skip
+            now[0] += advance
+            sender.step()
+            settle(total)
+            assert sender.resends == total // 3 - 1, step
+        assert sender._timeout == 30  # capped
+        topic, payload, _q, _r = contract.encode(
+            "receipt", device, {"epoch": box.epoch, "ranges": [[0, 2]]}, 1.0
+        )
+        sender._on_receipt(contract.decode(topic, payload)[2])
+        sender.step()
+        assert box.depth() == 0 and sender._timeout == 10  # a receipt resets the wait
+    finally:
+        link.close()
         box.close()
 
 
@@ -199,8 +289,8 @@ def test_a_row_the_broker_refuses_is_counted_and_does_not_block_the_queue(
     try:
         link.start()
         sender.start()
-        wait_for(lambda: box.depth() == 0, 15, what="both rows settled")
-        assert good is not None and sender.acked == 2
+        wait_for(lambda: box.depth() == 1 and box.unreceipted() == 1, 15, what="rows settled")
+        assert good is not None and sender.acked == 1  # it waits for its receipt
         assert sender.refused == 1  # the foreign one, by its PUBACK reason code
     finally:
         sender.stop()

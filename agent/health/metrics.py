@@ -15,6 +15,11 @@ class AgentMetrics:
             "Frames dropped because the pipeline was behind",
             registry=r,
         )
+        self.frames_bad = Counter(
+            "camfleet_agent_frames_bad_total",
+            "Frames that could not be decoded or used (empty, truncated, wrong format)",
+            registry=r,
+        )
         self.invocations = Counter(
             "camfleet_agent_detector_invocations_total", "Detector runs", registry=r
         )

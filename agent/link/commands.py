@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import privacy
 from common.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class Abilities:
     snapshot: Callable[[], bytes | None]  # the latest frame as JPEG, or None
     uptime_s: Callable[[], float]
     log_lines: Callable[[int], list[str]]
+    # how the last snapshot was made (issue 20: policy, versions), sent with it; a snapshot
+    # the privacy policy withholds raises PermissionError saying why
+    snapshot_marking: Callable[[], dict[str, Any] | None] = lambda: None
 
 
 def decide_command(body: dict[str, Any], now: float, can: Abilities) -> Answer:
@@ -92,12 +96,19 @@ def decide_command(body: dict[str, Any], now: float, can: Abilities) -> Answer:
             lines = lines[1:]  # oldest first out: the answer must fit the contract
         return Answer(True, {"lines": lines})
     if cmd == "snapshot":
-        jpeg = can.snapshot()
+        try:
+            jpeg = can.snapshot()
+        except PermissionError as exc:
+            return Answer(False, error=str(exc))
         if jpeg is None:
             return Answer(False, error="no frame from the camera yet")
         if len(jpeg) > SNAPSHOT_MAX_BYTES:
             return Answer(False, error=f"snapshot of {len(jpeg)} bytes is too large")
-        return Answer(True, {"jpeg_b64": base64.b64encode(jpeg).decode(), "bytes": len(jpeg)})
+        result: dict[str, Any] = {"jpeg_b64": base64.b64encode(jpeg).decode(), "bytes": len(jpeg)}
+        marking = can.snapshot_marking()
+        if marking is not None:
+            result["privacy"] = marking
+        return Answer(True, result)
     if cmd == "restart":
         can.restart()
         return Answer(True, {"restarting": True})
@@ -117,6 +128,12 @@ def check_config(config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The settings to apply, or an error naming the first bad key (then nothing applies)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
+        if key == "privacy":  # issue 20: the site's snapshot policy and the camera's masks
+            try:
+                out[key] = privacy.check_section(value)
+            except privacy.MaskError as exc:
+                return {}, f"privacy: {exc}"
+            continue
         if key == "log_level":
             if value not in LOG_LEVELS:
                 return {}, f"log_level must be one of {', '.join(LOG_LEVELS)}"
@@ -139,9 +156,11 @@ class Commands:
     """Answers the downlink. ``applied`` holds the live settings (heartbeat_s, ...)."""
 
     def __init__(self, state_dir: Path, publish: Publish | None, can: Abilities,
-                 defaults: dict[str, Any]) -> None:  # fmt: skip
+                 defaults: dict[str, Any],
+                 on_privacy: Callable[[dict[str, Any]], object] | None = None) -> None:  # fmt: skip
         self.publish = publish
         self.can = can
+        self.on_privacy = on_privacy  # applies a privacy section (it keeps its own state)
         self.applied: dict[str, Any] = dict(defaults)
         self._lock = threading.Lock()
         self._state = state_dir / "desired-config.json"
@@ -178,6 +197,8 @@ class Commands:
             if error is None:
                 self.applied.update(settings)
                 self.version = version
+                if "privacy" in settings and self.on_privacy is not None:
+                    self.on_privacy(settings["privacy"])
                 if "log_level" in settings:
                     logging.getLogger().setLevel(settings["log_level"])
                 data = json.dumps({"version": version, "config": body["config"]}).encode()

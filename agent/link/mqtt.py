@@ -38,12 +38,14 @@ DEVICE_KIND = "agent"
 WILL_REASON = "connection_lost"
 # paho keeps unsent QoS 1 messages in memory; bound them.
 _MAX_QUEUED = 100
-_SUBSCRIBE_KINDS = ("cmd_req", "config_desired", "update_desired")
+_SUBSCRIBE_KINDS = ("cmd_req", "config_desired", "update_desired", "receipt")
 
 MessageHandler = Callable[[str, dict[str, Any]], None]
 # (generation, mid, ok): the broker acknowledged (PUBACK) message ``mid`` published on the
 # connection ``generation``; ok is False when it refused it in the PUBACK's reason code.
 PublishedHandler = Callable[[int, int, bool], None]
+# a receipt from the server (docs/protocol.md): its decoded body, on paho's thread
+ReceiptHandler = Callable[[dict[str, Any]], None]
 
 _PAHO_LOG = logging.getLogger("agent.link.mqtt.paho")
 
@@ -109,6 +111,7 @@ class Link:
         self._session_ts = 0.0  # ts of the current connection's will and online status
         self._generation = 0  # counts the clients made; acks name the one they came on
         self.on_published: PublishedHandler | None = None
+        self.on_receipt: ReceiptHandler | None = None
         if not any(isinstance(f, _PahoNoise) for f in _PAHO_LOG.filters):
             _PAHO_LOG.addFilter(_PahoNoise())
 
@@ -381,6 +384,11 @@ class Link:
             return
         if device_id != self.device_id:
             log.warning("dropped message for another device on %s", msg.topic)
+            return
+        if kind == "receipt":
+            handler = self.on_receipt
+            if handler is not None:
+                handler(body)
             return
         if self._on_message is None:
             return

@@ -11,14 +11,19 @@ from typing import Any
 from agent.config import AgentSettings
 from agent.link.commands import Abilities, Commands, LogRing
 from agent.vision.camera import Capture, Frame
+from agent.vision.privacy import ImageWithheld, PrivacyState
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_SIDE = 640
 
 
-def frame_jpeg(frame: Frame | None, limit: int) -> bytes | None:
-    """The whole frame as a JPEG of at most ``limit`` bytes (downscaled as needed)."""
+def frame_jpeg(
+    frame: Frame | None, limit: int, guard: PrivacyState | None = None
+) -> tuple[bytes, dict[str, Any] | None] | None:
+    """The whole frame as a JPEG of at most ``limit`` bytes (downscaled as needed), with its
+    privacy masks blacked out and as the policy lets it leave (``guard``; ImageWithheld
+    when it does not), and the marking that says so."""
     if frame is None:
         return None
     import cv2
@@ -32,7 +37,13 @@ def frame_jpeg(frame: Frame | None, limit: int) -> bytes | None:
         if decoded is None:
             return None
         rgb = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-    return jpeg_snapshot(rgb, (0.0, 0.0, 1.0, 1.0), SNAPSHOT_SIDE, limit)
+    if guard is None:
+        jpeg = jpeg_snapshot(rgb, (0.0, 0.0, 1.0, 1.0), SNAPSHOT_SIDE, limit)
+        return (jpeg, None) if jpeg is not None else None
+    rgb = guard.mask_frame(np.array(rgb, copy=True))
+    full = jpeg_snapshot(rgb, (0.0, 0.0, 1.0, 1.0), SNAPSHOT_SIDE, limit)
+    out = guard.outgoing(rgb, full)
+    return out.jpeg, out.marking
 
 
 def make_commands(
@@ -40,8 +51,10 @@ def make_commands(
     capture: Capture,
     stop_event: threading.Event,
     ring: LogRing,
+    guard: PrivacyState | None = None,
 ) -> Commands:
     started = time.monotonic()
+    last_marking: list[dict[str, Any] | None] = [None]
 
     def reboot() -> None:
         log.warning("reboot requested by the fleet server: %s", settings.commands.reboot_command)
@@ -55,7 +68,14 @@ def make_commands(
     def snapshot() -> bytes | None:
         from agent.link.commands import SNAPSHOT_MAX_BYTES
 
-        return frame_jpeg(capture.latest(), SNAPSHOT_MAX_BYTES)
+        try:
+            got = frame_jpeg(capture.latest(), SNAPSHOT_MAX_BYTES, guard)
+        except ImageWithheld as exc:
+            raise PermissionError(str(exc)) from exc
+        if got is None:
+            return None
+        last_marking[0] = got[1]
+        return got[0]
 
     can = Abilities(
         allow_reboot=settings.commands.allow_reboot,
@@ -64,9 +84,11 @@ def make_commands(
         snapshot=snapshot,
         uptime_s=lambda: time.monotonic() - started,
         log_lines=lambda n: list(ring.lines)[-n:],
+        snapshot_marking=lambda: last_marking[0],
     )
     defaults: dict[str, Any] = {"heartbeat_s": float(settings.heartbeat_s)}
-    return Commands(settings.state_dir, None, can, defaults)
+    on_privacy = guard.apply if guard is not None else None
+    return Commands(settings.state_dir, None, can, defaults, on_privacy)
 
 
 def _run(argv: list[str]) -> None:

@@ -22,7 +22,7 @@ import os
 import shutil
 import tarfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from agent.ota.errors import BAD_BUNDLE, OtaError, SlotError
 from common.files import atomic_write, sync_dir
@@ -220,13 +220,53 @@ class AppSlots:
         shutil.rmtree(self.release_dir(release), ignore_errors=True)
 
 
-def _unpack(bundle: Path, dest: Path) -> None:
-    """Unpack with tarfile's "data" filter: no absolute paths, no escapes, no devices."""
+def _unpack(bundle: Path, dest: Path, *, stdlib_filter: bool | None = None) -> None:
+    """Unpack with tarfile's "data" filter: no absolute paths, no escapes, no devices.
+
+    Debian 12's Python (3.11.2, a box's) has no extraction filters (PEP 706 came in 3.11.4):
+    there the same rules are checked member by member first (``safe_members``)."""
+    if stdlib_filter is None:
+        stdlib_filter = hasattr(tarfile, "data_filter")
     try:
         with tarfile.open(bundle, "r:gz") as tar:
-            tar.extractall(dest, filter="data")
+            if stdlib_filter:
+                tar.extractall(dest, filter="data")
+            else:
+                tar.extractall(dest, members=safe_members(tar))  # noqa: S202 (checked)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise OtaError(BAD_BUNDLE, f"cannot unpack {bundle.name}: {exc}") from exc
+
+
+def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The members, checked as the "data" filter does: files, directories and links that stay
+    inside the destination; no owner taken from the archive, no set-id or others' write bits."""
+    members = tar.getmembers()
+    for m in members:
+        parts = PurePosixPath(m.name).parts
+        if m.name.startswith("/") or ".." in parts:
+            raise tarfile.TarError(f"{m.name!r} points outside the destination")
+        if m.issym() or m.islnk():
+            target = (
+                PurePosixPath(m.name).parent / m.linkname
+                if m.issym()
+                else PurePosixPath(m.linkname)
+            )
+            if m.linkname.startswith("/") or _escapes(target):
+                raise tarfile.TarError(f"link {m.name!r} points outside the destination")
+        elif not (m.isfile() or m.isdir()):
+            raise tarfile.TarError(f"{m.name!r} is a special file")
+        m.mode &= 0o755
+        m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), "", ""
+    return members
+
+
+def _escapes(path: PurePosixPath) -> bool:
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return True
+    return False
 
 
 def _package_root(tmp: Path, required: str) -> Path:

@@ -30,6 +30,7 @@ from agent.config import (
 )
 from agent.errors import CameraError
 from agent.link.backoff import Backoff
+from agent.vision.frames import BadFrameLog
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ CameraConfig = (
 CAM_OK = "ok"
 CAM_NO_FRAMES = "no_frames"
 CAM_ERROR = "error"
+CAM_BAD_FRAMES = "bad_frames"  # frames arrive but cannot be decoded or used
 
 
 @dataclass(frozen=True)
@@ -142,19 +144,25 @@ class FrameQueue:
 
 @dataclass(frozen=True)
 class CameraStats:
-    state: str  # CAM_OK, CAM_NO_FRAMES or CAM_ERROR
+    state: str  # CAM_OK, CAM_NO_FRAMES, CAM_ERROR or CAM_BAD_FRAMES
     frames: int  # frames captured since the agent started
     fps: float  # measured over the last window
     dropped: int  # frames dropped because the queue was full
-    error: str | None  # last source error, while the state is CAM_ERROR
+    error: str | None  # last source error, while the state is CAM_ERROR or CAM_BAD_FRAMES
+    bad_frames: int = 0  # frames that could not be decoded or used, since the start
 
 
-def camera_state(failed: bool, last_frame: float | None, now: float, stall_s: float) -> str:
-    """State from facts: a failed source is an error; no frame for ``stall_s`` is no_frames."""
+def camera_state(
+    failed: bool, last_frame: float | None, now: float, stall_s: float, bad_streak: int = 0
+) -> str:
+    """State from facts: a failed source is an error; no frame for ``stall_s`` is no_frames;
+    frames arriving that cannot be used (the last one was bad) is bad_frames."""
     if failed:
         return CAM_ERROR
     if last_frame is None or now - last_frame > stall_s:
         return CAM_NO_FRAMES
+    if bad_streak > 0:
+        return CAM_BAD_FRAMES
     return CAM_OK
 
 
@@ -194,6 +202,7 @@ class Capture:
         self._last_frame: float | None = None
         self._error: str | None = None
         self._started = clock()
+        self.bad = BadFrameLog()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -222,13 +231,31 @@ class Capture:
         now = self._clock()
         with self._lock:
             failed = self._error is not None
+            streak = self.bad.streak
+            error = self._error
+            if error is None and streak:
+                error = self.bad.last_reason
             return CameraStats(
-                state=camera_state(failed, self._last_frame, now, self._stall_s),
+                state=camera_state(failed, self._last_frame, now, self._stall_s, streak),
                 frames=self._frames,
                 fps=measured_fps(self._times, now, self._window_s, self._started),
                 dropped=self.queue.dropped,
-                error=self._error,
+                error=error,
+                bad_frames=self.bad.total,
             )
+
+    def frame_used(self) -> None:
+        """The consumer could use the last frame (ends a bad_frames state)."""
+        with self._lock:
+            self.bad.good()
+
+    def frame_unusable(self, reason: str) -> None:
+        """The consumer could not decode or use a frame: counted, warned about at most once
+        a minute, and the camera state is bad_frames until a frame is usable again."""
+        with self._lock:
+            warning = self.bad.bad(reason, self._clock())
+        if warning is not None:
+            log.warning("camera: %s", warning)
 
     def _run(self) -> None:
         while not self._stop.is_set():

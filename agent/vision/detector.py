@@ -186,7 +186,22 @@ class Detector:
             raise ModelError(f"card {self.card.name}: ssd_anchors needs [1,N,4] and [1,N,C]")
         return boxes[0], others[0]
 
+    def check_frame(self, rgb: Any) -> None:
+        """Refuse (``DetectorError``) anything but the card's input: an ``H x W x 3``
+        ``uint8`` RGB array. Grey and RGBA frames are converted where they enter the
+        pipeline (``agent.vision.frames.normalise``), never guessed at here."""
+        if not isinstance(rgb, np.ndarray):
+            raise DetectorError(f"detector input must be a numpy array, not {type(rgb).__name__}")
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise DetectorError(
+                f"detector input is {rgb.dtype} {tuple(rgb.shape)}; card {self.card.name} "
+                "takes uint8 H x W x 3 RGB (convert grey/RGBA with frames.normalise)"
+            )
+        if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+            raise DetectorError(f"detector input is empty: {tuple(rgb.shape)}")
+
     def preprocess(self, rgb: Image, roi: Box | None = None) -> npt.NDArray[Any]:
+        self.check_frame(rgb)
         h, w = rgb.shape[:2]
         x0, y0, x1, y1 = _clip_roi(roi)
         crop = rgb[
@@ -196,13 +211,19 @@ class Detector:
         size = (self.card.input_width, self.card.input_height)
         # INTER_LINEAR: a fraction of INTER_AREA's time, and the detections are the same
         resized = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR)
+        if resized.shape != self._buf.shape[1:]:  # the buffer must be written, never reused
+            raise DetectorError(f"resized input is {resized.shape}, not {self._buf.shape[1:]}")
         dtype = self.backend.input_dtype()
         if dtype != np.float32:
             return resized.astype(dtype)[None, ...]
         lo, hi = self.card.input_range
         buf = self._buf  # one input buffer, reused: no allocation per frame
         # one pass, uint8 -> float32 scaled and shifted (numpy takes two and half again)
-        cv2.addWeighted(resized, (hi - lo) / 255.0, resized, 0.0, lo, dst=buf[0], dtype=cv2.CV_32F)
+        out = cv2.addWeighted(
+            resized, (hi - lo) / 255.0, resized, 0.0, lo, dst=buf[0], dtype=cv2.CV_32F
+        )
+        if out.ctypes.data != buf.ctypes.data:  # OpenCV allocated instead of writing buf
+            raise DetectorError("preprocessing did not write the input buffer")
         return buf
 
     def decode(self, outputs: list[npt.NDArray[Any]]) -> decoders.Raw:

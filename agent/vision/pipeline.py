@@ -23,12 +23,15 @@ from agent.link.outbox import EVENT, SNAPSHOT
 from agent.vision import scene as sc
 from agent.vision.counting import Counter
 from agent.vision.detector import Box, Detection, Detector
-from agent.vision.motion import MotionGate
+from agent.vision.frames import decode_image, normalise
+from agent.vision.motion import FULL, MotionGate
 from agent.vision.settings import PipelineSettings
 from agent.vision.tracker import END, NEW, TrackChange, Tracker
 from firmware import contract
 
 log = logging.getLogger(__name__)
+
+__all__ = ["FrameResult", "Pipeline", "decode_image", "grey_of", "jpeg_snapshot"]
 
 Image = npt.NDArray[np.uint8]
 Emit = Callable[[str, dict[str, Any], float, str], str | None]
@@ -42,14 +45,6 @@ _COMPARE_S = 1.0
 _SCENE_EVERY_S = 0.25
 # seconds without motion before the pipeline takes its own reference frame
 _REFERENCE_STILL_S = 2.0
-
-
-def decode_image(data: bytes) -> Image:
-    """Encoded image bytes (JPEG, PNG, PPM, BMP) to RGB; ValueError when not an image."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if arr is None:
-        raise ValueError("not a decodable image")
-    return np.ascontiguousarray(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))
 
 
 def grey_of(img: Image, width: int, fast: bool = False) -> Image:
@@ -86,6 +81,18 @@ def jpeg_snapshot(rgb: Image, box: Box, side: int, limit: int = _SNAPSHOT_MAX) -
                 return bytes(buf)
         side = max(16, side // 2)
     return None
+
+
+def cut_by_roi(box: Box, roi: Box, margin: float = 0.01) -> bool:
+    """True when ``box`` reaches an edge of ``roi`` that is not the frame's edge: the
+    detector saw only part of that object (a parked car at the border of a region grown
+    around a passer-by); its box is wrong, and it would start a second track."""
+    for i, (b, r, frame_edge) in enumerate(zip(box, roi, (0.0, 0.0, 1.0, 1.0), strict=True)):
+        if abs(r - frame_edge) <= margin:
+            continue
+        if (i < 2 and b <= r + margin) or (i >= 2 and b >= r - margin):
+            return True
+    return False
 
 
 def _r(box: Box) -> list[float]:
@@ -134,7 +141,10 @@ class Pipeline:
 
     # ---------------------------------------------------------------- per frame
     def process(self, rgb: Image, t: float, wall: float) -> FrameResult:
-        """One decoded RGB frame captured at ``t`` (monotonic) and ``wall`` (epoch)."""
+        """One decoded frame captured at ``t`` (monotonic) and ``wall`` (epoch). The one
+        place a frame enters: grey and RGBA are converted to RGB, anything else raises
+        ``frames.BadFrame`` before any state changes (``agent.vision.frames``)."""
+        rgb = normalise(rgb)
         self.frames += 1
         scene_due = t - self._last_scene >= _SCENE_EVERY_S
         if self.s.motion.always_detect and not scene_due:
@@ -152,6 +162,8 @@ class Pipeline:
             self._infer_ms.append(self.detector.last_ms)
             if self._classes:
                 found = [d for d in found if d.label in self._classes]
+            if decision.roi != FULL:
+                found = [d for d in found if not cut_by_roi(d.box, decision.roi)]
             track_changes = self.tracker.update(
                 found,
                 decision.roi,

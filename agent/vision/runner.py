@@ -25,8 +25,9 @@ from agent.link.outbox import Outbox
 from agent.link.sender import Sender
 from agent.vision.camera import CAM_OK, Capture, Frame
 from agent.vision.detector import Detector
+from agent.vision.frames import BadFrame, decode_image, normalise
 from agent.vision.modelcard import load_card
-from agent.vision.pipeline import Image, Pipeline, decode_image, grey_of
+from agent.vision.pipeline import Image, Pipeline, grey_of
 from agent.vision.scene import CONDITIONS
 from agent.vision.settings import PipelineSettings
 from common.files import atomic_write
@@ -186,14 +187,15 @@ class PipelineThread:
             self._update_metrics()
 
     def _frame(self, frame: Frame) -> None:
-        if frame.pixels is not None:
-            rgb = frame.pixels
-        else:
-            try:
-                rgb = decode_image(frame.data)
-            except ValueError:
-                log.warning("frame %d from %s is not an image; skipped", frame.index, frame.origin)
-                return
+        try:
+            rgb = normalise(frame.pixels) if frame.pixels is not None else decode_image(frame.data)
+        except BadFrame as exc:  # counted, one warning a minute, camera state bad_frames
+            self.metrics.frames_bad.inc()
+            self.capture.frame_unusable(f"frame {frame.index} from {frame.origin}: {exc}")
+            # no usable frame: like no frame for scene health (no_frames) and track expiry
+            self.pipeline.tick(frame.t_mono, frame.t_wall, camera_ok=False)
+            return
+        self.capture.frame_used()
         self.pipeline.process(rgb, frame.t_mono, frame.t_wall)
         for tap in self._taps:
             tap(rgb, frame.t_mono)
@@ -245,6 +247,8 @@ class Detection:
         fields: dict[str, object] = {
             "outbox": self.outbox.depth(),
             "outbox_dropped": dropped.total,
+            "outbox_unreceipted": self.outbox.unreceipted(),
+            "outbox_refused": self.outbox.refused(),
             "scene": p.problems(),
             "invokes": p.invokes,
         }
@@ -303,8 +307,10 @@ def start_detection(
         ps.outbox.max_rows,
     )
     sender = Sender(
-        outbox, link, ps.outbox.window, on_acked=lambda ids: metrics.acked.inc(len(ids))
-    )
+        outbox, link, ps.outbox.window, on_acked=lambda ids: metrics.acked.inc(len(ids)),
+        receipt_timeout_s=ps.outbox.receipt_timeout_s,
+        receipt_timeout_cap_s=ps.outbox.receipt_timeout_cap_s,
+    )  # fmt: skip
     thread = PipelineThread(
         ps, capture, outbox, detector, metrics, settings.state_dir, kick=sender.kick
     )

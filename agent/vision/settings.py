@@ -72,6 +72,23 @@ class MotionSettings(BaseModel):
     always_detect: bool = Field(
         False, description="Detect every frame over the whole frame (no gating)."
     )
+    max_shift: float = Field(
+        0.08,
+        gt=0,
+        le=0.5,
+        description="Largest camera shift (fraction of the width) taken out as sway; larger "
+        "is a global change.",
+    )
+    shift_min_response: float = Field(
+        0.05, ge=0, le=1, description="Least phase-correlation peak for a shift to be trusted."
+    )
+    global_change_above: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Fraction of the frame changing at once that is a global change (bump, "
+        "exposure jump, infrared switch): the background restarts, no motion storm.",
+    )
 
 
 class TrackerSettings(BaseModel):
@@ -174,6 +191,16 @@ class OutboxSettings(BaseModel):
     )
     max_rows: int = Field(200_000, ge=10, description="Most messages waiting.")
     window: int = Field(20, ge=1, le=1000, description="Messages in flight (unacknowledged).")
+    receipt_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Sent events without the server's receipt for this long are sent again "
+        "(from the oldest); each round without a receipt doubles it.",
+    )
+    receipt_timeout_cap_s: float = Field(
+        300.0, gt=0, le=86400, description="Longest wait for a receipt before sending again."
+    )
 
 
 class PipelineSettings(BaseModel):

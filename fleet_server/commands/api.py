@@ -83,6 +83,13 @@ def config_out(c: DeviceConfig) -> ConfigOut:
     )  # fmt: skip
 
 
+def _not_server_owned(config: dict[str, Any]) -> None:
+    owned = sorted(set(config) & set(commands.SERVER_SECTIONS))
+    if owned:
+        raise HTTPException(status_code=400, detail=f"{owned} are set by the server (the "
+                            "site's privacy policy and the camera's masks)")  # fmt: skip
+
+
 def commands_router(sessions: sessionmaker[Session], send: Callable[[Outgoing], None]) -> APIRouter:
     router = APIRouter(
         tags=["commands"],
@@ -169,6 +176,7 @@ def commands_router(sessions: sessionmaker[Session], send: Callable[[Outgoing], 
         },
     )
     def put_config(device_id: DeviceId, body: ConfigIn, who: Operator) -> ConfigOut:
+        _not_server_owned(body.config)
         with sessions.begin() as db:
             _known(db, device_id)
             try:

@@ -131,10 +131,18 @@ def expire(db: Session, now: float) -> list[str]:
     return [r.cid for r in rows]
 
 
+# desired-config sections the server itself maintains (issue 20: the site's snapshot policy
+# and the camera's masks); an operator's config keeps them
+SERVER_SECTIONS = ("privacy",)
+
+
 def set_desired(
     db: Session, device_id: str, config: dict[str, Any], who: str, now: float
 ) -> tuple[DeviceConfig, Outgoing]:
     rec = db.get(DeviceConfig, device_id, with_for_update=True)
+    if rec is not None:
+        kept = {k: rec.config[k] for k in SERVER_SECTIONS if k in rec.config and k not in config}
+        config = {**config, **kept}
     version = 1 if rec is None else rec.version + 1
     try:
         topic, payload, qos, retain = contract.encode(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 import urllib.parse
@@ -15,22 +14,25 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.commands import store as cmds
 from fleet_server.commands.store import Command
+from fleet_server.dashboard import i18n, problems
 from fleet_server.dashboard import inventory_view as inv
-from fleet_server.dashboard import svg
+from fleet_server.dashboard.charts import Series, time_chart
+from fleet_server.dashboard.env import locale_dependency, make_env, safe_next
 from fleet_server.dashboard.login import ui_reader
+from fleet_server.dashboard.settings import DashboardSettings
 from fleet_server.db import Device, Heartbeat
 from fleet_server.health.alerts import ACTIVE, Alert
 from fleet_server.health.rules import OFFLINE_RULE
 from fleet_server.inventory.store import filter_devices, hardware_model, tags_of
 
 HERE = Path(__file__).resolve().parent
-NAV = [("/ui/", "Overview"), ("/ui/devices", "Devices"), ("/ui/alerts", "Alerts")]
+NAV = [("/ui/", "Overview"), ("/ui/devices", "Devices"), ("/ui/alerts", "Alerts"),
+       ("/ui/sites", "Sites"), ("/ui/counts", "Traffic"), ("/ui/events", "Events")]  # fmt: skip
 CHARTS = [
     ("cpu_pct", "CPU", "%"),
     ("temp_c", "Temperature", " °C"),
@@ -57,9 +59,7 @@ ExtraPage = tuple[str, str, Callable[[Session], tuple[str, str]]]
 
 
 def _when(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return i18n.when(ts)
 
 
 def degraded_ids(db: Session) -> set[str]:
@@ -82,7 +82,7 @@ def _versions(v: dict[str, Any] | None) -> str:
 def _alert_rows(alerts: Sequence[Alert]) -> list[dict[str, Any]]:
     return [
         {"id": a.id, "device_id": a.device_id, "rule": a.rule, "severity": a.severity,
-         "state": a.state, "message": a.message, "opened": _when(a.opened_at)}
+         "state": a.state, "message": a.message, "opened": a.opened_at}
         for a in alerts
     ]  # fmt: skip
 
@@ -91,22 +91,37 @@ def dashboard_router(
     sessions: sessionmaker[Session],
     sections: Sequence[DeviceSection] = (),
     pages: Sequence[ExtraPage] = (),
+    settings: DashboardSettings | None = None,
 ) -> APIRouter:
-    env = Environment(
-        loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
-    )
+    conf = settings or DashboardSettings()
+    env = make_env()
     nav = NAV + [(href, name) for href, name, _render in pages]
-    router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(ui_reader)])
+    router = APIRouter(
+        prefix="/ui", include_in_schema=False,
+        dependencies=[Depends(ui_reader), Depends(locale_dependency(conf))],
+    )  # fmt: skip
 
     def render(template: str, here: str, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(template).render(nav=nav, here=here, **ctx)
+        html = env.get_template(template).render(
+            nav=nav, here=here, refresh_s=conf.refresh_s, **ctx
+        )
         return HTMLResponse(html)
 
     @router.get("/", response_class=HTMLResponse)
     def overview() -> HTMLResponse:
         with sessions() as db:
-            ctx = overview_context(db)
-        return render("overview.html", "/ui/", title="Overview", **ctx)
+            ctx = overview_context(db, conf.cert_warn_days)
+        return render("overview.html", "/ui/", title=i18n.t("Overview"), **ctx)
+
+    @router.get("/lang/{code}")
+    def switch_language(
+        code: str, next: Annotated[str, Query(max_length=2000)] = "/ui/"
+    ) -> RedirectResponse:
+        if code not in i18n.LANGUAGES:
+            raise HTTPException(status_code=404, detail="no such language")
+        resp = RedirectResponse(safe_next(next), status_code=303)
+        resp.set_cookie(i18n.COOKIE, code, max_age=400 * 86400, samesite="lax")
+        return resp
 
     @router.get("/devices", response_class=HTMLResponse)
     def devices(
@@ -119,7 +134,7 @@ def dashboard_router(
     ) -> HTMLResponse:
         with sessions() as db:
             ctx = device_list_context(db, q, state, kind, offset, tag, hardware)
-        return render("devices.html", "/ui/devices", title="Devices", **ctx)
+        return render("devices.html", "/ui/devices", title=i18n.t("Devices"), **ctx)
 
     @router.get("/devices/{device_id}", response_class=HTMLResponse)
     def device(device_id: str) -> HTMLResponse:
@@ -136,9 +151,12 @@ def dashboard_router(
             if not all:
                 query = query.where(Alert.state.in_(ACTIVE))
             rows = db.scalars(query).all()
-        return render("alerts.html", "/ui/alerts", title="Alerts", alerts=_alert_rows(rows),
+        return render("alerts.html", "/ui/alerts", title=i18n.t("Alerts"), alerts=_alert_rows(rows),
                       show_all=all)  # fmt: skip
 
+    from fleet_server.dashboard.ops_views import add_ops_routes  # (it reads this module)
+
+    add_ops_routes(router, sessions, render, conf)
     for href, name, make_page in pages:
         router.add_api_route(
             href.removeprefix("/ui"), _page_view(sessions, render, href, name, make_page),
@@ -172,7 +190,8 @@ def _page_view(
     return view
 
 
-def overview_context(db: Session) -> dict[str, Any]:
+def overview_context(db: Session, cert_warn_days: float = 30.0) -> dict[str, Any]:
+    now = time.time()
     devices = db.scalars(select(Device)).all()
     degraded = degraded_ids(db)
     active = db.scalar(select(func.count()).where(Alert.state.in_(ACTIVE))) or 0
@@ -187,6 +206,8 @@ def overview_context(db: Session) -> dict[str, Any]:
         "active_alerts": active,
         "versions": sorted(versions.items()),
         "hardware": inv.hardware_breakdown(devices),
+        "problems": problems.gather(db, now, cert_warn_days),
+        "kinds": problems.KINDS,
     }
 
 
@@ -212,7 +233,7 @@ def device_list_context(
     tags_on = tags_of(db, [d.id for d in page])
     rows = [
         {"id": d.id, "kind": d.kind, "shown_state": shown_state(d, degraded),
-         "last_seen": _when(d.last_seen), "versions": _versions(d.versions),
+         "last_seen": d.last_seen, "versions": _versions(d.versions),
          "alerts": alerts.get(d.id, 0), "tags": tags_on[d.id],
          "model": hardware_model(d.hardware)}
         for d in page
@@ -247,18 +268,23 @@ def device_context(
     extra = [s for s in (make(db, device_id) for make in sections) if s is not None]
     degraded = degraded_ids(db)
     charts = []
+    now = time.time()
+    gap = 3 * (dev.heartbeat_interval_s or 60)  # a missing heartbeat or more: a gap
     for key, name, unit in CHARTS:
         points = [(b.ts, float(b.body[key])) for b in beats
                   if isinstance(b.body.get(key), int | float)]  # fmt: skip
         if points:
-            charts.append(svg.line_chart(name, points, unit))
+            t0 = max(min(p[0] for p in points), now - HISTORY_S)
+            series = [Series(i18n.t(name), points)]
+            charts.append(time_chart(i18n.t(name), series, unit.strip(), t0, now, gap,
+                                     width=420, height=170, chart_id=f"chart-{key}"))  # fmt: skip
     if not charts:
-        charts.append(svg.line_chart("Health", []))
+        charts.append(time_chart(i18n.t("Health"), [], "", now - HISTORY_S, now, 1))
     d = {"id": dev.id, "kind": dev.kind, "shown_state": shown_state(dev, degraded),
-         "state_reason": dev.state_reason, "last_seen": _when(dev.last_seen),
+         "state_reason": dev.state_reason, "last_seen": dev.last_seen,
          "interval": dev.heartbeat_interval_s, "gaps": dev.seq_gaps}  # fmt: skip
     command_rows = [
-        {"at": _when(c.created_at), "cmd": c.cmd, "state": c.state, "by": c.requested_by,
+        {"at": c.created_at, "cmd": c.cmd, "state": c.state, "by": c.requested_by,
          "outcome": c.error or (json.dumps(c.result) if c.result else "")}
         for c in commands
     ]  # fmt: skip

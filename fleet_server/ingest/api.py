@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.access.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.db import page
-from fleet_server.ingest.events import Event
+from fleet_server.ingest.events import Event, snapshot_url
 from fleet_server.params import DeviceFilter
 
 
@@ -52,7 +52,7 @@ def _iso(ts: float) -> str:
 def event_out(ev: Event) -> EventOut:
     data = dict(ev.data or {})
     if "jpeg" in data:
-        data["jpeg"] = f"/api/events/{ev.event_id}/snapshot.jpg"
+        data["jpeg"] = snapshot_url(ev.device_id, ev.event_id)
     return EventOut(
         event_id=ev.event_id,
         device_id=ev.device_id,
@@ -120,11 +120,27 @@ def events_router(sessions: sessionmaker[Session]) -> APIRouter:
     @router.get(
         "/api/events/{event_id}/snapshot.jpg",
         response_class=Response,
-        responses={404: {"description": "No such event or no snapshot in it"}},
+        responses={
+            404: {"description": "No such event or no snapshot in it"},
+            409: {"description": "Several devices sent an event with this id: give device_id"},
+        },
     )
-    def snapshot(event_id: Annotated[str, Path(max_length=256)]) -> Response:
+    def snapshot(
+        event_id: Annotated[str, Path(max_length=256)], device_id: DeviceFilter = None
+    ) -> Response:
+        """An event id is unique per device: ``device_id`` says whose (required when
+        several devices used the same id)."""
         with sessions() as db:
-            ev = db.scalars(select(Event).where(Event.event_id == event_id)).first()
+            query = select(Event).where(Event.event_id == event_id)
+            if device_id:
+                query = query.where(Event.device_id == device_id)
+            found = db.scalars(query.order_by(Event.id).limit(2)).all()
+        if len(found) > 1:
+            raise HTTPException(
+                status_code=409,
+                detail=f"event id {event_id} is used by several devices: give device_id",
+            )
+        ev = found[0] if found else None
         jpeg = (ev.data or {}).get("jpeg") if ev is not None else None
         if not isinstance(jpeg, str):
             raise HTTPException(status_code=404, detail=f"no snapshot in event {event_id}")

@@ -98,6 +98,19 @@ class Mqtt5Client:
     def start(self) -> None:
         self._thread.start()
 
+    def alive(self) -> bool:
+        """The I/O thread runs (or was asked to stop)."""
+        return self._stop.is_set() or self._thread.is_alive()
+
+    def revive(self) -> None:
+        """Start the I/O thread again after it died of something unexpected (the
+        supervisor's call): a new connection, on which the broker sends again what this
+        client had not acknowledged."""
+        if self.alive():
+            return
+        self._thread = threading.Thread(target=self._run, name="mqtt5-io", daemon=True)
+        self._thread.start()
+
     def ack(self, generation: int, packet_ids: Sequence[int]) -> None:
         if packet_ids:
             with self._lock:

@@ -19,6 +19,8 @@ from fleet_server.health import engine as health
 from fleet_server.health.alerts import AlertBook, AlertChange
 from fleet_server.ingest import events
 from fleet_server.inventory import store as inventory
+from fleet_server.privacy import gate as privacy_gate
+from fleet_server.receipts import store as receipts
 from fleet_server.rollouts import store as rollout_store
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class ApplyStats:
     alerts: list[AlertChange] = field(default_factory=list)
     command_results: int = 0
     events: int = 0
+    images_refused: int = 0
 
 
 def _insert(db: Session, table: type[Base]) -> Any:
@@ -116,7 +119,8 @@ class Registry:
                     self._heartbeat(dev, msg, stats, latest)
                 elif msg.kind == "status":
                     self._status(dev, msg, stats)
-                elif msg.kind == "cmd_res":
+                elif msg.kind == "cmd_res":  # issue 20: an image the site forbids is not kept
+                    privacy_gate.screen_result(db, dev.id, msg.body, msg.received_at)
                     done = commands.apply_response(db, dev.id, msg.body, msg.received_at)
                     stats.command_results += done is not None
                 elif msg.kind == "config_reported":
@@ -130,9 +134,14 @@ class Registry:
                     stats.ignored += 1
             for dev_id, msg in latest.items():
                 self._apply_latest(devices[dev_id], msg)
+            if event_rows:  # issue 20: images the site's policy forbids are not stored
+                stats.images_refused += privacy_gate.screen_events(
+                    db, event_rows, batch[-1].received_at
+                )
             stored, dups = events.store_events(db, event_rows)
             stats.events += stored
             stats.duplicates += dups
+            stats.alerts += receipts.track(db, batch, batch[-1].received_at if batch else 0.0)
             if self.alerts is not None:
                 self._run_alerts(db, self.alerts, devices, stats)
         return stats

@@ -20,17 +20,19 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from firmware import contract
 from fleet_server.commands.store import Outgoing
 from fleet_server.health.notify import Notifier
 from fleet_server.identity.ca import CertificateAuthority
+from fleet_server.ingest import gate
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client
-from fleet_server.ingest.codec import Publish
+from fleet_server.ingest.codec import MqttError, Publish
 from fleet_server.ingest.registry import Accepted, Registry
+from fleet_server.ingest.safestore import SafeStore
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
+from fleet_server.ingest.supervisor import Supervisor, Watched
 from fleet_server.metrics import Metrics
+from fleet_server.receipts import actions as receipts
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +101,14 @@ class Ingest:
         notifier: Notifier | None = None,
         *,
         subscribe: bool = True,
+        send_receipts: bool = True,
     ) -> None:
         """``subscribe=False``: a connection that only publishes (commands, config, alerts)
-        and stores nothing: the API process when ingest workers run apart from it."""
+        and stores nothing: the API process when ingest workers run apart from it.
+        ``send_receipts``: tell devices which events are stored after each commit."""
         self.registry = registry
         self.subscribe = subscribe
+        self.send_receipts = send_receipts
         self.notifier = notifier
         if notifier is not None:
             notifier.publish = self._publish_alert
@@ -111,8 +116,18 @@ class Ingest:
         self.cfg = mqtt_settings
         self.settings = settings
         self._buffer = _Buffer(settings.queue_size)
+        self.taken = 0  # messages accepted from the broker since start
         self._stop = threading.Event()
+        self.safe = SafeStore(registry, metrics, self._stop)
+        self.refusals = gate.RefusalCounts()
+        self.refusal_log = gate.RefusalLog(settings.refusal_log_interval_s,
+                                           counter=metrics.refusal_log_lines)  # fmt: skip
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._pending: list[_Item] = []  # the batch the writer holds (a new writer takes it)
+        self._down_since: float | None = time.monotonic()  # the MQTT link; None while up
+        self.supervisor = Supervisor(
+            metrics, max_restarts=settings.thread_restarts_max, window_s=60.0
+        )
         tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.root_cert_path))
         tls.load_cert_chain(str(ca.server_cert_path), str(ca.server_key_path))
         self.client = Mqtt5Client(
@@ -140,20 +155,43 @@ class Ingest:
     def start(self) -> None:
         self._writer.start()
         self.client.start()
+        self.supervisor.watch(Watched("ingest-writer", self._write_loop, self._writer))
+        io = Watched("mqtt5-io", self.client.revive, alive=self.client.alive)
+        self.supervisor.watch(io)
+        self.supervisor.ticks.append(self.refusal_log.flush)
+        self.supervisor.start()
+
+    def problem(self, link_down_s: float) -> str | None:
+        """Why this process is not healthy (``/healthz`` 503), or None."""
+        if self.supervisor.gave_up is not None:
+            return self.supervisor.gave_up
+        since = self._down_since
+        if since is not None and time.monotonic() - since > link_down_s:
+            return f"MQTT link down for {time.monotonic() - since:.0f}s"
+        return None
 
     def wait_connected(self, timeout: float) -> bool:
         return self.client.connected.wait(timeout)
 
-    def stop(self, drain_s: float = 10.0) -> None:
-        """Leave the shared group without losing anything, then end the session.
+    def stop(self, drain_s: float = 10.0, *, leave: bool | None = None) -> None:
+        """Stop; keep the broker session, or with ``leave`` end it (``None``: as
+        ``keep_session_on_stop`` says).
 
-        Unsubscribe first (the broker gives this worker's share to the others from then
-        on), store and acknowledge what already arrived, then disconnect with a session
-        expiry of 0: a worker that stopped cleanly must not keep a session in the group,
-        where the broker would go on queueing a share of the fleet's messages for it. A
-        worker that crashes keeps its session (and its share) until it returns or the
-        session expires (``session_expiry_s``).
+        A clean stop (SIGTERM: a restart, an upgrade) stores and acknowledges what already
+        arrived and disconnects keeping its session (``session_expiry_s``): the broker
+        goes on queueing this worker's share of the group until it returns, and delivers
+        again what it sent and we did not acknowledge.
+
+        ``leave`` (scaling down): unsubscribe first (the broker gives this worker's share
+        to the others from then on), store and acknowledge what already arrived, then
+        disconnect with a session expiry of 0, so that no session is left in the group.
         """
+        if leave is None:
+            leave = not self.cfg.keep_session_on_stop
+        if not leave:
+            self._end_writer(drain_s + 10)  # it stores what the buffer holds, then ends
+            self.client.stop(session_expiry_s=None)
+            return
         if self.subscribe and self.client.connected.is_set():
             filters = [t for t, _q in contract.server_subscriptions(shared=self.cfg.shared)]
             self.client.unsubscribe(filters)
@@ -161,9 +199,15 @@ class Ingest:
             until = time.monotonic() + drain_s
             while time.monotonic() < until and self._buffer.unfinished:
                 time.sleep(0.02)
-        self._stop.set()
-        self._writer.join(timeout=10)
+        self._end_writer(10.0)
         self.client.stop(session_expiry_s=0)
+
+    def _end_writer(self, timeout: float) -> None:
+        self.supervisor.stopped.set()
+        self._stop.set()
+        for w in self.supervisor.watched:
+            if w.name == "ingest-writer" and w.thread is not None and w.thread.is_alive():
+                w.thread.join(timeout=timeout)
 
     def send(self, out: Outgoing) -> None:
         """Publish a server message (command, desired config) on the ingest connection.
@@ -179,6 +223,10 @@ class Ingest:
     # ---------------------------------------------------------------- MQTT thread
     def _on_state(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
+        if up:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.monotonic()
         if not up and not self._stop.is_set():
             log.warning("ingest lost the broker")
 
@@ -187,60 +235,78 @@ class Ingest:
         items: list[_Item] = []
         refused: list[int] = []
         kinds: Counter[str] = Counter()
-        decode = contract.decode
+        decode = gate.decode  # the one gate: every failure a refusal, never an exception
         for m in messages:
-            try:
-                device_id, kind, body = decode(m.topic, m.payload)
-            except contract.ProtocolError as exc:
-                self.metrics.rejected.labels(reason=exc.reason).inc()
-                log.warning("refused message on %r (%d bytes): %s", m.topic, len(m.payload), exc)
+            verdict = decode(m.topic, m.payload)
+            if isinstance(verdict, gate.Refused):
+                self._refuse(verdict, len(m.payload))
                 if m.qos:
                     refused.append(m.packet_id)
                 continue
+            device_id, kind, body = verdict
             kinds[kind] += 1
             msg = Accepted(device_id, kind, body, received_at, m.payload)
             items.append(_Item(msg, m.packet_id, generation))
         for kind, n in kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
         self.client.ack(generation, refused)
+        self.taken += len(items)
         if items:
             self._buffer.put_many(items, self._stop)
 
+    def _receipts(self, batch: list[_Item], ts: float) -> None:
+        """After the commit: one receipt per device of the batch (docs/protocol.md)."""
+        for topic, payload in receipts.messages([item.msg for item in batch], ts):
+            try:
+                self.client.publish(topic, payload, 1)
+            except MqttError as exc:  # too much waits for the broker: the device resends
+                self.metrics.receipts_unsent.inc()
+                log.warning("receipt on %s not sent: %s", topic, exc)
+            else:
+                self.metrics.receipts_sent.inc()
+
+    def _refuse(self, refused: gate.Refused, size: int) -> None:
+        self.metrics.rejected.labels(reason=refused.reason).inc()
+        self.refusals.add(refused.device_id, refused.reason)
+        self.refusal_log.note(refused, size)
+
     # ---------------------------------------------------------------- writer
     def _write_loop(self) -> None:
-        while not (self._stop.is_set() and not len(self._buffer)):
-            batch = self._buffer.take(self.settings.batch_size, self.settings.batch_ms / 1000)
+        # a writer started again by the supervisor first stores the batch its predecessor
+        # held when it died (taken from the buffer, not yet stored and acknowledged)
+        while not (self._stop.is_set() and not len(self._buffer) and not self._pending):
+            batch = self._pending or self._buffer.take(
+                self.settings.batch_size, self.settings.batch_ms / 1000
+            )
+            self._pending = batch
             self.metrics.queue_depth.set(len(self._buffer))
             if batch:
-                try:
-                    self._store(batch)
-                finally:
-                    self._buffer.done(len(batch))  # counted as done once stored and acked
+                self._store(batch)  # returns once stored and acked, or when stopping
+                self._pending = []
+                self._buffer.done(len(batch))
 
     def _store(self, batch: list[_Item]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                with self.metrics.batch_seconds.time():
-                    stats = self.registry.apply([item.msg for item in batch])
-                break
-            except SQLAlchemyError:  # the DB is down or locked: keep the batch, retry
-                self.metrics.store_errors.inc()
-                log.exception("storing a batch of %d failed; retrying in %.1fs", len(batch), delay)
-                if self._stop.wait(delay):
-                    return  # not acked: the broker keeps them for the next start
-                delay = min(delay * 2, 10.0)
+        # the DB away: kept and retried; a message at fault: set aside (safestore.py)
+        done = self.safe.apply([item.msg for item in batch])
+        if done is None:
+            return  # stopping; not acked: the broker keeps them for the next start
+        stats, set_aside = done
         committed = time.time()
         by_generation: dict[int, list[int]] = {}
         kinds: Counter[str] = Counter()
-        for item in batch:
+        aside = set(set_aside)
+        for n, item in enumerate(batch):
+            if item.mid:  # stored or set aside: acknowledged either way
+                by_generation.setdefault(item.generation, []).append(item.mid)
+            if n in aside:
+                continue
             kinds[item.msg.kind] += 1
             if item.msg.kind == "heartbeat":
                 self.metrics.lag.observe(max(0.0, committed - float(item.msg.body["ts"])))
-            if item.mid:
-                by_generation.setdefault(item.generation, []).append(item.mid)
         for generation, mids in by_generation.items():
             self.client.ack(generation, mids)
+        if self.send_receipts:
+            self._receipts(batch, committed)
         for kind, n in kinds.items():
             self.metrics.stored.labels(kind=kind).inc(n)
         self.metrics.duplicates.inc(stats.duplicates)

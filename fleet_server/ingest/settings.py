@@ -22,6 +22,12 @@ class MqttSettings(_Section):
         description="Seconds the broker keeps this worker's session (and queued messages) "
         "after a disconnect",
     )
+    keep_session_on_stop: bool = Field(
+        True,
+        description="A clean stop (SIGTERM) keeps this worker's session, so the broker queues "
+        "its share of the group until it is back; false: a clean stop leaves the group "
+        "(as `leave-group` does)",
+    )
     shared: bool = Field(
         True, description="Join the MQTT v5 shared subscription group so workers split the load"
     )
@@ -37,4 +43,23 @@ class IngestSettings(_Section):
         ge=10,
         description="Messages held between MQTT and the DB writer; when full, reading from "
         "the broker pauses (the broker queues for us)",
+    )
+    refusal_log_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Refused messages are logged once per device and reason, then at most one "
+        "summary line per this many seconds (counts are in /metrics either way)",
+    )
+    thread_restarts_max: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="An ingest thread that dies is started again, at most this many times a "
+        "minute; once more and the process exits with status 70 (systemd starts it again)",
+    )
+    healthz_link_down_s: float = Field(
+        30.0,
+        gt=0,
+        description="/healthz answers 503 while the MQTT link has been down longer than this",
     )

@@ -248,5 +248,5 @@ def rollouts_routes(
         repo_dir = repo_dir_of(settings.ota, settings.data_dir)
     router = APIRouter()
     router.include_router(rollouts_router(sessions, send, settings.rollouts, repo_dir))
-    router.include_router(rollout_pages_router(sessions, pages))
+    router.include_router(rollout_pages_router(sessions, pages, settings.dashboard))
     return router

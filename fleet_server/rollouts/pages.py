@@ -6,24 +6,23 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from html import escape
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.access.audit import Actor
 from fleet_server.access.auth import ADMIN, OPERATOR
+from fleet_server.dashboard.env import locale_dependency, make_env
 from fleet_server.dashboard.login import ui_reader
+from fleet_server.dashboard.settings import DashboardSettings
 from fleet_server.dashboard.views import NAV, ExtraPage, Section
 from fleet_server.rollouts import actions, plan
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts.model import Campaign
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "dashboard" / "templates"
 PAGE = 200
 _SCRIPT = """<script>
 async function rollout(cid, what) {
@@ -158,12 +157,14 @@ def update_section(db: Session, device_id: str) -> Section | None:
 
 
 def rollout_pages_router(
-    sessions: sessionmaker[Session], pages: Sequence[ExtraPage] = ()
-) -> APIRouter:
+    sessions: sessionmaker[Session], pages: Sequence[ExtraPage] = (),
+    dashboard: DashboardSettings | None = None,
+) -> APIRouter:  # fmt: skip
     """The campaign page, /ui/rollouts/<id> (the list is an ExtraPage of the dashboard)."""
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env = make_env()
     nav = NAV + [(href, name) for href, name, _render in pages]
-    router = APIRouter(prefix="/ui", include_in_schema=False)
+    locale = locale_dependency(dashboard or DashboardSettings())
+    router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(locale)])
 
     @router.get("/rollouts/{cid}", response_class=HTMLResponse)
     def campaign_page(

@@ -23,11 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common import commissioning as signed
+from common import privacy
 from fleet_server.access import audit
 from fleet_server.access.audit import Actor
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.identity.ca_ops import issuing_cert
 from fleet_server.identity.model import Commissioning, IssuedCertificate, RevokedDevice, Site
+from fleet_server.privacy import store as privacy_store
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}[a-z0-9]$"
 
@@ -85,6 +87,9 @@ class RecordBody(_Strict):
     zones: list[Zone] = Field(default_factory=list, max_length=64, description="Zones")
     lines: list[Line] = Field(default_factory=list, max_length=64, description="Lines")
     reference_frame: FrameRef | None = Field(None, description="Frame captured at install")
+    masks: dict[str, Any] | None = Field(
+        None, description="Privacy and motion masks drawn on the reference frame (issue 20)"
+    )
     created_at: float = Field(description="When the record was made (Unix seconds)")
     technician: str = Field(max_length=64, description="Who commissioned the site")
 
@@ -136,6 +141,11 @@ class SiteRecords:
         for line in body.lines:
             if not _in_unit([line.a, line.b]):
                 raise SiteRecordError(400, "bad_record", f"line {line.name} outside the image")
+        if body.masks is not None:
+            try:
+                privacy.check_masks(body.masks)
+            except privacy.MaskError as exc:
+                raise SiteRecordError(400, "bad_masks", str(exc)) from exc
         cert = self._device_cert(certificate_pem, body.device_id)
         try:
             signed.verify(record, signature, cert.public_key())
@@ -226,6 +236,23 @@ class SiteRecords:
                 body.device_id,
                 detail={"record_id": body.record_id, "site_id": body.site.site_id},
             )
+            if body.masks is not None:  # the signed masks become the camera's masks
+                masks = privacy_store.set_masks(
+                    db,
+                    body.device_id,
+                    privacy.check_masks(body.masks),
+                    f"commissioning:{body.record_id}",
+                    by.name,
+                    now,
+                )
+                audit.record(
+                    db,
+                    by,
+                    "privacy.masks",
+                    body.device_id,
+                    "ok",
+                    {"version": masks.version, "digest": masks.digest, "record_id": body.record_id},
+                )
         return True
 
     def latest_for_device(self, device_id: str) -> Commissioning | None:

@@ -15,7 +15,7 @@ def test_config_defaults():
     assert cfg["broker_port"] == 8883 and cfg["heartbeat_s"] == 60 and cfg["hal"] == "sim"
     assert cfg["ca"] == "/etc/camfleet/root.der" and cfg["key"] == "/etc/camfleet/key.der"
     assert cfg["state_dir"] == "/etc/camfleet/state" and cfg["ring_slots"] == 64
-    assert cfg["reconnect_first_spread_s"] == 20.0 and cfg["reconnect_cap_s"] == 300.0
+    assert cfg["reconnect_first_spread_s"] == 20.0 and cfg["reconnect_cap_s"] == 30.0
     assert cfg["box_id"] == "" and cfg["box_max_cycles"] == 3 and cfg["max_packet"] == 4096
     assert sorted(cfg) == sorted(config.names(config.LOCAL) + config.names(config.SETTINGS))
     assert cfg["pins"] == {} and cfg["wifi_key"] == "" and cfg["reconnect_base_s"] == 1.0

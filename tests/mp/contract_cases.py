@@ -31,6 +31,7 @@ BODIES = {
         "state": "downloading",
         "progress": 12.5,
     },
+    "receipt": {"epoch": "9f3a01c2", "ranges": [[0, 41], [43, 43]]},
 }
 
 
@@ -101,6 +102,7 @@ def test_topic_for_every_kind():
         "config_desired": "config/desired",
         "update_desired": "update/desired",
         "update_state": "update/state",
+        "receipt": "receipt",
     }
     assert sorted(C.KINDS) == sorted(want)
     for kind, suffix in want.items():
@@ -378,7 +380,8 @@ def test_reconnect_cap_and_huge_attempts():
 
 def test_reconnect_defaults():
     assert C.reconnect_delay(0, 0.5) == 10.0
-    assert C.reconnect_delay(100, 0.5) == 150.0
+    assert C.reconnect_delay(100, 0.5) == C.RECONNECT_CAP_S / 2
+    assert C.RECONNECT_CAP_S + 20.0 < 60.0  # back within a minute, the first spread included
 
 
 def test_update_state_enums_and_ranges():
@@ -390,3 +393,62 @@ def test_update_state_enums_and_ranges():
             assert exc.reason == C.R_SCHEMA, (field, exc.reason)
         else:
             raise AssertionError("update_state with " + field + "=" + repr(bad) + " accepted")
+
+
+# ---------------------------------------------------------------- receipts (issue 14)
+
+
+def test_seq_ranges_merge_and_sort():
+    assert C.seq_ranges([]) == []
+    assert C.seq_ranges([5, 3, 4, 4, 9, 10, 1]) == [[1, 1], [3, 5], [9, 10]]
+
+
+def test_receipt_bodies_split_at_max_ranges():
+    seqs = list(range(0, 2 * (C.RECEIPT_MAX_RANGES + 3), 2))  # every other: one range each
+    bodies = C.receipt_bodies("e1", seqs)
+    assert len(bodies) == 2
+    assert len(bodies[0]["ranges"]) == C.RECEIPT_MAX_RANGES
+    assert sum(len(b["ranges"]) for b in bodies) == len(seqs)
+    for body in bodies:
+        topic, data, qos, retain = C.encode("receipt", DEV, body, TS)
+        assert topic.endswith("/receipt") and qos == 1 and not retain
+        assert len(data) <= C.KINDS["receipt"][4]
+        assert C.decode(topic, data)[1] == "receipt"
+
+
+def test_receipt_ranges_accepts_what_was_given_out():
+    body = {"epoch": "e1", "ranges": [[0, 3], [7, 7]]}
+    assert C.receipt_ranges(body, "e1", 8) == [[0, 3], [7, 7]]
+    assert C.receipt_ranges({"ranges": [[0, 0]]}, "", 1) == [[0, 0]]  # a stream without epoch
+
+
+def test_receipt_ranges_refuses_forged_and_malformed():
+    refuse = (
+        ({"epoch": "other", "ranges": [[0, 1]]}, "another event stream"),
+        ({"epoch": "e1", "ranges": [[0, 8]]}, "never sent"),  # next_seq is 8
+        ({"epoch": "e1", "ranges": [[0, 2**53]]}, "never sent"),
+        ({"epoch": "e1", "ranges": [[3, 2]]}, "0 <= lo <= hi"),
+        ({"epoch": "e1", "ranges": [[-1, 2]]}, "0 <= lo <= hi"),
+        ({"epoch": "e1", "ranges": [[1]]}, "[lo, hi]"),
+        ({"epoch": "e1", "ranges": [[1, 2, 3]]}, "[lo, hi]"),
+        ({"epoch": "e1", "ranges": [[1.0, 2]]}, "0 <= lo <= hi"),
+        ({"epoch": "e1", "ranges": [[True, 2]]}, "0 <= lo <= hi"),
+        ({"epoch": "e1", "ranges": ["0-3"]}, "[lo, hi]"),
+        ({"epoch": "e1", "ranges": [[0, 0]] * (C.RECEIPT_MAX_RANGES + 1)}, "too many"),
+    )
+    for body, why in refuse:
+        exc = rejects(C.R_SCHEMA, C.receipt_ranges, body, "e1", 8)
+        assert why in exc.detail, (body, exc.detail)
+
+
+def test_receipt_schema():
+    rejects(C.R_SCHEMA, C.validate, "receipt", _payload("receipt", ranges=None))
+    rejects(C.R_SCHEMA, C.validate, "receipt", _payload("receipt", ranges={"0": 1}))
+    rejects(C.R_SCHEMA, C.validate, "receipt", _payload("receipt", epoch=5))
+    up = [t for t, _q in C.server_subscriptions()]
+    assert not [t for t in up if t.endswith("/receipt")]  # the server never reads receipts
+    assert ("read", "camfleet/v1/%u/receipt") in C.device_acl_patterns()
+
+
+# issue 15: shape bounds, the hostile corpus, a fuzz loop (tests/mp/shape_cases.py)
+from tests.mp.shape_cases import *  # noqa: E402, F403

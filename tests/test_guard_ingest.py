@@ -1,0 +1,182 @@
+"""Issue 15 against the real server process, the real broker and real TLS clients: one
+device's poison payloads are refusals that cost nobody else anything, events belong to
+their sender, and what fails after the contract is set aside as a dead letter."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from firmware import contract
+from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from hil_tests.procs import Broker, wait_for
+from hil_tests.server import ServerProcess
+from tests.mqtt_helpers import Client
+
+MakeDevice = Callable[[str], DeviceCredentials]
+
+
+@pytest.fixture(scope="module")
+def server(
+    broker: Broker, ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("guard-server"), ca.dir, broker.port, grace=5.0,
+        client_id="guard-server-1", extra={"ingest": {"refusal_log_interval_s": 30}},
+    )  # fmt: skip
+    srv.start_and_wait()
+    yield srv
+    assert srv.stop() == 0, srv.log_text()[-2000:]
+
+
+def _db(server: ServerProcess) -> sqlite3.Connection:
+    return sqlite3.connect(server.config_path.parent / "fleet.db", timeout=30)
+
+
+def _count(server: ServerProcess, sql: str, *args: object) -> int:
+    db = _db(server)
+    try:
+        return int(db.execute(sql, args).fetchone()[0])
+    finally:
+        db.close()
+
+
+def _device(broker: Broker, creds: DeviceCredentials) -> Client:
+    return Client(broker.port, creds.root_pem, creds.cert_pem, creds.key_pem, creds.device_id)
+
+
+def _heartbeat(device: str, seq: int) -> tuple[str, bytes]:
+    body = {"seq": seq, "kind": "agent", "interval_s": 30, "uptime_s": float(seq)}
+    topic, payload, _q, _r = contract.encode("heartbeat", device, body, time.time())
+    return topic, payload
+
+
+def _poison(device: str) -> list[tuple[str, bytes, str]]:
+    """(topic, payload, reason): what a device with a valid certificate can send."""
+    hb = contract.topic(device, "heartbeat")
+    ev = contract.topic(device, "event")
+    head = _heartbeat(device, 1)[1][:-1]
+    return [
+        (hb, b"[" * 4000 + b"]" * 4000, contract.R_SHAPE),  # the issue's killer
+        (hb, b'{"a":' * 1300 + b"1" + b"}" * 1300, contract.R_SHAPE),
+        (hb, head + b', "hardware": ' + b"[" * 3000 + b"]" * 3000 + b"}", contract.R_SHAPE),
+        (hb, head + b', "mem_free": ' + b"9" * 400 + b"}", contract.R_SHAPE),
+        (hb, head + b', "x": 1e999}', contract.R_SHAPE),
+        (hb, head + b', "camera": "\\ud800"}', contract.R_SHAPE),
+        (hb, head + b', "camera": "a\\u0000b"}', contract.R_SHAPE),
+        (hb, head + b', "camera": "\xff\xfe"}', contract.R_JSON),
+        (hb, head + b', "x": ' + b"9" * 5000 + b"}", contract.R_JSON),
+        (ev, _many_values(device), contract.R_SHAPE),
+    ]
+
+
+def _many_values(device: str) -> bytes:
+    body = {"v": 1, "id": device, "ts": 1.0, "seq": 1, "event_id": "e", "type": "t",
+            "data": {"x": [0] * 5000}}  # fmt: skip
+    return json.dumps(body).encode()
+
+
+def test_poison_payloads_are_refusals_and_other_devices_keep_being_stored(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    honest_id, evil_id = "guard-honest-1", "guard-evil-1"
+    honest = _device(broker, device_factory(honest_id))
+    evil = _device(broker, device_factory(evil_id))
+    poison = _poison(evil_id)
+    reasons = {r for _t, _p, r in poison}
+    before = {r: server.metric("camfleet_ingest_rejected_total", f'reason="{r}"') for r in reasons}
+    rounds = 5
+    try:
+        seq = 0
+        for _round in range(rounds):
+            for topic, payload, _reason in poison:
+                evil.publish(topic, payload)
+                seq += 1
+                honest.publish(*_heartbeat(honest_id, seq))
+        wait_for(
+            lambda: _count(server, "SELECT count(*) FROM heartbeats WHERE device_id = ?",
+                           honest_id) == seq,
+            20, what=f"all {seq} honest heartbeats stored",
+        )  # fmt: skip
+        # the ingest still runs after the attack: one more heartbeat is stored
+        seq += 1
+        honest.publish(*_heartbeat(honest_id, seq))
+        wait_for(
+            lambda: _count(server, "SELECT count(*) FROM heartbeats WHERE device_id = ?",
+                           honest_id) == seq,
+            10, what="a heartbeat after the attack",
+        )  # fmt: skip
+    finally:
+        honest.close()
+        evil.close()
+    want: dict[str, int] = {}
+    for _t, _p, reason in poison:
+        want[reason] = want.get(reason, 0) + rounds
+    for reason, n in want.items():
+        got = server.metric("camfleet_ingest_rejected_total", f'reason="{reason}"') - before[reason]
+        assert got == n, (reason, got, n)
+    assert _count(server, "SELECT count(*) FROM heartbeats WHERE device_id = ?", evil_id) == 0
+    assert server.get("/healthz")[0] == 200
+    dev = server.device(honest_id)
+    assert dev is not None and dev["state"] == "online"
+    # 50 refusals, two reasons, one device: logged once each (summaries come per 30 s)
+    lines = [ln for ln in server.log_text().splitlines() if f"from {evil_id}" in ln]
+    assert 1 <= len(lines) <= 4, lines
+    assert server.metric("camfleet_ingest_refusal_log_lines_total") <= 4 + 10
+
+
+def test_events_belong_to_their_sender(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    """A device that sends another's event id first does not make the real one a
+    duplicate; a repeat of the same (device, id) still is one."""
+    a_id, b_id = "guard-ev-a", "guard-ev-b"
+    a = _device(broker, device_factory(a_id))
+    b = _device(broker, device_factory(b_id))
+    shared = f"{a_id}-1-7"  # the id device a will use, taken by b first
+
+    def event(dev: str, data: dict[str, object]) -> tuple[str, bytes]:
+        body = {"seq": 7, "event_id": shared, "type": "door_open", "data": data}
+        topic, payload, _q, _r = contract.encode("event", dev, body, time.time())
+        return topic, payload
+
+    try:
+        b.publish(*event(b_id, {"who": "b"}))
+        wait_for(lambda: _count(server, "SELECT count(*) FROM events WHERE device_id = ?",
+                                b_id) == 1, 10, what="b's event")  # fmt: skip
+        a.publish(*event(a_id, {"who": "a"}))
+        a.publish(*event(a_id, {"who": "a-again"}))  # a redelivery: same device, same id
+        wait_for(lambda: _count(server, "SELECT count(*) FROM events WHERE device_id = ?",
+                                a_id) == 1, 10, what="a's event")  # fmt: skip
+        time.sleep(0.5)
+    finally:
+        a.close()
+        b.close()
+    status, page = server.get(f"/api/events?device_id={a_id}")
+    assert status == 200 and page["total"] == 1
+    assert page["items"][0]["data"] == {"who": "a"}
+    status, page = server.get(f"/api/events?device_id={b_id}")
+    assert status == 200 and page["items"][0]["data"] == {"who": "b"}
+
+
+def test_dead_letters_are_listed_by_the_api(server: ServerProcess) -> None:
+    db = _db(server)
+    try:
+        db.execute(
+            "INSERT INTO dead_letters (device_id, kind, received_at, failed_at, error, payload)"
+            " VALUES ('guard-dl-1', 'event', 1.0, 2.0, 'DataError: value too long', '{}')"
+        )
+        db.commit()
+    finally:
+        db.close()
+    status, page = server.get("/api/dead-letters?device_id=guard-dl-1")
+    assert status == 200, page
+    assert page["total"] == 1
+    assert page["items"][0]["error"] == "DataError: value too long"
+    assert server.get("/api/dead-letters", token="")[0] == 401
+    _status, spec = server.get("/openapi.json")
+    assert "/api/dead-letters" in spec["paths"]

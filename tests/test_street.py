@@ -1,0 +1,153 @@
+"""A real street, generated over real photos (hil_tests.street): a swaying pole, a bump,
+rain and noise, the light of a whole day, a hand over the lens; through the motion gate,
+the scene health and the whole pipeline with the real model. Long versions are
+``hil_long``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.vision.detector import Detector
+from agent.vision.motion import MotionGate
+from agent.vision.pipeline import Pipeline, cut_by_roi, grey_of
+from agent.vision.settings import LineSettings, MotionSettings, PipelineSettings
+from hil_tests import scenes, street
+from tests.detection_helpers import detector, model_files
+
+__all__ = ["detector", "model_files"]  # fixtures
+
+FPS = 5.0
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any], float]] = []
+
+    def __call__(self, kind: str, data: dict[str, Any], ts: float, _cls: str) -> str:
+        self.events.append((kind, data, ts))
+        return f"e{len(self.events)}"
+
+    def kinds(self, kind: str, label: str | None = None) -> list[dict[str, Any]]:
+        return [
+            d for k, d, _ts in self.events if k == kind and (label is None or d["label"] == label)
+        ]
+
+    def problems(self) -> list[str]:
+        return [d["condition"] for k, d, _ts in self.events if k == "scene.problem"]
+
+
+def _gate_run(st: street.Street, n: int, gate: MotionGate) -> list[bool]:
+    return [gate.decide(grey_of(st.frame(i), 160, fast=True), i / FPS).run for i in range(n)]
+
+
+# ---------------------------------------------------------------- the gate alone
+
+
+def test_gate_takes_out_the_sway_of_the_pole() -> None:
+    st = street.Street(shift=street.sway(amplitude=4.0))
+    gate = MotionGate(MotionSettings(keyframe_s=10.0))
+    errors = []
+    runs = 0
+    for i in range(100):
+        d = gate.decide(grey_of(st.frame(i), 160, fast=True), i / FPS)
+        runs += d.run
+        if i > 0 and d.shift != (0.0, 0.0):  # the image moves opposite to the camera
+            truth = np.subtract(st.shift(i), st.shift(0)) / 4.0  # 640 -> 160 pixels
+            errors.append(float(np.hypot(*(np.add(d.shift, truth)))))
+    assert runs == 2, runs  # the keyframes at 0 s and 10 s, nothing else
+    assert len(errors) > 50 and float(np.median(errors)) < 0.35, errors
+
+
+def test_without_compensation_the_same_sway_is_a_storm_of_motion() -> None:
+    """The control: the sway is real motion to a plain frame difference."""
+    st = street.Street(shift=street.sway(amplitude=4.0))
+    gate = MotionGate(MotionSettings(keyframe_s=10.0, max_shift=0.001))  # nothing taken out
+    assert sum(_gate_run(st, 40, gate)) > 10  # compensated: 1 (the first keyframe)
+
+
+def test_a_bump_is_one_global_change_not_a_motion_storm() -> None:
+    bumped = {"dx": 0.0}
+    st = street.Street(shift=lambda _i: (bumped["dx"], 0.0))
+    gate = MotionGate(MotionSettings(keyframe_s=100.0))
+    runs = []
+    for i in range(60):
+        if i == 20:
+            bumped["dx"] = 70.0  # knocked sideways by more than the sway allows
+        runs.append(gate.decide(grey_of(st.frame(i), 160, fast=True), i / FPS))
+    assert gate.global_changes == 1
+    assert [i for i, d in enumerate(runs) if d.run] == [0, 20]  # the start and the bump
+    assert runs[20].global_change and runs[20].roi == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_a_mask_hides_motion_from_the_gate() -> None:
+    mover = scenes.Mover(scenes.person(), 5, 30, 0.1, 0.3, 0.2, 260)
+    st = street.Street(movers=[mover])
+    grey = [grey_of(st.frame(i), 160, fast=True) for i in range(35)]
+    mask = np.zeros_like(grey[0])
+    mask[:, :100] = 255  # the left 5/8: where the person walks
+    plain, masked = MotionGate(MotionSettings()), MotionGate(MotionSettings())
+    plain_runs = sum(plain.decide(g, i / FPS).run for i, g in enumerate(grey))
+    masked_runs = sum(masked.decide(g, i / FPS, mask).run for i, g in enumerate(grey))
+    assert plain_runs > 12 and masked_runs == 1, (plain_runs, masked_runs)
+    with pytest.raises(ValueError, match="motion mask"):
+        masked.decide(grey[0], 8.0, mask[:10])
+
+
+# ---------------------------------------------------------------- the whole pipeline
+
+
+def test_sway_parked_car_is_one_track_and_the_walker_is_counted_once(
+    detector: Detector,
+) -> None:
+    walker = scenes.Mover(scenes.person(), 70, 40, 0.1, 0.85, 0.0, 220)  # above the car
+    st = street.Street(
+        parked=[street.Parked(scenes.cat(), 0.55, 0.55, 180)],
+        movers=[walker],
+        shift=street.sway(amplitude=4.0),
+    )
+    line = LineSettings(name="mid", a=(0.5, 0.0), b=(0.5, 1.0), directions=("west", "east"))
+    sink = Sink()
+    p = Pipeline(PipelineSettings(lines=[line], counts_every_s=600), detector, sink, 1000.0)
+    n = 160
+    quiet_frames = quiet_runs = 0
+    for i in range(n):
+        r = p.process(st.frame(i), i / FPS, 1000.0 + i / FPS)
+        if not 65 <= i < 115:  # nothing crossing (with a margin for the walker's trail)
+            quiet_frames += 1
+            quiet_runs += r.detected
+    p.close(1000.0 + n / FPS)
+    saved = 1.0 - quiet_runs / quiet_frames
+    assert saved >= 0.9, (quiet_runs, quiet_frames)
+    assert len(sink.kinds("track.new", "Cat")) == 1, sink.events  # the parked one: one track
+    assert len(sink.kinds("track.new", "Person")) == 1
+    counts = sink.kinds("counts")
+    assert counts[-1]["lines"] == {"mid": {"Person": {"east": 1}}}, counts
+    assert sink.problems() == []
+
+
+@pytest.mark.hil_long
+def test_sway_over_ten_minutes_saves_the_detector(detector: Detector) -> None:
+    st = street.Street(
+        parked=[street.Parked(scenes.cat(), 0.62, 0.55, 180)], shift=street.sway(amplitude=4.0)
+    )
+    sink = Sink()
+    p = Pipeline(PipelineSettings(), detector, sink, 1000.0)
+    n = 3000
+    for i in range(n):
+        p.process(st.frame(i), i / FPS, 1000.0 + i / FPS)
+    p.close(1000.0 + n / FPS)
+    assert 1.0 - p.invokes / n >= 0.95
+    assert len(sink.kinds("track.new", "Cat")) == 1
+    assert sink.problems() == []
+
+
+def test_a_box_cut_by_the_region_is_dropped_one_at_the_frame_edge_is_not() -> None:
+    roi = (0.3, 0.2, 0.8, 0.9)
+    assert cut_by_roi((0.7, 0.4, 0.8, 0.6), roi)  # reaches the region's right edge
+    assert not cut_by_roi((0.4, 0.3, 0.6, 0.6), roi)  # wholly inside
+    edge = (0.0, 0.2, 0.5, 1.0)  # a region at the frame's left and bottom edges
+    assert not cut_by_roi((0.0, 0.5, 0.2, 1.0), edge)  # the frame's edge cuts, not the region
+    assert cut_by_roi((0.3, 0.5, 0.5, 0.8), edge)
