@@ -53,12 +53,12 @@ def _wire_downlink(
     capture: Capture,
     stop_event: threading.Event,
     ota: AgentOta,
+    guard: PrivacyState,
 ) -> tuple[LogRing, Commands, Link]:
     """The MQTT link with the command handler (and the updater) on its downlink, and the
     log ring it reads."""
     ring = LogRing()
     logging.getLogger().addHandler(ring)
-    guard = PrivacyState(settings.state_dir)  # issue 20: policy and masks of this camera
     remote = make_commands(settings, capture, stop_event, ring, guard)
     link = Link(settings.device_id, settings.mqtt, on_message=ota.route(remote.handle))
     remote.publish = link.publish
@@ -95,8 +95,9 @@ def run(settings: AgentSettings, stop_event: threading.Event) -> None:
     hardware = read_hardware(settings.camera.type)
     reader = HostReader(settings.state_dir)
     capture = _make_capture(settings)
-    ring, remote, link = _wire_downlink(settings, capture, stop_event, ota)
-    extras = Supervisor(settings, capture, link)  # systemd, metrics, detection pipeline
+    guard = PrivacyState(settings.state_dir)  # issue 20: policy and masks of this camera
+    ring, remote, link = _wire_downlink(settings, capture, stop_event, ota, guard)
+    extras = Supervisor(settings, capture, link, guard)  # systemd, metrics, detection pipeline
     if extras.detection is not None:
         ota.use_pipeline(extras.detection.thread)  # model updates also judged in shadow
     started = time.monotonic()

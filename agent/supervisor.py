@@ -11,17 +11,23 @@ from agent.health.metrics import AgentMetrics
 from agent.link.mqtt import Link
 from agent.sdnotify import Notifier
 from agent.vision.camera import Capture
+from agent.vision.privacy import PrivacyState
 from agent.vision.runner import Detection, start_detection
 
 
 class Supervisor:
-    def __init__(self, settings: AgentSettings, capture: Capture, link: Link) -> None:
+    def __init__(
+        self, settings: AgentSettings, capture: Capture, link: Link,
+        guard: PrivacyState | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.link = link
         self.metrics = AgentMetrics()
         self.notifier = Notifier()
         # checks the detector, model card, labels and outbox now: a bad config stops here
-        self.detection: Detection | None = start_detection(settings, capture, link, self.metrics)
+        self.detection: Detection | None = start_detection(
+            settings, capture, link, self.metrics, guard
+        )
 
     def start(self) -> None:
         if self.settings.metrics_port:

@@ -36,9 +36,10 @@ MAX_TOTAL_POINTS = 600  # corners of all a camera's polygons
 MIN_AREA = 1e-5  # a smaller polygon (a line, a point) is degenerate
 DIGITS = 4  # coordinates are kept to 1/10,000 of the frame
 
-# an anonymised image: its longer side at most this (a person detector finds nobody in a
-# 16-pixel thumbnail of a person; bench and tests/test_privacy_box.py), and this small
-ANON_MAX_SIDE = 16
+# an anonymised image: its longer side at most this (the detector finds nobody in a 12-pixel
+# thumbnail of a person however it is scaled up; at 16 pixels it found one, at 0.42, in a
+# snapshot crop: tests/test_privacy_box.py), and this small
+ANON_MAX_SIDE = 12
 ANON_MAX_BYTES = 2048
 
 Polygon = list[list[float]]

@@ -103,6 +103,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# -O3: no line numbers in the bytecode (tracebacks name the function and "line 1"): the
+# loaded code is what fills a node's heap, and this saves 1 KiB of it (docs/firmware.md
+# "Memory"). The firmware has no assert statements for the optimisation to remove.
+MPY_FLAGS = ["-O3"]
+
+
 def build(out: Path, sim: bool = False, source: Path = HERE) -> list[Path]:
     """Compile the manifest's modules into ``out`` (emptied first); returns the files."""
     out = Path(out)
@@ -114,7 +120,7 @@ def build(out: Path, sim: bool = False, source: Path = HERE) -> list[Path]:
     for name in manifest_modules(sim, source / "manifest.py"):
         target = out / (name[:-3] + ".mpy")
         proc = subprocess.run(
-            [tool, "-o", str(target), "-s", name, str(source / name)],
+            [tool, *MPY_FLAGS, "-o", str(target), "-s", name, str(source / name)],
             capture_output=True,
             text=True,
             check=False,

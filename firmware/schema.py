@@ -69,6 +69,8 @@ SCHEMAS = {
         "sharpness": (_T_NUM, False),
         "infer_ms": (_T_NUM, False),
         "invokes": (_T_INT, False),
+        "light": (_T_STR, False),
+        "unreliable": (_T_LIST, False),
     },
     "event": {
         "seq": (_T_INT, True),

@@ -9,8 +9,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp
 
 from fleet_server.access.auth import AUTH_RESPONSES, READERS, require_role
+from fleet_server.access.headers import SecurityHeaders
 from fleet_server.dashboard import mount_static
 from fleet_server.db import Device
 from fleet_server.ingest.registry import Registry
@@ -69,14 +71,25 @@ def device_out(dev: Device, tags: Sequence[str] = ()) -> DeviceOut:
     )
 
 
+class _App(FastAPI):
+    """FastAPI with the security headers outside its whole stack (also on 500 pages)."""
+
+    img_src: Sequence[str] = ()
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack(), self.img_src)
+
+
 def create_app(
     registry: Registry,
     metrics: Metrics,
     routers: Sequence[APIRouter] = (),
     health: Callable[[], str | None] = lambda: None,
+    img_src: Sequence[str] = (),
 ) -> FastAPI:
-    """``health``: why the process is unhealthy (``/healthz`` 503), or None."""
-    app = FastAPI(
+    """``health``: why the process is unhealthy (``/healthz`` 503), or None; ``img_src``:
+    more image sources for the Content-Security-Policy (a map's tile server)."""
+    app = _App(
         title="camfleet fleet server",
         version="0.1.0",
         description="Registry and health of the camera fleet.",
@@ -84,6 +97,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.img_src = tuple(img_src)
 
     reader = [Depends(require_role(*READERS))]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import urllib.parse
 from collections.abc import Callable, Generator
 
 import uvicorn
@@ -18,6 +19,8 @@ from fleet_server.health.notify import Notifier
 from fleet_server.health.runner import DeadlineMonitor
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.identity.ca_ops import EST_KEY, ensure_est_cert
+from fleet_server.ingest.guard_api import broker_kick
+from fleet_server.ingest.quarantine import Quarantine
 from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
 from fleet_server.ingest.supervisor import Watched
@@ -56,6 +59,16 @@ def _tls(settings: ServerSettings, ca: CertificateAuthority) -> tuple[str | None
     return str(ensure_est_cert(ca, settings.broker.hosts)), str(ca.dir / EST_KEY)
 
 
+def csp_img_src(settings: ServerSettings) -> list[str]:
+    """Image origins the dashboard's CSP allows besides its own: ``[api] csp_img_src`` and
+    the origin of ``[dashboard] tiles_url`` (the province's tile server), when set."""
+    extra = list(settings.api.csp_img_src)
+    tiles = urllib.parse.urlsplit(settings.dashboard.tiles_url)
+    if tiles.scheme in ("http", "https") and tiles.netloc:
+        extra.append(f"{tiles.scheme}://{tiles.netloc}")
+    return extra
+
+
 def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) -> None:
     """Run the server (``role`` all), or one of its processes (fleet_server/roles.py)."""
     if role is Role.INGEST:
@@ -74,9 +87,12 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     metrics = Metrics()
     notifier = Notifier(settings.alerts, metrics)
     ca = CertificateAuthority(settings.pki_dir)
+    quarantine = Quarantine(sessions, broker_kick(settings, ca))  # issue 15
     ingest = Ingest(registry, metrics, ca, settings.mqtt, settings.ingest, notifier,
-                    subscribe=role is Role.ALL, send_receipts=settings.receipts.send)  # fmt: skip
-    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier, ingest.send)
+                    subscribe=role is Role.ALL, send_receipts=settings.receipts.send,
+                    quarantine=quarantine)  # fmt: skip
+    ctx = ServerContext(settings, engine, sessions, registry, metrics, ca, notifier, ingest.send,
+                        quarantine)  # fmt: skip
     monitor = DeadlineMonitor(
         registry, metrics, notifier, settings.health.heartbeat_grace,
         settings.health.check_interval_s,
@@ -100,7 +116,8 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     ingest.supervisor.watch(Watched(retention.name, retention.run, retention))
     ingest.supervisor.watch(Watched(losses.name, losses.run, losses))  # issue 14
     link_down_s = settings.ingest.healthz_link_down_s
-    app = create_app(registry, metrics, routers(ctx), health=lambda: ingest.problem(link_down_s))
+    app = create_app(registry, metrics, routers(ctx), health=lambda: ingest.problem(link_down_s),
+                     img_src=csp_img_src(settings))  # fmt: skip
     cert, key = _tls(settings, ca)
     server = _Server(
         uvicorn.Config(

@@ -38,6 +38,15 @@ class ApiSettings(_Section):
     tls_key: Path | None = Field(
         None, description="Private key of tls_cert (PEM); default: pki_dir/est.key"
     )
+    session_s: int = Field(
+        12 * 3600, ge=60, le=30 * 86400,
+        description="Life of a dashboard session (sign-out or an admin ends it sooner)",
+    )  # fmt: skip
+    csp_img_src: list[str] = Field(
+        default_factory=list,
+        description="More image sources the dashboard's Content-Security-Policy allows "
+        "(e.g. a map tile server's origin); everything else comes from this server only",
+    )
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> ApiSettings:

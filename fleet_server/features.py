@@ -26,6 +26,8 @@ from fleet_server.identity.api import identity_router
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest.api import events_router
 from fleet_server.ingest.deadletter import dead_letters_router
+from fleet_server.ingest.guard_api import guard_router
+from fleet_server.ingest.quarantine import Quarantine
 from fleet_server.ingest.registry import Registry
 from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics
@@ -46,6 +48,7 @@ class ServerContext:
     ca: CertificateAuthority
     notifier: Notifier
     send: Callable[[Outgoing], None]  # publish a server message on the ingest connection
+    quarantine: Quarantine | None = None  # issue 15: devices shut out (ingest/quarantine.py)
 
 
 def routers(ctx: ServerContext) -> list[APIRouter]:
@@ -60,6 +63,8 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(events_router(ctx.sessions))  # issue 4: events, snapshots, counts
     found.append(export_router(ctx.sessions))  # issue 19: counts CSV and NGSI-LD, events CSV
     found.append(dead_letters_router(ctx.sessions))  # issue 15: messages set aside
+    if ctx.quarantine is not None:  # issue 15: quarantine, floods, refusals per device
+        found.append(guard_router(ctx.quarantine))
     found.append(tags_router(ctx.sessions))  # issue 5: device tags
     found.append(ota_router(ctx))  # issue 6: TUF repository under /ota/ (docs/ota.md)
     found.append(  # issue 6: rollout campaigns, their dashboard page

@@ -33,6 +33,8 @@ from fleet_server.health.notify import Notifier
 from fleet_server.identity.api import est_listener
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.identity.enrollment import Enrollment
+from fleet_server.ingest.guard_api import broker_kick
+from fleet_server.ingest.quarantine import Quarantine
 from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
 from fleet_server.metrics import Metrics
@@ -96,8 +98,10 @@ def _worker(settings: ServerSettings, instance: int) -> tuple[Ingest, Notifier, 
     mqtt = settings.mqtt.model_copy(
         update={"client_id": f"{settings.mqtt.client_id}-ingest-{instance}"}
     )
-    ingest = Ingest(registry, metrics, CertificateAuthority(settings.pki_dir), mqtt,
-                    settings.ingest, notifier, send_receipts=settings.receipts.send)  # fmt: skip
+    ca = CertificateAuthority(settings.pki_dir)
+    quarantine = Quarantine(registry.sessions, broker_kick(settings, ca))  # issue 15
+    ingest = Ingest(registry, metrics, ca, mqtt, settings.ingest, notifier,
+                    send_receipts=settings.receipts.send, quarantine=quarantine)  # fmt: skip
     return ingest, notifier, engine
 
 

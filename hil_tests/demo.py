@@ -2,8 +2,10 @@
 
 Creates (or reuses) the CA in ``demo-state/``, starts Mosquitto with TLS client
 certificates, the fleet server (SQLite), two agents replaying image files as their camera
-and one MicroPython node, waits until all of them are online in the API, prints what runs
-where, and stops everything cleanly on Ctrl-C (or after ``--duration`` seconds).
+and one MicroPython node, waits until all of them are online in the API, then commissions
+them and a few dozen simulated devices at sites around Bắc Ninh (some offline, some
+alerting, a rollout paused mid-wave, a day of counts: hil_tests/demo_province.py), prints
+what runs where, and stops everything cleanly on Ctrl-C (or after ``--duration`` seconds).
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from fleet_server.db import make_engine, make_sessionmaker
 from fleet_server.identity.ca import CertificateAuthority
+from hil_tests import demo_province
 from hil_tests.agent import agent_process
 from hil_tests.images import write_test_images
 from hil_tests.node import node_process
@@ -36,7 +41,7 @@ def _stop_all(procs: list[Process]) -> None:
         proc.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camfleet-demo", description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=REPO / "demo-state")
     parser.add_argument("--broker-port", type=int, default=8883)
@@ -45,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-detection", action="store_true", help="all agents only report (no detector)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--no-province", action="store_true",
+        help="no sites around Bắc Ninh, no simulated devices (hil_tests/demo_province.py)",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     state: Path = args.state_dir.resolve()
     ca = CertificateAuthority(state / "pki")
@@ -76,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             60,
             what="every device online",
         )
+        if not args.no_province:
+            _province(ca, state, broker_port, procs, everyone)
         _print_banner(server, broker, procs, state, login)
         started = time.monotonic()
         next_line = 0.0
@@ -125,6 +140,17 @@ def _start_devices(
             node_process(creds, broker_port, node_dir, heartbeat_s=5, keepalive_s=15,
                          sim_dir=node_dir / "sim").start()
         )  # fmt: skip
+
+
+def _province(
+    ca: CertificateAuthority, state: Path, broker_port: int, procs: list[Process],
+    real: Sequence[str],
+) -> None:  # fmt: skip
+    """Sites around Bắc Ninh, simulated devices, problems, counts (hil_tests/demo_province)."""
+    procs.append(demo_province.start_simulated(ca, state, broker_port))
+    url = f"sqlite:///{state / 'server' / 'fleet.db'}"
+    added = demo_province.populate(make_sessionmaker(make_engine(url)), real)
+    print(f"province: {added}", flush=True)
 
 
 def _detection(state: Path) -> tuple[Path, dict[str, object]]:

@@ -96,6 +96,21 @@ class IdentityServer(ServerProcess):
         except ValueError:
             return status, raw
 
+    def ui_session(self, token: str | None = None) -> str:
+        """Sign in to the dashboard as the browser does; the session cookie's value."""
+        req = urllib.request.Request(
+            self.base_url + "/ui/login",
+            data=json.dumps({"token": token or self.admin_token}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            cookie = str(resp.headers.get("set-cookie", ""))
+        name, _, rest = cookie.partition("=")
+        if name != "camfleet_session":
+            raise RuntimeError(f"no session cookie in {cookie!r}")
+        return rest.split(";")[0]
+
     def token(self, device_id: str, kind: str = "agent", **extra: object) -> str:
         status, body = self.call(
             "POST", "/api/enrollment-tokens", {"device_id": device_id, "kind": kind, **extra}

@@ -136,16 +136,24 @@ class Street:
             ys = rng.integers(0, self.height, streaks)
             lengths = rng.integers(8, 24, streaks)
             levels = rng.integers(25, 60, streaks)
-            for x, y, n, v in zip(xs, ys, lengths, levels, strict=True):
+            widths = rng.choice([1, 1, 1, 2, 2, 3], streaks)  # drops nearer the lens: wider
+            for x, y, n, v, t in zip(xs, ys, lengths, levels, widths, strict=True):
                 cv2.line(layer, (int(x), int(y)), (int(x) + int(n) // 4, int(y) + int(n)),
-                         int(v), 1)  # fmt: skip
+                         int(v), int(t))  # fmt: skip
+            near = max(1, streaks // 50)  # a few big blurred drops close to the lens
+            for x, y in zip(xs[:near], ys[:near], strict=True):
+                cv2.line(layer, (int(x), int(y)), (int(x) + 12, int(y) + 60), 40, 6)
+            layer = np.asarray(cv2.GaussianBlur(layer, (3, 3), 0), np.uint8)
             img = np.asarray(cv2.add(img, cv2.cvtColor(layer, cv2.COLOR_GRAY2RGB)), np.uint8)
         radius = self.cover(index)
         if radius > 0:  # a hand over the lens: dark, smooth, out of focus, growing
             diag = math.hypot(self.width, self.height)
             d = np.hypot(self._xx - 0.45 * self.width, self._yy - 0.55 * self.height)
             inside = np.clip((radius * diag - d) / 40.0 + 0.5, 0.0, 1.0)[:, :, None]
-            hand = (6.0 + 10.0 * (self._yy / self.height))[:, :, None]  # a little light leaks
+            leak = min(1.0, light.gain)  # by day a little light leaks in at the bottom
+            hand = (3.0 + 12.0 * leak * (self._yy / self.height))[:, :, None]
+            if light.ir:  # the camera's infrared lights the hand: bright, featureless
+                hand = hand + 60.0
             img = np.clip(img * (1.0 - inside) + hand * inside, 0, 255).astype(np.uint8)
         if light.noise > 0:
             up, down = self._noise(light.noise, index)
@@ -175,5 +183,5 @@ def day_light(phase: float) -> Light:
     if phase >= 0.85 or phase < 0.2:
         return Light(gain=0.45, offset=4.0, noise=3.0, ir=True)
     sun = math.sin(math.pi * (phase - 0.2) / 0.65)  # 0 at the switches, 1 at noon-ish
-    gain = 0.08 + 0.92 * sun
+    gain = 0.15 + 0.85 * sun  # mean grey about 9 on this street just before the switch
     return Light(gain=gain, noise=2.0 + 2.5 * (1.0 - sun))

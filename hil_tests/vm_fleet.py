@@ -82,10 +82,11 @@ def server_setup(vm: Vm, name: str = "camfleet-vm", timeout: float = 900.0) -> S
 
 
 def _token(text: str) -> str:
-    for word in text.split():
-        if len(word) >= 20 and word.replace("-", "").replace("_", "").isalnum():
-            return word
-    raise VmError(f"no token in {text!r}")
+    """``add-user`` prints the token alone on its last line of stdout."""
+    lines = text.strip().splitlines()
+    if not lines or " " in lines[-1] or len(lines[-1]) < 20:
+        raise VmError("add-user printed no token")
+    return lines[-1]
 
 
 def wait_https(vm: Vm, url: str, timeout: float) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -49,6 +50,15 @@ def missing_tools() -> list[str]:
 
 def base_key(packages: tuple[str, ...] = lay.GUEST_PACKAGES) -> str:
     return hashlib.sha256(f"{SUITE} {' '.join(sorted(packages))}".encode()).hexdigest()[:12]
+
+
+def image_key(image: str, healthy: bool = True) -> str:
+    """Names an image's files: the base, what is written into it (vm_layout and ``customise``,
+    so a changed script makes a new image, never a stale one), the image's name."""
+    made = Path(lay.__file__).read_bytes() + inspect.getsource(customise).encode()
+    return f"{base_key()}-{hashlib.sha256(made).hexdigest()[:8]}-{image}" + (
+        "" if healthy else "-bad"
+    )
 
 
 def _run(argv: list[str], **kw: object) -> str:
@@ -187,19 +197,13 @@ class Built:
     keys: Keys
 
 
-def build(out: Path = DEFAULT_OUT, image: str = "1", healthy: bool = True) -> Built:
-    """The disk for ``image`` (a name written to /etc/camfleet-image), made once."""
-    need = missing_tools()
-    if need:
-        raise ImageError("missing on this host: apt install " + " ".join(need))
-    out.mkdir(parents=True, exist_ok=True)
-    parts = lay.layout()
-    key = f"{base_key()}-{image}{'' if healthy else '-bad'}"
-    disk = out / f"disk-{key}.raw"
-    rootfs = out / f"rootfs-{key}.ext4"
+def rootfs(out: Path, image: str, healthy: bool = True) -> Path:
+    """The slot's ext4 image of ``image`` (made once): what slot A holds, what a bundle carries."""
     keys = rauc_keys(out)
-    if disk.is_file() and rootfs.is_file():
-        return Built(disk, rootfs, keys)
+    key = image_key(image, healthy)
+    path = out / f"rootfs-{key}.ext4"
+    if path.is_file():
+        return path
     base = debootstrap(out)
     tree = out / f"tree-{key}"
     if tree.exists():
@@ -207,19 +211,60 @@ def build(out: Path = DEFAULT_OUT, image: str = "1", healthy: bool = True) -> Bu
     _run(["cp", "-a", str(base), str(tree)])
     (tree / ".complete").unlink()
     customise(tree, image, keys, healthy)
-    slot_mib = next(p.size_mib for p in parts if p.label == "rootfs-a")
-    ext4_image(tree, rootfs, "rootfs", slot_mib)
+    slot_mib = next(p.size_mib for p in lay.layout() if p.label == "rootfs-a")
+    ext4_image(tree, path.with_suffix(".tmp"), "rootfs", slot_mib)
     shutil.rmtree(tree)
+    os.replace(path.with_suffix(".tmp"), path)
+    return path
+
+
+def build(out: Path = DEFAULT_OUT, image: str = "1", healthy: bool = True) -> Built:
+    """The disk for ``image`` (a name written to /etc/camfleet-image), made once."""
+    need = missing_tools()
+    if need:
+        raise ImageError("missing on this host: apt install " + " ".join(need))
+    out.mkdir(parents=True, exist_ok=True)
+    parts = lay.layout()
+    key = image_key(image, healthy)
+    disk = out / f"disk-{key}.raw"
+    keys = rauc_keys(out)
+    slot = rootfs(out, image, healthy)
+    if disk.is_file():
+        return Built(disk, slot, keys)
     data_tree = out / "data-tree"
     data_tree.mkdir(exist_ok=True)
     data = out / f"data-{key}.ext4"
     ext4_image(data_tree, data, "data", next(p.size_mib for p in parts if p.label == "data"))
     esp = out / f"esp-{key}.vfat"
     esp_image(esp, out, next(p.size_mib for p in parts if p.label == "esp"))
-    assemble(disk, parts, {"esp": esp, "rootfs-a": rootfs, "data": data})
+    assemble(disk, parts, {"esp": esp, "rootfs-a": slot, "data": data})
     esp.unlink()
     data.unlink()
-    return Built(disk, rootfs, keys)
+    return Built(disk, slot, keys)
+
+
+def bundle(out: Path, image: str, healthy: bool = True) -> Path:
+    """A signed RAUC rootfs bundle of ``image`` (``rauc bundle``, plain format), made once."""
+    key = image_key(image, healthy)
+    path = out / f"rootfs-{key}.raucb"
+    if path.is_file():
+        return path
+    keys = rauc_keys(out)
+    slot = rootfs(out, image, healthy)
+    work = out / f"bundle-{key}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    os.link(slot, work / "rootfs.ext4")
+    (work / "manifest.raucm").write_text(lay.rauc_manifest(image))
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    # lz4: quick to make and, under TCG, to read in the guest (Debian's kernel reads it)
+    _run(["rauc", "bundle", "--cert", str(keys.cert), "--key", str(keys.key),
+          "--mksquashfs-args=-comp lz4", str(work), str(tmp)])  # fmt: skip
+    shutil.rmtree(work)
+    os.replace(tmp, path)
+    return path
 
 
 def media(files: list[Path], path: Path, label: str = lay.MEDIA_LABEL) -> Path:

@@ -165,6 +165,14 @@ def rauc_system_conf() -> str:
     ])  # fmt: skip
 
 
+def rauc_manifest(version: str) -> str:
+    """A rootfs bundle's manifest: one ext4 image for the rootfs slot class."""
+    return (
+        f"[update]\ncompatible={COMPATIBLE}\nversion={version}\n\n"
+        "[image.rootfs]\nfilename=rootfs.ext4\n"
+    )
+
+
 def fstab() -> str:
     return (
         "PARTLABEL=esp /boot/efi vfat umask=0077,nofail 0 2\n"

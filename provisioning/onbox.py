@@ -24,6 +24,8 @@ from agent.config import CameraSettings
 from agent.errors import AgentError
 from agent.identity import est_client
 from agent.vision.camera import make_source
+from agent.vision.privacy import STATE_NAME, PrivacyState, masked_image
+from common import privacy
 from common.files import atomic_write
 from common.settings import dump_toml
 from provisioning import record
@@ -119,6 +121,20 @@ def hand_over(root: Path, paths: list[Path]) -> None:
         os.chown(path, st.st_uid, st.st_gid)
 
 
+def _apply_masks(root: Path, frame: bytes, raw: object) -> tuple[bytes, str, Path]:
+    """The reference frame with the privacy masks blacked out (it is what gets signed and
+    sent), and the masks in the box's privacy state (docs/privacy.md)."""
+    try:
+        masks = privacy.check_masks(raw)
+        masked = masked_image(frame, masks)
+    except (privacy.MaskError, ValueError) as exc:
+        raise ProvisionError(f"masks: {exc}", "redraw the masks") from exc
+    (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    state = PrivacyState(root / STATE_DIR)
+    state.apply(privacy.section(privacy.DEFAULT_POLICY, 0, masks, 1))
+    return masked, "image/png", root / STATE_DIR / STATE_NAME
+
+
 def enroll(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     device_id = str(params["device_id"])
     conf = root / CONF_DIR
@@ -153,8 +169,12 @@ def enroll(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     atomic_write(str(conf / "agent.toml"), dump_toml(merged).encode(), 0o644)
     written = [conf / "key.pem", conf / "cert.pem", conf / "agent.toml", ca]
     trusted = fetch_trusted_root(root, merged, ca)
-    hand_over(root, [*written, *([trusted] if trusted else [])])
     frame, ftype = _capture(camera)
+    masks = (params.get("layout") or {}).get("masks")
+    if masks is not None:  # issue 20: the box applies them from its first frame
+        frame, ftype, state = _apply_masks(root, frame, masks)
+        written.append(state)
+    hand_over(root, [*written, *([trusted] if trusted else [])])
     body = record.build(
         device_id, "agent", params["site"], params.get("layout") or {}, params["technician"],
         frame, ftype,

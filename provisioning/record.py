@@ -13,6 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from common import commissioning as signed
+from common import privacy
 from provisioning.errors import ProvisionError
 
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp"}
@@ -23,16 +24,23 @@ def media_type(origin: str) -> str:
 
 
 def load_layout(path: Path | None) -> dict[str, Any]:
-    """Zones and counting lines from a JSON file: {"zones": [...], "lines": [...]}."""
+    """Zones, counting lines and masks from a JSON file: {"zones": [...], "lines": [...],
+    "masks": {"privacy": [...], "motion": [...]}} (masks: docs/privacy.md)."""
     if path is None:
         return {"zones": [], "lines": []}
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ProvisionError(f"cannot read the zones file {path}: {exc}", "check the JSON") from exc
-    if not isinstance(data, dict) or set(data) - {"zones", "lines"}:
-        raise ProvisionError(f"{path}: expected an object with 'zones' and 'lines'")
-    return {"zones": data.get("zones", []), "lines": data.get("lines", [])}
+    if not isinstance(data, dict) or set(data) - {"zones", "lines", "masks"}:
+        raise ProvisionError(f"{path}: expected an object with 'zones', 'lines', 'masks'")
+    out = {"zones": data.get("zones", []), "lines": data.get("lines", [])}
+    if "masks" in data:
+        try:
+            out["masks"] = privacy.check_masks(data["masks"])
+        except privacy.MaskError as exc:
+            raise ProvisionError(f"{path}: masks: {exc}", "redraw the masks") from exc
+    return out
 
 
 def build(
@@ -56,6 +64,8 @@ def build(
         "created_at": round(time.time(), 3),
         "technician": technician,
     }
+    if layout.get("masks") is not None:  # issue 20: signed with the record
+        record["masks"] = layout["masks"]
     if frame is not None:
         record["reference_frame"] = {
             "sha256": signed.frame_digest(frame),

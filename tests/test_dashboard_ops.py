@@ -35,6 +35,7 @@ from fleet_server.ingest.events import Event
 from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.migrate import upgrade
 from fleet_server.rollouts import model as rm
+from hil_tests import demo_province, province
 
 EVIL = '<script>alert("x")</script> مرحبا ' + "Ngã tư " * 30  # 256 at most (the schema)
 
@@ -433,3 +434,17 @@ def test_events_of_the_fleet_filtered(registry: Registry) -> None:
     assert n_site == 4 and {e.device_id for e in at_site} == {"cam-c1"}
     assert [e.event_id for e in cars] == ["cam-c1-s1"]
     assert n_old == 1  # the counts of three hours ago only
+
+
+def test_demo_province_twice_gives_every_kind_of_problem(registry: Registry) -> None:
+    first = demo_province.populate(registry.sessions, ["cam-demo-01", "node-demo-01"])
+    again = demo_province.populate(registry.sessions, ["cam-demo-01", "node-demo-01"])
+    assert first["counts"] == 40 * 24 and again["counts"] <= 40  # the new hour at most
+    with registry.sessions() as db:
+        found = problems.gather(db, time.time(), 30)
+        marks = ops_data.site_marks(db)
+    assert found.counts["alert"] == len(demo_province.HOT)
+    assert found.counts["scene"] == len(demo_province.DARK)
+    assert found.counts["certificate"] == 2 and found.counts["update"] == 1
+    assert len(marks) == len(province.SITES)
+    assert {m.state for m in marks} >= {"online", "degraded"}

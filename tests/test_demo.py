@@ -11,6 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from hil_tests import demo_province
 from hil_tests.procs import REPO, free_port, wait_for
 
 
@@ -19,6 +20,13 @@ def _events(api: str, token: str) -> int:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return int(json.loads(resp.read())["total"])
+
+
+def _states(api: str, token: str) -> list[str]:
+    url = f"{api}/api/devices?limit=1000"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return [str(d["state"]) for d in json.loads(resp.read())["items"]]
 
 
 def test_demo_brings_the_fleet_up_and_stops_cleanly(tmp_path: Path) -> None:
@@ -54,6 +62,12 @@ def test_demo_brings_the_fleet_up_and_stops_cleanly(tmp_path: Path) -> None:
             lambda: _events(api.group(1), login.group(1)) > 0, 90, interval=1.0,
             what="detection events",
         )  # fmt: skip
+        # the province: sites around Bắc Ninh, simulated devices online, some offline
+        wait_for(lambda: _states(api.group(1), login.group(1)).count("online") >= 30, 60,
+                 interval=1.0, what="simulated devices online")  # fmt: skip
+        states = _states(api.group(1), login.group(1))
+        assert len(states) == 3 + len(demo_province.SIMULATED) + 8
+        assert states.count("offline") == len(demo_province.OFFLINE)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         rest, _ = proc.communicate(timeout=60)
     finally:
@@ -68,7 +82,7 @@ def test_demo_brings_the_fleet_up_and_stops_cleanly(tmp_path: Path) -> None:
     assert "stopped." in out
     # every process the demo listed is gone
     pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
-    assert len(pids) == 5  # mosquitto, fleet server, two agents, one node
+    assert len(pids) == 6  # mosquitto, fleet server, two agents, one node, the simulator
     for pid in pids:
         try:
             os.kill(pid, 0)

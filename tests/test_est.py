@@ -170,6 +170,12 @@ def test_renewal_over_mutual_tls_with_curl(server: IdentityServer, tmp_path: Pat
     renewed = est_client.parse_certs_only(body)[0]
     assert renewed.subject == first.subject and renewed.serial_number != first.serial_number
     assert _certs_of(server, device) == 2
+    # the first certificate is superseded: it cannot renew again (issue 15)
+    code, _, body = _curl(
+        server, tmp_path, "simplereenroll", "--cert", "cert.pem", "--key", "key.pem", *args
+    )
+    assert code == 403 and body.startswith(b"cert_superseded")
+    (tmp_path / "cert.pem").write_bytes(est_client.pem(renewed))
     # a CSR for another device over this device's TLS identity: refused
     (tmp_path / "other.b64").write_bytes(base64.b64encode(est_client.make_csr(key, "est-other")))
     code, _, body = _curl(

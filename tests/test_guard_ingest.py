@@ -26,7 +26,11 @@ def server(
 ) -> Iterator[ServerProcess]:
     srv = ServerProcess(
         tmp_path_factory.mktemp("guard-server"), ca.dir, broker.port, grace=5.0,
-        client_id="guard-server-1", extra={"ingest": {"refusal_log_interval_s": 30}},
+        client_id="guard-server-1", extra={"ingest": {
+            "refusal_log_interval_s": 30,
+            "budget": {"kinds": {"heartbeat": {"rate_per_s": 20, "burst": 100}},
+                       "flood_after_s": 2, "flood_gap_s": 1, "flood_clear_s": 3},
+        }},
     )  # fmt: skip
     srv.start_and_wait()
     yield srv
@@ -180,3 +184,70 @@ def test_dead_letters_are_listed_by_the_api(server: ServerProcess) -> None:
     assert server.get("/api/dead-letters", token="")[0] == 401
     _status, spec = server.get("/openapi.json")
     assert "/api/dead-letters" in spec["paths"]
+
+
+def _stored(server: ServerProcess, device: str) -> int:
+    return _count(server, "SELECT count(*) FROM heartbeats WHERE device_id = ?", device)
+
+
+def _alerts(server: ServerProcess, device: str) -> list[dict[str, object]]:
+    _status, page = server.get("/api/alerts?limit=1000")
+    return [a for a in page["items"] if a["device_id"] == device and a["rule"] == "flooding"]
+
+
+def test_flood_is_dropped_alerted_and_quarantine_shuts_it_out(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    flood_id, honest_id = "guard-flood-1", "guard-calm-1"
+    flooder = _device(broker, device_factory(flood_id))
+    honest = _device(broker, device_factory(honest_id))
+    before = server.metric("camfleet_ingest_rejected_total", 'reason="over_budget"')
+    sent = honest_sent = 0
+    try:
+        until = time.monotonic() + 4.0  # over budget for longer than flood_after_s (2 s)
+        while time.monotonic() < until and sent < 5000:
+            sent += 1
+            flooder.publish(*_heartbeat(flood_id, sent))
+            if sent % 100 == 0:
+                honest_sent += 1
+                honest.publish(*_heartbeat(honest_id, honest_sent))
+        wait_for(lambda: _stored(server, honest_id) == honest_sent, 20, what="honest stored")
+        wait_for(lambda: bool(_alerts(server, flood_id)), 10, what="a flooding alert")
+
+        def dropped() -> float:
+            return server.metric("camfleet_ingest_rejected_total", 'reason="over_budget"') - before
+
+        # every message accounted for: stored, or dropped over budget (the last may still
+        # be on their way when the alert opens)
+        wait_for(lambda: _stored(server, flood_id) + dropped() == sent, 15, what="all counted")
+        stored = _stored(server, flood_id)
+        assert 100 <= stored <= 100 + 20 * 6 and dropped() > 0, (stored, sent)
+        assert _alerts(server, flood_id)[0]["state"] == "open"
+        assert not _alerts(server, honest_id)
+        _status, seen = server.get("/api/quarantine")
+        assert flood_id in seen["flooding"] and honest_id not in seen["flooding"]
+        assert seen["refused"][flood_id]["over_budget"] == dropped()
+        # the operator shuts it out: the broker kicks it; a reader may not
+        operator = server.add_user("guard-operator", "operator")
+        path = f"/api/devices/{flood_id}/quarantine"
+        assert server.post(path, {"reason": "flood"})[0] == 401
+        status, body = server.post(path, {"reason": "flood"}, token=operator)
+        assert status == 200 and body["disconnected"] is True, body
+        wait_for(lambda: not flooder.client.is_connected(), 10, what="the flooder kicked")
+        _status, seen = server.get("/api/quarantine")
+        assert [q["device_id"] for q in seen["quarantined"]] == [flood_id]
+        # the flood is over once nothing was dropped for flood_clear_s: the alert resolves
+        wait_for(lambda: _alerts(server, flood_id)[0]["state"] == "resolved", 15,
+                 what="the flooding alert resolved")  # fmt: skip
+        # released, it comes back on its next connection
+        status, _body = server.post(path, {}, method="DELETE", token=operator)
+        assert status == 200
+        assert server.post(path, {}, method="DELETE", token=operator)[0] == 404
+        flooder.close()
+        flooder = _device(broker, device_factory(flood_id))
+        flooder.publish(*_heartbeat(flood_id, sent + 1))
+        wait_for(lambda: _stored(server, flood_id) == stored + 1, 15, what="back after release")
+        assert server.device(honest_id)["state"] == "online"  # type: ignore[index]
+    finally:
+        flooder.close()
+        honest.close()

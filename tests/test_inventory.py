@@ -289,7 +289,7 @@ def test_bulk_tag_by_list_and_by_filter(srv: IdentityServer) -> None:
 def _page(srv: IdentityServer, path: str) -> str:
     """A dashboard page with the admin's session cookie (what the browser sends)."""
     req = urllib.request.Request(srv.base_url + path)
-    req.add_header("Cookie", f"camfleet_token={srv.admin_token}")
+    req.add_header("Cookie", f"camfleet_session={srv.ui_session()}")
     with urllib.request.urlopen(req, timeout=20) as resp:
         return str(resp.read().decode())
 

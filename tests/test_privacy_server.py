@@ -22,7 +22,7 @@ from hil_tests.procs import Broker, wait_for
 from tests.privacy_helpers import SiteDevice, jpeg
 
 RNG = np.random.default_rng(7)
-THUMB = jpeg(RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+THUMB = jpeg(RNG.integers(0, 256, (9, 12, 3), dtype=np.uint8))
 PHOTO = jpeg(RNG.integers(0, 256, (120, 160, 3), dtype=np.uint8))
 SQUARE = [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4], [0.1, 0.4]]
 BASIS = "Decision 12/QD-UBND of the province, traffic police site (Decree 13/2023/ND-CP art. 17)"

@@ -13,7 +13,7 @@ import pytest
 from agent.vision.detector import Detector
 from agent.vision.motion import MotionGate
 from agent.vision.pipeline import Pipeline, cut_by_roi, grey_of
-from agent.vision.settings import LineSettings, MotionSettings, PipelineSettings
+from agent.vision.settings import LineSettings, MotionSettings, PipelineSettings, SceneSettings
 from hil_tests import scenes, street
 from tests.detection_helpers import detector, model_files
 
@@ -151,3 +151,158 @@ def test_a_box_cut_by_the_region_is_dropped_one_at_the_frame_edge_is_not() -> No
     edge = (0.0, 0.2, 0.5, 1.0)  # a region at the frame's left and bottom edges
     assert not cut_by_roi((0.0, 0.5, 0.2, 1.0), edge)  # the frame's edge cuts, not the region
     assert cut_by_roi((0.3, 0.5, 0.5, 0.8), edge)
+
+
+# ---------------------------------------------------------------- the light of a day
+
+
+def _day_street(n: int, width: int, walker_at: int | None) -> street.Street:
+    h = width * 3 // 4
+    movers = []
+    if walker_at is not None:
+        movers = [scenes.Mover(scenes.person(), walker_at, 30, 0.1, 0.85, 0.0, h * 11 // 24)]
+    return street.Street(
+        width=width,
+        height=h,
+        parked=[street.Parked(scenes.cat(), 0.55, 0.55, h * 3 // 8)],
+        movers=movers,
+        light=lambda i: street.day_light(i / n),
+        shift=street.sway(amplitude=width / 160),
+    )
+
+
+def _run_day(det: Detector | None, n: int, width: int, days: int = 1) -> tuple[Pipeline, Sink]:
+    """``days`` days of ``n`` frames each (5 fps on the monotonic clock; the wall clock
+    runs a day per ``n`` frames), a walker crossing at noon."""
+    midnight = 1.8e9 - (1.8e9 % 86400)
+    st = _day_street(n, width, walker_at=n // 2 - 15)
+    line = LineSettings(name="mid", a=(0.5, 0.0), b=(0.5, 1.0), directions=("west", "east"))
+    scene = SceneSettings(light_adapt_s=3.0, hour_samples=5)
+    sink = Sink()
+    p = Pipeline(PipelineSettings(lines=[line], scene=scene, counts_every_s=86400), det, sink,
+                 midnight)  # fmt: skip
+    for day in range(days):
+        for i in range(n):
+            k = day * n + i
+            p.process(st.frame(i), k / FPS, midnight + 86400 * k / n)
+    p.close(midnight + 86400 * days)
+    return p, sink
+
+
+def test_a_day_dawn_noon_dusk_infrared_night_raises_no_alarm(detector: Detector) -> None:
+    n = 600  # a day in two minutes
+    p, sink = _run_day(detector, n, 320)
+    assert sink.problems() == [], sink.problems()
+    assert p.problems() == []
+    # the gate stays closed when nothing moves: keyframes, the walker, a few more
+    assert p.invokes <= n // 50 + 30 + 10, p.invokes
+    counts = sink.kinds("counts")[-1]
+    assert counts["lines"] == {"mid": {"Person": {"east": 1}}}
+    assert counts["unreliable"] == ["low_light"]  # dusk and dawn: the counts say so
+    assert p.light.baselines().keys() == {"colour", "ir"}  # both lighting modes seen
+
+
+def _cover_run(light: street.Light, cover_at: int, n: int = 170) -> tuple[Sink, float]:
+    st = street.Street(
+        width=320,
+        height=240,
+        light=lambda _i: light,
+        cover=lambda i: 0.0 if i < cover_at else min(1.0, (i - cover_at) / 5),  # 1 s
+    )
+    sink = Sink()
+    s = PipelineSettings(detector=None, scene=SceneSettings(light_adapt_s=3.0))
+    p = Pipeline(s, None, sink, 1000.0)
+    reported = None
+    for i in range(n):
+        p.process(st.frame(i), i / FPS, 1000.0 + i / FPS)
+        if reported is None and "covered" in p.problems():
+            reported = i / FPS
+    assert reported is not None, sink.events
+    return sink, reported - cover_at / FPS
+
+
+@pytest.mark.parametrize(
+    "light",
+    [
+        street.Light(),  # noon
+        street.Light(gain=0.15, noise=4.5),  # before sunrise: mean grey about 9
+        street.day_light(0.0),  # infrared night: the camera's lights on the hand
+    ],
+    ids=["day", "dim", "infrared"],
+)
+def test_a_hand_over_the_lens_is_covered_within_its_hold_time(light: street.Light) -> None:
+    sink, after = _cover_run(light, cover_at=100)
+    assert 10.0 <= after <= 11.2, after  # report_after_s = 10 s once the hand is there
+    assert sink.problems()[0] == "covered", sink.problems()
+    assert set(sink.problems()) <= {"covered", "frozen"}
+
+
+def test_dark_at_noon_is_a_problem_dark_at_night_is_not() -> None:
+    from agent.vision import scene as sc
+    from agent.vision.light import LightModel
+
+    s = SceneSettings(hour_samples=3)
+    light = LightModel(s)
+    noon, night = 1.8e9 - (1.8e9 % 86400) + 12 * 3600, 1.8e9 - (1.8e9 % 86400) + 1 * 3600
+    for k in range(10):  # a day of history: bright noon, dark night
+        light.observe_mode(120.0, 60.0)
+        light.learn(5.0, 0.1, 120.0, k, noon + k, True)
+        light.observe_mode(12.0, 5.0)
+        light.learn(5.0, 0.1, 12.0, k + 0.5, night + k, True)
+    st = street.Street(light=lambda _i: street.Light(gain=0.15, noise=3.0))
+    grey = grey_of(st.frame(0), 320)
+    m = sc.measure(grey, None, None, sc.colourfulness(st.frame(0)))
+    light.observe_mode(m.brightness, m.colour)
+    assert sc.DARK in sc.conditions_now(m, s, light.expect(noon + 100))
+    assert sc.conditions_now(m, s, light.expect(night + 100)) == set()
+
+
+@pytest.mark.hil_long
+def test_two_full_days_at_full_size_raise_no_alarm(detector: Detector) -> None:
+    p, sink = _run_day(detector, 3000, 640, days=2)
+    assert sink.problems() == [] and p.problems() == []
+    assert p.counter.totals == {"mid": 2}  # the walker at each noon
+
+
+# ---------------------------------------------------------------- rain and noise
+
+
+def test_rain_keeps_the_gate_closed_raises_no_alarm_and_flags_the_counts() -> None:
+    raining = {"streaks": 1500}
+    st = street.Street(
+        rain=lambda _i: raining["streaks"],
+        light=lambda _i: street.Light(contrast=0.6, noise=3.0),
+        shift=street.sway(amplitude=2.0),
+    )
+    line = LineSettings(name="mid", a=(0.5, 0.0), b=(0.5, 1.0))
+    sink = Sink()
+    p = Pipeline(PipelineSettings(detector=None, lines=[line], counts_every_s=10.0), None,
+                 sink, 1000.0)  # fmt: skip
+    n = 100
+    runs = 0
+    for i in range(n):
+        if i == 35:
+            raining["streaks"] = 0  # the shower ends
+        runs += p.process(st.frame(i), i / FPS, 1000.0 + i / FPS).detected
+        if i == 30:
+            assert p.unreliable() == ["rain"]
+    p.close(1000.0 + n / FPS)
+    assert 1.0 - runs / n >= 0.9, runs
+    assert sink.problems() == []
+    flags = [c.get("unreliable") for c in sink.kinds("counts")]
+    assert flags[0] == ["rain"] and flags[-1] is None, flags  # the last 10 s were dry
+    assert p.unreliable() == []
+
+
+def test_noise_storms_and_exposure_jumps_do_not_open_the_gate_every_frame() -> None:
+    """Attack: heavy sensor noise and an auto-exposure that jumps every few seconds."""
+    st = street.Street(light=lambda i: street.Light(gain=1.0 if (i // 15) % 2 else 0.6, noise=8.0))
+    gate = MotionGate(MotionSettings(keyframe_s=10.0))
+    runs = sum(_gate_run(st, 90, gate))
+    assert runs <= 2 + 6 + 2, (runs, gate.global_changes)  # keyframes, one per jump
+
+
+def test_moderate_rain_saves_most_detector_calls_too() -> None:
+    st = street.Street(rain=lambda _i: 600, light=lambda _i: street.Light(contrast=0.7))
+    gate = MotionGate(MotionSettings(keyframe_s=10.0))
+    assert 1.0 - sum(_gate_run(st, 60, gate)) / 60 >= 0.8

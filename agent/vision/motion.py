@@ -92,8 +92,12 @@ class MotionGate:
         self._global = False
         self._last_mask: npt.NDArray[np.uint8] | None = None
         self._prev: npt.NDArray[np.float32] | None = None
+        self.specks = 0  # separate moving specks in the last frame
+        self.rain = False  # so many that it is rain or snow (a wider opening is used)
+        self._speck_avg = 0.0
         self._kernel3 = np.ones((3, 3), np.uint8)
         self._kernel5 = np.ones((5, 5), np.uint8)
+        self._kernel9 = np.ones((9, 9), np.uint8)
 
     def reset(self) -> None:
         self._background = None
@@ -179,6 +183,11 @@ class MotionGate:
             self._start(blurred)
             return []
         self._last_mask = last
+        # exposure: an auto-exposure step or a cloud changes every pixel by the same factor;
+        # the frame is scaled to the background's mean level before it is compared
+        level, bg_level = float(cv2.mean(blurred)[0]), float(cv2.mean(bg)[0])
+        if level > 1.0 and abs(bg_level / level - 1.0) > 0.03:
+            blurred *= bg_level / level
         aligned, mask_img, dx, dy, too_far = self._compensated(blurred, bg, mask)
         self.last_shift = (dx, dy)
         h, w = grey.shape[:2]
@@ -199,9 +208,11 @@ class MotionGate:
         if moving > self.s.global_change_above:
             return self._restart(blurred)
         if moving == 0.0:
+            self.specks = 0
+            self._speck_avg *= 0.8
+            self.rain = self.rain and self._speck_avg >= self.s.rain_specks * 0.5
             return []
-        # opening: specks of rain, snow and noise (a pixel or two wide) are not regions
-        mask_img = np.asarray(cv2.morphologyEx(mask_img, cv2.MORPH_OPEN, self._kernel3), np.uint8)
+        mask_img = self._without_specks(mask_img)
         if not mask_img.any():
             return []
         mask_img = np.asarray(cv2.dilate(mask_img, self._kernel5, iterations=2), np.uint8)
@@ -217,6 +228,29 @@ class MotionGate:
                 if x1 > x0 and y1 > y0:
                     out.append((x0 / w, y0 / h, x1 / w, y1 / h))
         return out
+
+    def _without_specks(self, mask_img: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        """The moving pixels less specks. Opening: specks of rain, snow and noise (a pixel or
+        two wide) are not regions; when there are many of them all over the view (rain,
+        snow: ``self.rain``), wider drops near the lens are not either."""
+        h, w = mask_img.shape[:2]
+        opened = np.asarray(cv2.morphologyEx(mask_img, cv2.MORPH_OPEN, self._kernel3), np.uint8)
+        # specks: what the opening removed away from anything it kept (a walker's own
+        # fragments lie next to the walker; rain is everywhere)
+        near = np.asarray(cv2.dilate(opened, self._kernel9), np.uint8)
+        removed = ((mask_img != 0) & (near == 0)).astype(np.uint8)
+        n, _lab, _st, centres = cv2.connectedComponentsWithStats(removed, connectivity=8)
+        specks = n - 1
+        if specks:  # rain and snow fall over the whole view, not in one corner of it
+            cells = {(int(cx * 4 / w), int(cy * 4 / h)) for cx, cy in centres[1:]}
+            if len(cells) < 6:  # of the 16 cells of a 4 x 4 grid
+                specks = 0
+        self.specks = specks
+        self._speck_avg += 0.2 * (specks - self._speck_avg)
+        self.rain = self._speck_avg >= self.s.rain_specks * (0.5 if self.rain else 1.0)
+        if self.rain:
+            return np.asarray(cv2.morphologyEx(mask_img, cv2.MORPH_OPEN, self._kernel5), np.uint8)
+        return opened
 
     def _restart(self, blurred: npt.NDArray[np.float32]) -> list[Box]:
         self._start(blurred)

@@ -24,7 +24,9 @@ from agent.vision import scene as sc
 from agent.vision.counting import Counter
 from agent.vision.detector import Box, Detection, Detector
 from agent.vision.frames import decode_image, normalise
-from agent.vision.motion import FULL, MotionGate
+from agent.vision.light import LOW_LIGHT, LightModel
+from agent.vision.motion import FULL
+from agent.vision.privacy import MaskedGate, PrivacyState, guard_emit
 from agent.vision.settings import PipelineSettings
 from agent.vision.tracker import END, NEW, TrackChange, Tracker
 from firmware import contract
@@ -115,18 +117,27 @@ class Pipeline:
         emit: Emit,
         start_wall: float,
         reference: Image | None = None,
+        privacy: PrivacyState | None = None,
     ) -> None:
         self.s = settings
         self.detector = detector
-        self.emit = emit
-        self.gate = MotionGate(settings.motion)
+        # issue 20: privacy masks, motion masks, what of a snapshot leaves (agent/vision/privacy)
+        self.privacy = privacy if privacy is not None else PrivacyState(None)
+        self.emit = guard_emit(self.privacy, emit)
+        self.gate = MaskedGate(settings.motion, self.privacy)
         self.tracker = Tracker(settings.tracker)
         self.counter = Counter(
             settings.lines, settings.zones, settings.counts_every_s, settings.anchor, start_wall
         )
         self.health = sc.SceneHealth(settings.scene)
+        self.light = LightModel(settings.scene)
+        if reference is not None:
+            reference = self.privacy.mask_frame(reference)
         self.reference = sc.Reference(reference) if reference is not None else None
+        # one reference per lighting mode: the infrared view is not the daylight view
+        self._references: dict[str, sc.Reference | None] = {"colour": self.reference}
         self.new_reference = False  # set when the pipeline took its own reference frame
+        self._masks_seen = self.privacy.generation  # the reference is masked with these
         self._last_compare = -_COMPARE_S
         self._last_scene = -_SCENE_EVERY_S
         self._still_since: float | None = None
@@ -138,13 +149,21 @@ class Pipeline:
         self.frames = 0
         self.invokes = 0
         self._infer_ms: deque[float] = deque(maxlen=50)
+        self._unreliable_seen: set[str] = set()  # in the current counts interval
 
     # ---------------------------------------------------------------- per frame
     def process(self, rgb: Image, t: float, wall: float) -> FrameResult:
         """One decoded frame captured at ``t`` (monotonic) and ``wall`` (epoch). The one
         place a frame enters: grey and RGBA are converted to RGB, anything else raises
         ``frames.BadFrame`` before any state changes (``agent.vision.frames``)."""
-        rgb = normalise(rgb)
+        rgb = self.privacy.mask_frame(normalise(rgb))  # before anything looks at it
+        if self.reference is not None and self._masks_seen != self.privacy.generation:
+            self.reference = sc.Reference(
+                self.privacy.mask_frame(self.reference.image.astype(np.uint8))
+            )
+            # the other lighting mode's reference is taken again, under the new masks
+            self._references = {LightModel.key(self.light.mode): self.reference}
+        self._masks_seen = self.privacy.generation
         self.frames += 1
         scene_due = t - self._last_scene >= _SCENE_EVERY_S
         if self.s.motion.always_detect and not scene_due:
@@ -154,7 +173,9 @@ class Pipeline:
         changes = 0
         if scene_due:
             self._last_scene = t
-            changes += self._scene(grey_of(rgb, self.s.scene.width), not decision.regions, t, wall)
+            grey = grey_of(rgb, self.s.scene.width)
+            colour = sc.colourfulness(rgb)
+            changes += self._scene(grey, colour, not decision.regions, t, wall)
         found: list[Detection] = []
         if decision.run and self.detector is not None:
             found = self.detector.detect(rgb, decision.roi)
@@ -176,9 +197,17 @@ class Pipeline:
         changes += self._housekeeping(t, wall)
         return FrameResult(decision.run, decision.keyframe, len(found), changes)
 
-    def _scene(self, grey: Image, still: bool, t: float, wall: float) -> int:
+    def _scene(self, grey: Image, colour: float, still: bool, t: float, wall: float) -> int:
         """Scene health of this frame. The reference is compared only on a still frame (no
-        motion: passing traffic is not a moved camera), at most every _COMPARE_S."""
+        motion: passing traffic is not a moved camera), at most every _COMPARE_S; each
+        lighting mode (colour, infrared) has its own."""
+        key_before = LightModel.key(self.light.mode)
+        mode, switched = self.light.observe_mode(float(grey.mean()), colour)
+        if switched:  # the infrared cut filter moved: a mode change, not a moved camera
+            self._references[key_before] = self.reference
+            self.reference = self._references.get(LightModel.key(mode))
+            self._shift = (None, None)
+            self._still_since = None
         if not still or self._still_since is None:
             self._still_since = None if not still else t
         if (
@@ -187,9 +216,9 @@ class Pipeline:
             and t - self._still_since >= _REFERENCE_STILL_S
         ):  # the reference is an empty scene: nothing moved for a while
             self.reference = sc.Reference(grey)
-            self.new_reference = True
+            self.new_reference = LightModel.key(self.light.mode) == "colour"  # the one saved
         compare = self.reference is not None and still and t - self._last_compare >= _COMPARE_S
-        m = sc.measure(grey, self._prev_grey, self.reference if compare else None)
+        m = sc.measure(grey, self._prev_grey, self.reference if compare else None, colour)
         self._prev_grey = grey
         before = self._frame_conditions
         if compare:
@@ -198,12 +227,15 @@ class Pipeline:
         else:
             m = replace(m, shift=self._shift[0], correlation=self._shift[1])
         self.measures = m
-        now = sc.conditions_now(m, self.s.scene)
+        now = sc.conditions_now(m, self.s.scene, self.light.expect(wall))
         if not compare:  # not judged on this frame: keep what the last comparison said
             now.discard(sc.MOVED)
             if sc.MOVED in before:
                 now.add(sc.MOVED)
         self._frame_conditions = now
+        self._unreliable_seen.update(self.unreliable())
+        healthy = not now & {sc.COVERED, sc.BLUR, sc.FROZEN, sc.MOVED, sc.BRIGHT}
+        self.light.learn(m.structure, m.edges, m.brightness, t, wall, healthy)
         return self._scene_changes(self.health.update(set(now), t), wall)
 
     def tick(self, t: float, wall: float, camera_ok: bool) -> int:
@@ -229,6 +261,17 @@ class Pipeline:
     def problems(self) -> list[str]:
         return self.health.problems()
 
+    def unreliable(self) -> list[str]:
+        """Why the detector's results cannot be trusted now (empty: they can): ``low_light``
+        (a dark colour image), ``rain`` (rain or snow in front of the lens). A quiet count
+        then does not mean an empty road."""
+        why = []
+        if self.light.mode == LOW_LIGHT:
+            why.append(LOW_LIGHT)
+        if self.gate.rain:
+            why.append("rain")
+        return why
+
     # ---------------------------------------------------------------- internals
     def _housekeeping(self, t: float, wall: float) -> int:
         n = self._track_events(self.tracker.expire(t), wall)
@@ -238,8 +281,11 @@ class Pipeline:
 
     def _flush_counts(self, wall: float) -> int:
         data = self.counter.flush(wall)
+        unreliable, self._unreliable_seen = sorted(self._unreliable_seen), set()
         if not (self.s.lines or self.s.zones):
             return 0
+        if unreliable:  # the detector was unreliable for part of the interval
+            data["unreliable"] = unreliable
         self.emit("counts", data, wall, EVENT)
         return 1
 

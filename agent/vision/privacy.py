@@ -3,7 +3,7 @@ desired config's ``privacy`` section, kept in ``state_dir/privacy.json``), and w
 image that leaves the box goes through.
 
 - ``mask_frame`` blacks out the privacy masks in a frame as it arrives (before anything else
-  sees it); ``motion_keep`` gives the motion gate the pixels it may look at;
+  sees it); ``motion_ignore`` gives the motion gate the pixels it must not look at;
 - ``outgoing`` turns a (masked) image into what the policy lets leave: nothing (``none``,
   or while the masks are stale), a thumbnail of at most ``ANON_MAX_SIDE`` pixels
   (``anonymised``: no face, person or plate can be recognised in it; the server checks
@@ -16,9 +16,11 @@ Thread-safe: the pipeline thread, the command handler and the MQTT thread use it
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ import cv2
 import numpy as np
 
 from agent.vision.masks import Image, MaskCache, blackout
+from agent.vision.motion import GateDecision, MotionGate
+from agent.vision.settings import MotionSettings
 from common import privacy
 from common.files import atomic_write
 
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 STATE_NAME = "privacy.json"
 _JPEG_QUALITY = 80
+_EMPTY = np.zeros((8, 8, 3), np.uint8)
 
 
 class ImageWithheld(Exception):
@@ -67,6 +72,8 @@ class PrivacyState:
         self.stale_version: int | None = None  # masks version when the view moved
         self._privacy = MaskCache([])
         self._motion = MaskCache([])
+        self.withheld = 0  # snapshots the policy kept on the box
+        self.generation = 0  # +1 at every change of the masks
         self._load()
 
     # ---------------------------------------------------------------- state
@@ -91,8 +98,10 @@ class PrivacyState:
         atomic_write(str(self._path), json.dumps(data).encode(), 0o600)
 
     def _set(self, section: dict[str, Any], stale: int | None) -> None:
-        self.section = section
         self.stale_version = stale
+        if section["masks"] != self.section.get("masks") or not self.generation:
+            self.generation += 1
+        self.section = section
         self._privacy = MaskCache(section["masks"][privacy.PRIVACY])
         self._motion = MaskCache(section["masks"][privacy.MOTION])
 
@@ -146,14 +155,22 @@ class PrivacyState:
             rgb = rgb.copy()
         return blackout(rgb, cache)
 
-    def motion_keep(self, width: int, height: int) -> Image | None:
-        """1 where motion counts, 0 inside motion masks; None without motion masks."""
+    def motion_ignore(self, width: int, height: int) -> Image | None:
+        """1 inside motion masks, 0 where motion counts; None without motion masks."""
         cache = self._motion
-        return cache.keep(width, height) if cache.polygons else None
+        return cache.mask(width, height) if cache.polygons else None
 
     @property
     def has_motion_masks(self) -> bool:
         return bool(self._motion.polygons)
+
+    def release(self, jpeg: bytes) -> Outgoing:
+        """What of an encoded (masked) snapshot may leave now (ImageWithheld if nothing)."""
+        if self.policy == privacy.FULL:
+            return Outgoing(jpeg, self.marking())
+        if self.policy == privacy.ANONYMISED and not privacy.anonymised_problem(jpeg):
+            return Outgoing(jpeg, self.marking())
+        return self.outgoing(decode_jpeg(jpeg) if self.policy != privacy.NONE else _EMPTY, jpeg)
 
     def outgoing(self, rgb: Image, full: bytes | None = None) -> Outgoing:
         """What of ``rgb`` (already masked) may leave the box, with its marking; ``full``:
@@ -178,3 +195,56 @@ def decode_jpeg(data: bytes) -> Image:
     if arr is None:
         raise ValueError("not a decodable image")
     return np.ascontiguousarray(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))
+
+
+# ---------------------------------------------------------------- the pipeline's seams
+Emit = Callable[[str, dict[str, Any], float, str], "str | None"]
+
+
+class MaskedGate(MotionGate):
+    """The motion gate that never looks inside motion masks: they are the gate's ``mask``
+    (ignored for motion and for the camera-shift estimate), with any mask given too."""
+
+    def __init__(self, settings: MotionSettings, guard: PrivacyState) -> None:
+        super().__init__(settings)
+        self.guard = guard
+
+    def decide(self, grey: Image, t: float, mask: Image | None = None) -> GateDecision:
+        ignore = self.guard.motion_ignore(grey.shape[1], grey.shape[0])
+        if ignore is not None:
+            mask = ignore if mask is None else np.maximum(mask, ignore)
+        return super().decide(grey, t, mask)
+
+
+def guard_emit(guard: PrivacyState, emit: Emit) -> Emit:
+    """``emit`` behind the policy: a snapshot leaves as the policy says (or not at all,
+    counted in ``guard.withheld``), marked; a ``moved`` scene problem makes the masks
+    stale."""
+
+    def guarded(event_type: str, data: dict[str, Any], ts: float, cls: str) -> str | None:
+        if event_type == "scene.problem" and data.get("condition") == "moved":
+            guard.moved()
+        if event_type == "snapshot":
+            try:
+                out = guard.release(base64.b64decode(str(data["jpeg"])))
+            except ImageWithheld:
+                guard.withheld += 1
+                return None
+            data = {**data, "jpeg": base64.b64encode(out.jpeg).decode(), "privacy": out.marking}
+        return emit(event_type, data, ts, cls)
+
+    return guarded
+
+
+def masked_image(data: bytes, masks: privacy.Masks) -> bytes:
+    """An encoded image with its privacy masks blacked out, as PNG (the commissioning
+    reference frame: the technician's tool signs this, never the unmasked frame)."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise ValueError("not a decodable image")
+    bgr = np.ascontiguousarray(arr, np.uint8)
+    blackout(bgr, MaskCache(masks[privacy.PRIVACY]))
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ValueError("the masked frame could not be encoded")
+    return bytes(buf)

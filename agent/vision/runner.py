@@ -28,6 +28,7 @@ from agent.vision.detector import Detector
 from agent.vision.frames import BadFrame, decode_image, normalise
 from agent.vision.modelcard import load_card
 from agent.vision.pipeline import Image, Pipeline, grey_of
+from agent.vision.privacy import PrivacyState
 from agent.vision.scene import CONDITIONS
 from agent.vision.settings import PipelineSettings
 from common.files import atomic_write
@@ -88,6 +89,7 @@ class PipelineThread:
         metrics: AgentMetrics,
         state_dir: Path,
         kick: Any = None,
+        guard: PrivacyState | None = None,
     ) -> None:
         self.settings = settings
         self.capture = capture
@@ -98,7 +100,7 @@ class PipelineThread:
         self.refused = 0
         self.errors = 0
         reference = load_reference(settings, state_dir)
-        self.pipeline = Pipeline(settings, detector, self.emit, time.time(), reference)
+        self.pipeline = Pipeline(settings, detector, self.emit, time.time(), reference, guard)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_beat = time.monotonic()
@@ -252,6 +254,8 @@ class Detection:
             "scene": p.problems(),
             "invokes": p.invokes,
         }
+        fields["light"] = p.light.mode
+        fields["unreliable"] = p.unreliable()
         m = p.measures
         if m is not None:
             fields["brightness"] = round(min(255.0, max(0.0, m.brightness)), 1)
@@ -289,8 +293,9 @@ def awaiting_model(settings: AgentSettings) -> Path | None:
 
 
 def start_detection(
-    settings: AgentSettings, capture: Capture, link: Link, metrics: AgentMetrics
-) -> Detection | None:
+    settings: AgentSettings, capture: Capture, link: Link, metrics: AgentMetrics,
+    guard: PrivacyState | None = None,
+) -> Detection | None:  # fmt: skip
     ps = settings.pipeline
     if ps is None:
         return None
@@ -312,7 +317,7 @@ def start_detection(
         receipt_timeout_cap_s=ps.outbox.receipt_timeout_cap_s,
     )  # fmt: skip
     thread = PipelineThread(
-        ps, capture, outbox, detector, metrics, settings.state_dir, kick=sender.kick
+        ps, capture, outbox, detector, metrics, settings.state_dir, kick=sender.kick, guard=guard
     )
     log.info("pipeline ready; %d messages waiting in the outbox", outbox.depth())
     return Detection(outbox, sender, thread)

@@ -1,12 +1,17 @@
 """Scene and camera health: measures of a grey frame, and conditions held over time.
 
 Measures (``measure``): mean grey level, spread (standard deviation), sharpness (variance
-of the Laplacian), change since the previous frame, and, against the commissioning
-reference frame, the shift (phase correlation) and the correlation of the two images.
+of the Laplacian), structure (spread of an 80-pixel-wide copy, where sensor noise is
+averaged away), edges (sharpness / spread², the same in any light), colourfulness, change
+since the previous frame, and, against the reference frame, the shift (phase correlation)
+and the correlation of the two images.
 
-Conditions: ``dark``, ``bright``, ``blur``, ``covered`` (almost uniform image), ``frozen``
-(no change at all: a real sensor always has noise), ``moved`` (shifted or no longer like
-the reference), and ``no_frames`` (from the capture). ``SceneHealth`` reports a condition
+Conditions: ``dark`` (darker than this hour of the day usually is), ``bright``, ``blur``
+(edges gone: below ``blur_below`` or a share of the learned edges), ``covered`` (structure
+gone: uniform, or a share of the learned structure), ``frozen`` (no change at all: a real
+sensor always has noise), ``moved`` (shifted or no longer like the reference), and
+``no_frames`` (from the capture). The learned values come from ``agent.vision.light``:
+night, dusk and infrared are not problems. ``SceneHealth`` reports a condition
 once it has held for its time and clears it once it has been gone for ``clear_after_s``:
 each report and each clearing is a change the pipeline turns into an event.
 """
@@ -20,6 +25,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.vision.light import Expectation
 from agent.vision.settings import SceneSettings
 
 Grey = npt.NDArray[np.uint8]
@@ -39,6 +45,9 @@ class SceneMeasures:
     brightness: float
     spread: float
     sharpness: float
+    structure: float  # spread of a small copy (noise averaged out)
+    edges: float  # sharpness / (spread² + 1): scale-free
+    colour: float | None  # mean |R-G| + |G-B| of a small copy; None: not measured
     change: float | None  # mean absolute change since the previous frame
     shift: float | None  # shift from the reference, fraction of the frame width
     correlation: float | None  # normalised correlation with the reference
@@ -77,34 +86,69 @@ class Reference:
         return shift, _correlation(self.image, cur)
 
 
-def measure(grey: Grey, previous: Grey | None, reference: Reference | None) -> SceneMeasures:
+def colourfulness(rgb: npt.NDArray[np.uint8]) -> float:
+    """Mean |R - G| + |G - B| of a small copy: about 0 for an infrared (grey) image."""
+    small = cv2.resize(rgb, (40, 30), interpolation=cv2.INTER_AREA)
+    rg = cv2.absdiff(small[:, :, 0], small[:, :, 1])
+    gb = cv2.absdiff(small[:, :, 1], small[:, :, 2])
+    return float(rg.mean()) + float(gb.mean())
+
+
+def measure(
+    grey: Grey,
+    previous: Grey | None,
+    reference: Reference | None,
+    colour: float | None = None,
+) -> SceneMeasures:
     change = None
     if previous is not None and previous.shape == grey.shape:
         change = float(cv2.absdiff(grey, previous).mean())
     shift = corr = None
     if reference is not None:
         shift, corr = reference.compare(grey)
+    h, w = grey.shape[:2]
+    small = cv2.resize(grey, (80, max(2, round(h * 80 / w))), interpolation=cv2.INTER_AREA)
+    spread = float(grey.std())
+    # a 3x3 Gaussian first: sensor noise alone must not pass for sharp edges
+    sharpness = float(cv2.Laplacian(cv2.GaussianBlur(grey, (3, 3), 0), cv2.CV_32F).var())
     return SceneMeasures(
         brightness=float(grey.mean()),
-        spread=float(grey.std()),
-        # a 3x3 Gaussian first: sensor noise alone must not pass for sharp edges
-        sharpness=float(cv2.Laplacian(cv2.GaussianBlur(grey, (3, 3), 0), cv2.CV_32F).var()),
+        spread=spread,
+        sharpness=sharpness,
+        structure=float(small.std()),
+        edges=sharpness / (spread * spread + 1.0),
+        colour=colour,
         change=change,
         shift=shift,
         correlation=corr,
     )
 
 
-def conditions_now(m: SceneMeasures, s: SceneSettings) -> set[str]:
-    """The conditions this one frame shows (before any holding time)."""
+def conditions_now(
+    m: SceneMeasures, s: SceneSettings, expect: Expectation | None = None
+) -> set[str]:
+    """The conditions this one frame shows (before any holding time), against what the
+    view usually shows in this light (``expect``, from ``light.LightModel``; without it
+    only the absolute limits apply, and dark is never a problem)."""
     now: set[str] = set()
-    if m.brightness < s.dark_below:
-        now.add(DARK)
+    e = expect or Expectation(None, None, None)
+    if (
+        e.hour_brightness is not None
+        and m.brightness < s.dark_below
+        and m.brightness < s.dark_ratio_below * e.hour_brightness
+    ):
+        now.add(DARK)  # dark at an hour that is usually light
     if m.brightness > s.bright_above:
         now.add(BRIGHT)
-    if m.spread < s.covered_std_below:
+    covered = m.structure < s.covered_std_below or (
+        e.structure is not None and m.structure < s.covered_ratio_below * e.structure
+    )
+    blurred = m.edges < s.blur_below or (
+        e.edges is not None and m.edges < s.blur_ratio_below * e.edges
+    )
+    if covered:
         now.add(COVERED)
-    elif m.sharpness < s.blur_below:
+    elif blurred:
         now.add(BLUR)  # a uniform image has no edges either; covered says more
     if m.change is not None and m.change < s.frozen_diff_below:
         now.add(FROZEN)

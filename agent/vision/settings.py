@@ -82,6 +82,13 @@ class MotionSettings(BaseModel):
     shift_min_response: float = Field(
         0.05, ge=0, le=1, description="Least phase-correlation peak for a shift to be trusted."
     )
+    rain_specks: int = Field(
+        8,
+        ge=1,
+        description="Separate moving specks per frame (averaged) that mean rain or snow: then "
+        "specks "
+        "up to 4 pixels of the small frame wide are not motion, and the heartbeat says rain.",
+    )
     global_change_above: float = Field(
         0.5,
         gt=0,
@@ -158,16 +165,57 @@ class SceneSettings(BaseModel):
     clear_after_s: float = Field(
         5.0, ge=0, le=86400, description="A reported condition clears after being gone this long."
     )
-    dark_below: float = Field(25.0, ge=0, le=255, description="Mean grey level that is dark.")
+    dark_below: float = Field(
+        25.0,
+        ge=0,
+        le=255,
+        description="Mean grey below which the light is low (light: low_light); dark is a "
+        "problem only when this hour of the day is usually brighter (dark_ratio_below).",
+    )
+    dark_ratio_below: float = Field(
+        0.35, ge=0, le=1, description="Dark is a problem below this share of the hour's usual."
+    )
+    hour_samples: int = Field(
+        200, ge=1, description="Analysed frames of an hour of the day before its usual counts."
+    )
     bright_above: float = Field(235.0, ge=0, le=255, description="Mean grey that is too bright.")
     blur_below: float = Field(
-        10.0,
+        0.006,
         ge=0,
-        description="Variance of the Laplacian (after a 3x3 Gaussian) below which the "
-        "image is blurred.",
+        description="Edges (variance of the Laplacian over the spread squared, which does not "
+        "change with the light) below which the image is blurred in any light.",
+    )
+    blur_ratio_below: float = Field(
+        0.3, ge=0, le=1, description="Blurred below this share of the learned edges."
     )
     covered_std_below: float = Field(
-        6.0, ge=0, le=128, description="Grey-level spread below which the lens is covered."
+        1.0,
+        ge=0,
+        le=128,
+        description="Structure (spread of an 80-pixel-wide copy: noise averaged out) below "
+        "which the view is uniform, hence covered, in any light.",
+    )
+    covered_ratio_below: float = Field(
+        0.35, ge=0, le=1, description="Covered below this share of the learned structure."
+    )
+    light_adapt_s: float = Field(
+        120.0, gt=0, description="Time constant with which the baselines follow the light."
+    )
+    learn_ratio_above: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="A frame whose structure fell below this share of the "
+        "baseline is not learned (a cover is fast, dusk is slow).",
+    )
+    relearn_after_s: float = Field(
+        600.0, gt=0, description="A lasting drop that is not a cover is learned after this."
+    )
+    ir_colour_below: float = Field(
+        0.1,
+        ge=0,
+        description="Colourfulness (mean |R-G| + |G-B| over the mean grey) below which the "
+        "camera is in infrared (grey image).",
     )
     frozen_diff_below: float = Field(
         0.05, ge=0, le=255, description="Mean change per frame below which the image is frozen."

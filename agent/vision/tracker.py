@@ -55,9 +55,15 @@ def _centre(b: Box) -> tuple[float, float]:
     return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
 
 
-def _covers(roi: Box, box: Box) -> bool:
-    cx, cy = _centre(box)
-    return roi[0] <= cx <= roi[2] and roi[1] <= cy <= roi[3]
+def _covers(roi: Box, box: Box, margin: float = 0.02) -> bool:
+    """The detector run over ``roi`` saw all of ``box`` (a run that saw part of an object
+    is no evidence that it left: its detection there is cut, and dropped)."""
+    return (
+        box[0] >= roi[0] - margin
+        and box[1] >= roi[1] - margin
+        and box[2] <= roi[2] + margin
+        and box[3] <= roi[3] + margin
+    )
 
 
 def _affinity(track: Track, det: Detection, iou_match: float) -> float | None:

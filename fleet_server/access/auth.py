@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.access import audit
 from fleet_server.access.audit import Actor
+from fleet_server.access.sessions import UiSessions
 from fleet_server.identity import tokens
 from fleet_server.identity.model import ApiToken, User
 
@@ -42,9 +43,14 @@ class AuthError(Exception):
     """A user or token cannot be made (unknown role, name taken, ...)."""
 
 
+# a dashboard session's default life (``[api] session_s``)
+SESSION_S = 12 * 3600
+
+
 class Authenticator:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], session_s: float = SESSION_S) -> None:
         self.sessions = sessions
+        self.ui = UiSessions(sessions, session_s)  # dashboard sessions (cookie)
 
     def create_user(self, name: str, role: str, by: Actor) -> str:
         """Make a person with a role and return their first API token (shown once)."""
@@ -82,7 +88,25 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-COOKIE = "camfleet_token"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def same_origin(request: Request) -> bool:
+    """A state-changing request made with the session cookie must be the dashboard's own
+    ``fetch``: JSON (a cross-site form cannot send it without a CORS preflight, which is
+    never granted) and, when the browser says where it comes from, from this origin
+    (SameSite=Strict still sends the cookie from another port of the same host)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        return False
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
+# the dashboard's cookie: a server-side session id (fleet_server.access.sessions), never a token
+COOKIE = "camfleet_session"
 # Everyone with an account may read the fleet's state.
 READERS = (VIEWER, TECHNICIAN, OPERATOR)
 
@@ -105,20 +129,26 @@ def require_role(*roles: str) -> Callable[..., Actor]:
         request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Actor:
-        if not authorization and request.cookies.get(COOKIE):
-            # the dashboard's session: the same token, in an HttpOnly, SameSite=Strict cookie
-            authorization = f"Bearer {request.cookies[COOKIE]}"
         auth: Authenticator | None = getattr(request.app.state, "camfleet_auth", None)
         if auth is None:
             raise HTTPException(503, "authentication is not set up on this server")
         source = client_address(request)
         action = f"{request.method} {request.url.path}"
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(
-                401, "an API token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-        actor = auth.identify(token.strip(), source)
+        sid = request.cookies.get(COOKIE)
+        if not authorization and sid:
+            # the dashboard: a server-side session (HttpOnly, SameSite=Strict cookie)
+            if request.method not in SAFE_METHODS and not same_origin(request):
+                audit.record_now(auth.sessions, Actor("unknown", "none", source), action, "",
+                                 "refused:cross_origin")  # fmt: skip
+                raise HTTPException(403, "a dashboard request must come from the dashboard")
+            actor = auth.ui.identify(sid, source)
+        else:
+            scheme, _, token = (authorization or "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise HTTPException(
+                    401, "an API token is required", headers={"WWW-Authenticate": "Bearer"}
+                )
+            actor = auth.identify(token.strip(), source)
         if actor is None:
             audit.record_now(
                 auth.sessions, Actor("unknown", "none", source), action, "", "refused:bad_token"

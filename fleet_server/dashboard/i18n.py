@@ -18,7 +18,14 @@ from fleet_server.dashboard.catalogue_vi import VI
 
 LANGUAGES = ("vi", "en")
 COOKIE = "camfleet_lang"
-CATALOGUES: dict[str, dict[str, str]] = {"vi": VI, "en": {}}
+# English is the source text, but for the few keys that are names, not text
+EN = {
+    "kind:offline": "offline", "kind:alert": "alert", "kind:scene": "scene health",
+    "kind:certificate": "certificate", "kind:update": "update failed",
+    "kind:rollout": "rollout halted", "kind:quarantine": "quarantined",
+    "kind:flooding": "flooding",
+}  # fmt: skip
+CATALOGUES: dict[str, dict[str, str]] = {"vi": VI, "en": EN}
 MISSING: set[str] = set()
 
 
@@ -52,12 +59,11 @@ def pick(cookie: str | None, default: str) -> str:
 def t(msg: str, **values: object) -> str:
     """``msg`` (English) in the current language, with ``{name}`` fields filled in."""
     lang = current().lang
-    if lang != "en":
-        found = CATALOGUES[lang].get(msg)
-        if found is None:
-            MISSING.add(msg)
-        else:
-            msg = found
+    found = CATALOGUES[lang].get(msg)
+    if found is not None:
+        msg = found
+    elif lang != "en":
+        MISSING.add(msg)
     return msg.format(**values) if values else msg
 
 

@@ -1,5 +1,6 @@
-"""Dashboard sessions: a person signs in with their API token, kept in an HttpOnly,
-SameSite=Strict cookie; every page needs a signed-in reader, else it sends them to sign in."""
+"""Dashboard sign-in: a person signs in with their API token and gets a server-side session
+(``fleet_server.access.sessions``) whose random id is the HttpOnly, SameSite=Strict cookie;
+sign-out revokes it. Every page needs a signed-in reader, else it sends them to sign in."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_server.access import audit
 from fleet_server.access.audit import Actor
-from fleet_server.access.auth import ADMIN, COOKIE, READERS, Authenticator, client_address
-
-SESSION_S = 12 * 3600
+from fleet_server.access.auth import (
+    ADMIN,
+    COOKIE,
+    READERS,
+    Authenticator,
+    client_address,
+    same_origin,
+)
 
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Sign in · camfleet</title><link rel="stylesheet" href="/ui/static/app.css">
@@ -22,7 +28,7 @@ LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <h1>Sign in</h1><div id="msg" class="msg" hidden></div>
 <p>Your API token (from <code>camfleet-server add-user</code> or an admin):</p>
 <p><input id="login-token" type="password" size="48" autocomplete="off">
-<button id="login" onclick="signIn()">sign in</button></p></main></body></html>"""
+<button id="login" data-action="sign-in">sign in</button></p></main></body></html>"""
 
 
 class LoginIn(BaseModel):
@@ -39,8 +45,8 @@ def _auth(request: Request) -> Authenticator:
 
 def ui_reader(request: Request) -> Actor:
     """The signed-in person, or a redirect to the sign-in page."""
-    token = request.cookies.get(COOKIE, "")
-    actor = _auth(request).identify(token, client_address(request)) if token else None
+    sid = request.cookies.get(COOKIE, "")
+    actor = _auth(request).ui.identify(sid, client_address(request)) if sid else None
     if actor is None or actor.role not in (*READERS, ADMIN):
         raise HTTPException(status_code=303, headers={"Location": "/ui/login"})
     return actor
@@ -59,6 +65,8 @@ def login_router() -> APIRouter:
     @router.post("/login", status_code=204)
     def login(body: LoginIn, request: Request, response: Response) -> None:
         auth = _auth(request)
+        if not same_origin(request):  # no sign-in into someone else's account from elsewhere
+            raise HTTPException(403, "sign in from the dashboard's own page")
         source = client_address(request)
         actor = auth.identify(body.token, source)
         if actor is None:
@@ -66,11 +74,22 @@ def login_router() -> APIRouter:
                              "refused:bad_token")  # fmt: skip
             raise HTTPException(401, "API token not valid")
         audit.record_now(auth.sessions, actor, "ui.login", "", "ok")
-        response.set_cookie(COOKIE, body.token, max_age=SESSION_S, httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")  # fmt: skip
+        # always a fresh id: a cookie planted before sign-in is never adopted, only ended
+        sid = auth.ui.open(actor, body.token, replaces=request.cookies.get(COOKIE))
+        response.set_cookie(COOKIE, sid, max_age=int(auth.ui.lifetime_s), httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https",
+                            path="/")  # fmt: skip
 
     @router.post("/logout", status_code=204)
-    def logout(response: Response) -> None:
-        response.delete_cookie(COOKIE)
+    def logout(request: Request, response: Response) -> None:
+        if not same_origin(request):
+            raise HTTPException(403, "sign out from the dashboard's own page")
+        sid = request.cookies.get(COOKIE, "")
+        if sid:
+            auth = _auth(request)
+            source = client_address(request)
+            who = auth.ui.identify(sid, source) or Actor("unknown", "none", source)
+            auth.ui.close(sid, who)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
 
     return router

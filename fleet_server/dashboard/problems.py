@@ -69,7 +69,7 @@ def _alerts(scene: bool) -> Source:
         kind = "scene" if scene else "alert"
         found = [
             Problem(CRIT if a.severity == CRITICAL else WARN, kind, a.device_id, a.opened_at,
-                    f"{t(a.rule)}: {a.message}" + (f" ({t(a.state)})" if a.state != "open" else ""),
+                    a.message + (f" ({t(a.state)})" if a.state != "open" else ""),
                     f"/ui/devices/{a.device_id}")
             for a in rows
         ]  # fmt: skip

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
@@ -32,7 +33,7 @@ from fleet_server.identity.enrollment import EnrollError, Enrollment
 from fleet_server.identity.est import EstListener, TLSHttpToolsProtocol, create_est_app
 from fleet_server.identity.est_workers import EstWorkers, WorkerParams, requests_counter
 from fleet_server.identity.model import Commissioning
-from fleet_server.identity.revocation import CrlKeeper, Revoker
+from fleet_server.identity.revocation import CrlKeeper, Revoker, UnknownDevice
 from fleet_server.params import DeviceId
 from fleet_server.sites.records import ID_PATTERN, SiteRecordError, SiteRecords
 
@@ -56,6 +57,11 @@ class TokenOut(BaseModel):
     device_id: str
     token: str = Field(description="Shown once; only its hash is kept")
     expires_at: float
+    replacement: bool = Field(
+        False,
+        description="The device has a valid certificate: enrolling with this token revokes "
+        "its earlier certificates (operators only)",
+    )
 
 
 class UserRequest(BaseModel):
@@ -93,7 +99,7 @@ def _record_out(row: Commissioning) -> dict[str, Any]:
 
 def identity_router(ctx: ServerContext) -> APIRouter:
     ident = ctx.settings.identity
-    auth = Authenticator(ctx.sessions)
+    auth = Authenticator(ctx.sessions, ctx.settings.api.session_s)
     enrollment = Enrollment(ctx.sessions, ctx.ca, ident)
     revoker = Revoker(ctx.sessions, ctx.ca, ctx.settings)
     records = SiteRecords(ctx.sessions, ctx.ca, ident.max_frame_bytes)
@@ -101,7 +107,7 @@ def identity_router(ctx: ServerContext) -> APIRouter:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.camfleet_auth = auth
-        keeper = CrlKeeper(revoker, ident.crl_refresh_s)
+        keeper = CrlKeeper(revoker, min(ident.crl_refresh_s, ident.crl_check_s))
         keeper.start()
         listener = est_listener(ctx.settings, ctx.ca, ctx.metrics, enrollment)
         if listener is not None:
@@ -125,20 +131,26 @@ def identity_router(ctx: ServerContext) -> APIRouter:
         status_code=201,
         response_model=TokenOut,
         responses={400: {"description": "Refused"}, 404: {"description": "Unknown device"},
+                   403: {"description": "A replacement token needs an operator"},
                    409: {"description": "Revoked device"}},
     )  # fmt: skip
     def create_token(req: TokenRequest, who: Actor = technician) -> TokenOut:
         try:
-            token, expires = enrollment.create_token(
+            token, expires, replacement = enrollment.create_token_ex(
                 req.device_id, req.kind, who, req.site_id, req.ttl_s
             )
         except EnrollError as exc:
             raise HTTPException(exc.status, f"{exc.reason}: {exc.detail}") from exc
-        return TokenOut(device_id=req.device_id, token=token, expires_at=expires)
+        return TokenOut(
+            device_id=req.device_id, token=token, expires_at=expires, replacement=replacement
+        )
 
-    @router.post("/devices/{device_id}/revoke")
+    @router.post("/devices/{device_id}/revoke", responses=_NOT_FOUND)
     def revoke(device_id: DeviceId, req: RevokeRequest, who: Actor = operator) -> dict[str, Any]:
-        result = revoker.revoke(device_id, who, req.reason)
+        try:
+            result = revoker.revoke(device_id, who, req.reason)
+        except UnknownDevice as exc:
+            raise HTTPException(404, f"no device {device_id}") from exc
         return {
             "device_id": device_id,
             "certificates_revoked": result.certificates,
@@ -168,7 +180,27 @@ def identity_router(ctx: ServerContext) -> APIRouter:
         return {"record_id": record_id, "stored": stored, "verified": True}
 
     _read_routes(router, ctx, records, technician, operator)
+    _session_routes(router, auth, admin)
     return router
+
+
+def _session_routes(router: APIRouter, auth: Authenticator, admin: Any) -> None:
+    @router.get("/sessions")
+    def list_sessions(
+        _who: Actor = admin, all: bool = False, limit: Annotated[int, Query(ge=1, le=5000)] = 500
+    ) -> list[dict[str, Any]]:
+        """Dashboard sessions, newest first: live ones (``all=true``: also ended ones)."""
+        return [asdict(s) for s in auth.ui.list(not all, max(1, min(limit, 5000)))]
+
+    @router.post("/sessions/{session_id}/revoke", responses=_NOT_FOUND)
+    def revoke_session(
+        session_id: Annotated[int, PathParam(ge=1, le=2**62)], who: Actor = admin
+    ) -> dict[str, Any]:
+        """End a dashboard session now (its cookie stops working at once)."""
+        info = auth.ui.revoke(session_id, who)
+        if info is None:
+            raise HTTPException(404, f"no session {session_id}")
+        return asdict(info)
 
 
 def est_listener(

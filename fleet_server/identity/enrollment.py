@@ -57,12 +57,20 @@ _SPEND = (
         _TOKENS.c.used_at.is_(None),
         _TOKENS.c.expires_at >= bindparam("now"),
         ~exists().where(_REVOKED.c.device_id == bindparam("device")),
+        # a plain token cannot give a device that has a valid certificate a second one
+        _TOKENS.c.replacement
+        | ~exists().where(
+            _CERTS.c.device_id == bindparam("device"),
+            _CERTS.c.revoked_at.is_(None),
+            _CERTS.c.not_after > bindparam("now"),
+        ),
     )
     .values(used_at=bindparam("now"), used_from=bindparam("source"))
 )
 _TOKEN_STATE = (
     select(
         _TOKENS.c.device_id,
+        _TOKENS.c.replacement,
         _TOKENS.c.used_at,
         _TOKENS.c.expires_at,
         _REVOKED.c.device_id.label("revoked"),
@@ -70,8 +78,24 @@ _TOKEN_STATE = (
     .select_from(_TOKENS.outerjoin(_REVOKED, _REVOKED.c.device_id == _TOKENS.c.device_id))
     .where(_TOKENS.c.token_hash == bindparam("digest"))
 )
-_CERT_STATE = select(_CERTS.c.device_id, _CERTS.c.revoked_at).where(
+_CERT_STATE = select(_CERTS.c.device_id, _CERTS.c.revoked_at, _CERTS.c.superseded_at).where(
     _CERTS.c.serial == bindparam("serial")
+)
+# a renewal supersedes every earlier certificate of the device still valid
+_SUPERSEDE = (
+    update(_CERTS)
+    .where(
+        _CERTS.c.device_id == bindparam("device"),
+        _CERTS.c.revoked_at.is_(None),
+        _CERTS.c.superseded_at.is_(None),
+    )
+    .values(superseded_at=bindparam("now"))
+)
+# a replacement enrollment revokes them at once (the CRL follows within crl_check_s)
+_REVOKE_ALL = (
+    update(_CERTS)
+    .where(_CERTS.c.device_id == bindparam("device"), _CERTS.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now"))
 )
 _DEVICE_REVOKED = select(_REVOKED.c.device_id).where(_REVOKED.c.device_id == bindparam("device"))
 
@@ -105,6 +129,7 @@ def _cert_row(cert: x509.Certificate, device_id: str, via: str, now: float) -> d
         "issued_at": now,
         "via": via,
         "revoked_at": None,
+        "superseded_at": None,
     }
 
 
@@ -112,6 +137,10 @@ def _cert_row(cert: x509.Certificate, device_id: str, via: str, now: float) -> d
 class _Token:
     token_hash: str
     device_id: str
+    replacement: bool = False
+
+
+REPLACERS = ("operator", "admin")  # roles that may mint a replacement token
 
 
 class Enrollment:
@@ -133,7 +162,17 @@ class Enrollment:
     def create_token(
         self, device_id: str, kind: str, by: Actor, site_id: str | None, ttl_s: int | None
     ) -> tuple[str, float]:
-        """A one-time enrollment token for ``device_id``; (token, expires_at)."""
+        """A one-time enrollment token for ``device_id``; (token, expires_at).
+
+        For a device that already has a valid certificate it is a *replacement* token: only
+        an operator may make one, it is audited as ``token.replace``, and the enrollment
+        that spends it revokes the device's earlier certificates."""
+        return self.create_token_ex(device_id, kind, by, site_id, ttl_s)[:2]
+
+    def create_token_ex(
+        self, device_id: str, kind: str, by: Actor, site_id: str | None, ttl_s: int | None
+    ) -> tuple[str, float, bool]:
+        """``create_token`` that also says whether the token is a replacement."""
         if not contract.valid_device_id(device_id):
             raise EnrollError(400, "bad_device_id", f"invalid device id {device_id!r}")
         if kind not in KINDS:
@@ -141,10 +180,39 @@ class Enrollment:
         ttl = self.settings.token_ttl_s if ttl_s is None else ttl_s
         token = tokens.new_token(tokens.ENROLL_PREFIX)
         now = time.time()
+        try:
+            replacement = self._store_token(token, device_id, kind, by, site_id, ttl, now)
+        except EnrollError as exc:  # audited in a transaction of its own (the other rolled back)
+            action = "token.replace" if exc.reason == "needs_operator" else "token.create"
+            audit.record_now(self.sessions, by, action, device_id, f"refused:{exc.reason}")
+            raise
+        if replacement:
+            log.warning("replacement token for %s made by %s", device_id, by.name)
+        return token, now + ttl, replacement
+
+    def _store_token(
+        self, token: str, device_id: str, kind: str, by: Actor, site_id: str | None,
+        ttl: int, now: float,
+    ) -> bool:  # fmt: skip
         with self.sessions.begin() as db:
             if db.get(RevokedDevice, device_id) is not None:
-                audit.record(db, by, "token.create", device_id, "refused:device_revoked")
                 raise EnrollError(409, "device_revoked", f"{device_id} is revoked")
+            valid = db.execute(
+                select(_CERTS.c.serial)
+                .where(
+                    _CERTS.c.device_id == device_id,
+                    _CERTS.c.revoked_at.is_(None),
+                    _CERTS.c.not_after > now,
+                )
+                .limit(1)
+            ).first()
+            replacement = valid is not None
+            action = "token.replace" if replacement else "token.create"
+            if replacement and by.role not in REPLACERS:
+                raise EnrollError(
+                    403, "needs_operator",
+                    f"{device_id} has a valid certificate: a replacement token needs an operator",
+                )  # fmt: skip
             db.add(
                 EnrollmentToken(
                     token_hash=tokens.token_hash(token),
@@ -154,10 +222,14 @@ class Enrollment:
                     created_by=by.name,
                     created_at=now,
                     expires_at=now + ttl,
+                    replacement=replacement,
                 )
             )
-            audit.record(db, by, "token.create", device_id, detail={"ttl_s": ttl, "kind": kind})
-        return token, now + ttl
+            detail: dict[str, Any] = {"ttl_s": ttl, "kind": kind}
+            if replacement:
+                detail["replaces"] = valid.serial if valid is not None else ""
+            audit.record(db, by, action, device_id, detail=detail)
+        return replacement
 
     def record_refusal(self, action: str, source: str, reason: str) -> None:
         """Audit a request refused before it reached a decision (size, content type)."""
@@ -212,9 +284,13 @@ class Enrollment:
         with conn.begin():
             spent = conn.execute(_SPEND, spend)
             if spent.rowcount != 1:
-                raise _unusable(conn, row.token_hash, now)
-            conn.execute(_INSERT_CERT, _cert_row(cert, row.device_id, "enroll", now))
-            detail = {"serial": _hex(cert)}
+                raise _unusable(conn, row, now)
+            detail: dict[str, Any] = {"serial": _hex(cert)}
+            if row.replacement:  # the device's earlier certificates die with this one
+                done = conn.execute(_REVOKE_ALL, {"device": row.device_id, "now": now})
+                detail["revoked"] = int(done.rowcount or 0)
+            via = "replace" if row.replacement else "enroll"
+            conn.execute(_INSERT_CERT, _cert_row(cert, row.device_id, via, now))
             conn.execute(
                 _INSERT_AUDIT, audit.row(actor, "est.enroll", row.device_id, "ok", detail, now)
             )
@@ -228,7 +304,7 @@ class Enrollment:
         problem = _token_problem(found, claimed_id, time.time())
         if problem is not None:  # also when the token is unknown (found is None)
             raise problem
-        return _Token(digest, str(found.device_id))
+        return _Token(digest, str(found.device_id), bool(found.replacement))
 
     # ---------------------------------------------------------------- re-enroll
     def reenroll(self, client_cert_der: bytes | None, body: bytes, source: str) -> Issued:
@@ -247,6 +323,8 @@ class Enrollment:
             now = time.time()
             detail = {"serial": _hex(cert), "previous": _hex(current)}
             with self.engine.begin() as conn:
+                # the earlier certificates are superseded: on the CRL after the grace
+                conn.execute(_SUPERSEDE, {"device": device_id, "now": now})
                 conn.execute(_INSERT_CERT, _cert_row(cert, device_id, "reenroll", now))
                 conn.execute(
                     _INSERT_AUDIT,
@@ -270,6 +348,8 @@ class Enrollment:
             raise EnrollError(403, "unknown_cert", "this certificate was not issued by enrollment")
         if known.revoked_at is not None:
             raise EnrollError(403, "cert_revoked", "this certificate is revoked")
+        if known.superseded_at is not None:  # a copy of an old one cannot renew either
+            raise EnrollError(403, "cert_superseded", "a newer certificate replaced this one")
 
 
 def _hex(cert: x509.Certificate) -> str:
@@ -296,7 +376,24 @@ def _token_problem(found: Any, claimed_id: str | None, now: float) -> EnrollErro
     return None
 
 
-def _unusable(conn: Connection, digest: str, now: float) -> EnrollError:
-    """Why the conditional spend matched no row (another request spent it first, ...)."""
-    problem = _token_problem(_token_state(conn, digest), None, now)
-    return problem or EnrollError(401, "token_used", "this enrollment token was used already")
+def _unusable(conn: Connection, row: _Token, now: float) -> EnrollError:
+    """Why the conditional spend matched no row (another request spent it first, the device
+    has a valid certificate and this is no replacement token, ...)."""
+    problem = _token_problem(_token_state(conn, row.token_hash), None, now)
+    if problem is not None:
+        return problem
+    valid = conn.execute(
+        select(_CERTS.c.serial)
+        .where(
+            _CERTS.c.device_id == row.device_id,
+            _CERTS.c.revoked_at.is_(None),
+            _CERTS.c.not_after > now,
+        )
+        .limit(1)
+    ).first()
+    if valid is not None and not row.replacement:
+        return EnrollError(
+            409, "already_enrolled",
+            f"{row.device_id} has a valid certificate; it needs a replacement token",
+        )  # fmt: skip
+    return EnrollError(401, "token_used", "this enrollment token was used already")

@@ -33,6 +33,27 @@ class ApiToken(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class UiSession(Base):
+    """A person signed in to the dashboard (0011_people): the cookie carries a random id,
+    only its SHA-256 is kept; it dies at ``expires_at``, on sign-out, when an admin revokes
+    it, or with the API token it was opened with."""
+
+    __tablename__ = "ui_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sid_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_name: Mapped[str] = mapped_column(String(64), ForeignKey("users.name"))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (Index("ix_ui_sessions_user", "user_name"),)
+
+
 class EnrollmentToken(Base):
     __tablename__ = "enrollment_tokens"
 
@@ -45,6 +66,9 @@ class EnrollmentToken(Base):
     expires_at: Mapped[float] = mapped_column(Float)
     used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     used_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # for a device that already had a valid certificate (0011_people): operator only, and
+    # the enrollment that spends it revokes the device's earlier certificates
+    replacement: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("ix_enrollment_tokens_device", "device_id"),)
 
@@ -59,6 +83,8 @@ class IssuedCertificate(Base):
     issued_at: Mapped[float] = mapped_column(Float)
     via: Mapped[str] = mapped_column(String(16))  # enroll | reenroll
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # a renewal made a newer certificate (0011_people); revoked after the grace period
+    superseded_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (Index("ix_certificates_device", "device_id"),)
 

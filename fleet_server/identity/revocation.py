@@ -35,7 +35,7 @@ from fleet_server.db import Device
 from fleet_server.health import engine as health
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.identity.ca_ops import Revoked, read_crl, write_crl
-from fleet_server.identity.model import IssuedCertificate, RevokedDevice
+from fleet_server.identity.model import EnrollmentToken, IssuedCertificate, RevokedDevice
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ REVOKED = "revoked"  # the state reason of a revoked device
 
 class RevocationError(Exception):
     """The revocation could not be carried out completely (the log says which step)."""
+
+
+class UnknownDevice(Exception):
+    """Nothing is known of this device: no registry entry, certificate or token."""
 
 
 @dataclass(frozen=True)
@@ -71,34 +75,20 @@ class Revoker:
         self._crl_lock = threading.Lock()
 
     def revoke(self, device_id: str, by: Actor, reason: str) -> RevokeResult:
+        """Revoke a device the fleet knows (registry, certificate or enrollment token);
+        ``UnknownDevice`` (audited) for any other id."""
         now = time.time()
+        count = 0
         with self.sessions.begin() as db:
             already = db.get(RevokedDevice, device_id) is not None
-            if not already:
-                db.add(
-                    RevokedDevice(
-                        device_id=device_id, revoked_at=now, revoked_by=by.name, reason=reason
-                    )
-                )
-            done = db.execute(
-                update(IssuedCertificate)
-                .where(
-                    IssuedCertificate.device_id == device_id,
-                    IssuedCertificate.revoked_at.is_(None),
-                )
-                .values(revoked_at=now)
+            unknown = not already and not _known(db, device_id)
+            if not unknown:
+                count = self._mark_revoked(db, device_id, by, reason, already, now)
+        if unknown:
+            audit.record_now(
+                self.sessions, by, "device.revoke", device_id, "refused:unknown_device"
             )
-            count = int(getattr(done, "rowcount", 0) or 0)
-            # its last will cannot reach us any more (the broker refuses all it publishes),
-            # so the registry marks it offline here; a late status cannot bring it back
-            dev = db.get(Device, device_id, with_for_update={"key_share": True})  # as ingest
-            if dev is not None and (dev.state != health.OFFLINE or dev.state_reason != REVOKED):
-                dev.state, dev.state_reason = health.OFFLINE, REVOKED
-                dev.state_changed_at = now
-                dev.state_ts = max(dev.state_ts, now)
-            audit.record(
-                db, by, "device.revoke", device_id, detail={"reason": reason, "certs": count}
-            )
+            raise UnknownDevice(device_id)
         self.write_crl()
         reloaded = self.reload_broker()
         kicked = self.kick(device_id) if self.settings.identity.dynsec else False
@@ -111,6 +101,34 @@ class Revoker:
             kicked,
         )
         return RevokeResult(device_id, count, already, reloaded, kicked)
+
+    def _mark_revoked(
+        self, db: Session, device_id: str, by: Actor, reason: str, already: bool, now: float
+    ) -> int:
+        if not already:
+            db.add(
+                RevokedDevice(
+                    device_id=device_id, revoked_at=now, revoked_by=by.name, reason=reason
+                )
+            )
+        done = db.execute(
+            update(IssuedCertificate)
+            .where(
+                IssuedCertificate.device_id == device_id,
+                IssuedCertificate.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+        count = int(getattr(done, "rowcount", 0) or 0)
+        # its last will cannot reach us any more (the broker refuses all it publishes),
+        # so the registry marks it offline here; a late status cannot bring it back
+        dev = db.get(Device, device_id, with_for_update={"key_share": True})  # as ingest
+        if dev is not None and (dev.state != health.OFFLINE or dev.state_reason != REVOKED):
+            dev.state, dev.state_reason = health.OFFLINE, REVOKED
+            dev.state_changed_at = now
+            dev.state_ts = max(dev.state_ts, now)
+        audit.record(db, by, "device.revoke", device_id, detail={"reason": reason, "certs": count})
+        return count
 
     def is_revoked(self, device_id: str) -> bool:
         with self.sessions() as db:
@@ -172,16 +190,96 @@ class Revoker:
             return False
         errors = [r.get("error") for r in answer if r.get("command") == "addClientRole"]
         if errors and errors[0]:
+            # the plugin answers "Internal error" when the client holds the role already
+            try:
+                if device_id in self.denied([device_id], timeout):
+                    return True
+            except RevocationError:
+                pass
             log.error("device %s not kicked: %s", device_id, errors[0])
             return False
         return True
 
-    def reapply(self) -> None:
-        """After a broker reset, make sure every revoked device has the deny role again."""
+    def reapply(self) -> int:
+        """After a broker reset, make sure every revoked device has the deny role again;
+        only those that lack it are given it (how many)."""
         with self.sessions() as db:
             ids = list(db.scalars(select(RevokedDevice.device_id)).all())
-        for device_id in ids:
+        missing = [d for d in ids if d not in self.denied(ids)] if ids else []
+        for device_id in missing:
             self.kick(device_id)
+        return len(missing)
+
+    def denied(self, device_ids: list[str], timeout: float = 5.0) -> set[str]:
+        """Which of these devices hold the deny role in the broker's plugin now."""
+        found: set[str] = set()
+        for i in range(0, len(device_ids), 100):
+            chunk = device_ids[i : i + 100]
+            answer = dynsec_call(
+                self.settings, self.ca,
+                [{"command": "getClient", "username": d} for d in chunk], timeout,
+            )  # fmt: skip
+            for r in answer:
+                data = r.get("data")
+                client = data.get("client") if isinstance(data, dict) else None
+                if isinstance(client, dict) and any(
+                    isinstance(role, dict) and role.get("rolename") == DENY_ROLE
+                    for role in client.get("roles") or []
+                ):
+                    found.add(str(client.get("username")))
+        return found
+
+    # ---------------------------------------------------------------- CRL upkeep
+    def expire_superseded(self, now: float | None = None) -> int:
+        """Certificates superseded by a renewal longer ago than the grace become revoked."""
+        now = time.time() if now is None else now
+        grace = self.settings.identity.supersede_grace_s
+        with self.sessions.begin() as db:
+            rows = db.execute(
+                select(IssuedCertificate.serial, IssuedCertificate.device_id).where(
+                    IssuedCertificate.superseded_at <= now - grace,
+                    IssuedCertificate.revoked_at.is_(None),
+                )
+            ).all()
+            if rows:
+                db.execute(
+                    update(IssuedCertificate)
+                    .where(IssuedCertificate.serial.in_([r.serial for r in rows]))
+                    .values(revoked_at=now)
+                )
+                for serial, device_id in rows:
+                    audit.record(db, audit.SYSTEM, "cert.superseded", device_id,
+                                 detail={"serial": serial})  # fmt: skip
+        return len(rows)
+
+    def crl_behind(self) -> bool:
+        """True when the CRL on disk lacks a revoked, unexpired certificate (one revoked by
+        a replacement enrollment in an EST worker, or a superseded one past its grace)."""
+        crl = read_crl(self.ca)
+        if crl is None:
+            return True
+        listed = {format(r.serial_number, "x") for r in crl}
+        now = time.time()
+        with self.sessions() as db:
+            want = set(
+                db.scalars(
+                    select(IssuedCertificate.serial).where(
+                        IssuedCertificate.revoked_at.is_not(None),
+                        IssuedCertificate.not_after > now,
+                    )
+                ).all()
+            )
+        return not want <= listed
+
+    def upkeep(self) -> bool:
+        """One round of the keeper: supersede, then rewrite the CRL and reload the broker
+        when it is behind the database or half its validity is gone. True if rewritten."""
+        superseded = self.expire_superseded()
+        if superseded or self.crl_behind() or self.crl_needs_refresh():
+            self.write_crl()
+            self.reload_broker()
+            return True
+        return False
 
 
 def dynsec_call(
@@ -233,8 +331,18 @@ def dynsec_call(
     return [r for r in responses if isinstance(r, dict)]
 
 
+def _known(db: Session, device_id: str) -> bool:
+    if db.get(Device, device_id) is not None:
+        return True
+    for table in (IssuedCertificate, EnrollmentToken):
+        if db.scalars(select(table.device_id).where(table.device_id == device_id).limit(1)).first():
+            return True
+    return False
+
+
 class CrlKeeper(threading.Thread):
-    """Keeps the CRL fresh, and the deny roles in place after a start."""
+    """Keeps the CRL fresh and in line with the database (superseded certificates past
+    their grace, replacements), and the deny roles in place after a start."""
 
     def __init__(self, revoker: Revoker, every_s: float) -> None:
         super().__init__(name="crl-keeper", daemon=True)
@@ -246,9 +354,7 @@ class CrlKeeper(threading.Thread):
         first = True
         while True:
             try:
-                if self.revoker.crl_needs_refresh():
-                    self.revoker.write_crl()
-                    self.revoker.reload_broker()
+                self.revoker.upkeep()
                 if first and self.revoker.settings.identity.dynsec:
                     self.revoker.reapply()
                 first = False

@@ -49,6 +49,21 @@ class IdentitySettings(BaseModel):
         description="How often the CRL is checked; it is rewritten when less than half of "
         "its validity is left (an expired CRL makes Mosquitto refuse every client)",
     )
+    supersede_grace_s: float = Field(
+        3600.0,
+        ge=0,
+        le=30 * 86400,
+        description="A renewal supersedes the device's earlier certificates; they go on the "
+        "CRL this long after it (time for the device to reconnect with the new one)",
+    )
+    crl_check_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How often the server brings the CRL in line with the database "
+        "(superseded certificates past their grace, certificates revoked by a replacement "
+        "enrollment in an EST worker)",
+    )
     broker_pid_file: Path | None = Field(
         None,
         description="File holding the broker's pid, for SIGHUP after a CRL change; "

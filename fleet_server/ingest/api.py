@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server.access.auth import AUTH_RESPONSES, READERS, require_role
 from fleet_server.db import page
 from fleet_server.ingest.events import Event, snapshot_url
+from fleet_server.ingest.jpeg import jpeg_problem
 from fleet_server.params import DeviceFilter
 
 
@@ -148,6 +149,8 @@ def events_router(sessions: sessionmaker[Session]) -> APIRouter:
             raw = base64.b64decode(jpeg, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise HTTPException(status_code=404, detail="snapshot is not base64") from exc
+        if jpeg_problem(raw) is not None:  # stored before ingest checked (issue 15)
+            raise HTTPException(status_code=404, detail="snapshot is not a JPEG")
         return Response(raw, media_type="image/jpeg")
 
     @router.get("/api/counts", response_model=CountsOut)

@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fleet_server.db import Base
+from fleet_server.ingest.jpeg import checked_snapshot
 
 
 class Event(Base):
@@ -65,7 +66,7 @@ def event_row(device_id: str, body: dict[str, Any], received_at: float) -> dict[
         "type": str(body["type"]),
         "ts": float(body["ts"]),
         "received_at": received_at,
-        "data": data if isinstance(data, dict) else {},
+        "data": checked_snapshot(data) if isinstance(data, dict) else {},
     }
 
 

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,25 @@ def decode(topic: str, payload: bytes) -> Decoded | Refused:
         return Refused(exc.reason, device_of(topic), exc.detail[:200])
     except Exception as exc:  # noqa: BLE001 - the point: nothing a device sends escapes
         return Refused(R_DECODE, device_of(topic), f"{type(exc).__name__}: {exc}"[:200])
+
+
+def precheck(
+    topic: str,
+    quarantined: Callable[[str], bool],
+    take: Callable[[str, str, float], bool],
+    now: float,
+) -> Refused | None:
+    """The refusals the topic alone decides: a quarantined device, a kind over its
+    budget. None: go on to decode (a topic that is not ours is refused there)."""
+    try:
+        device_id, kind = contract.parse_topic(topic)
+    except Exception:  # noqa: BLE001 - decode() refuses it with the contract's reason
+        return None
+    if quarantined(device_id):
+        return Refused(R_QUARANTINED, device_id, "quarantined")
+    if not take(device_id, kind, now):
+        return Refused(R_BUDGET, device_id, f"{kind} over budget")
+    return None
 
 
 class RefusalLog:

@@ -25,8 +25,11 @@ from fleet_server.commands.store import Outgoing
 from fleet_server.health.notify import Notifier
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest import gate
+from fleet_server.ingest.budget import Budget
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client
 from fleet_server.ingest.codec import MqttError, Publish
+from fleet_server.ingest.flood import FloodWatch
+from fleet_server.ingest.quarantine import Quarantine
 from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.ingest.safestore import SafeStore
 from fleet_server.ingest.settings import IngestSettings, MqttSettings
@@ -102,6 +105,7 @@ class Ingest:
         *,
         subscribe: bool = True,
         send_receipts: bool = True,
+        quarantine: Quarantine | None = None,
     ) -> None:
         """``subscribe=False``: a connection that only publishes (commands, config, alerts)
         and stores nothing: the API process when ingest workers run apart from it.
@@ -120,6 +124,14 @@ class Ingest:
         self._stop = threading.Event()
         self.safe = SafeStore(registry, metrics, self._stop)
         self.refusals = gate.RefusalCounts()
+        self.budget = Budget(settings.budget)
+        self.quarantine = quarantine or Quarantine(registry.sessions)
+        self.quarantine.stats = lambda: {
+            "flooding": self.budget.flooding(),
+            "refused": self.refusals.all(),
+        }
+        self.flood = FloodWatch(self.budget, registry.sessions, self.quarantine,
+                                notifier.send if notifier is not None else None)  # fmt: skip
         self.refusal_log = gate.RefusalLog(settings.refusal_log_interval_s,
                                            counter=metrics.refusal_log_lines)  # fmt: skip
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
@@ -159,6 +171,9 @@ class Ingest:
         io = Watched("mqtt5-io", self.client.revive, alive=self.client.alive)
         self.supervisor.watch(io)
         self.supervisor.ticks.append(self.refusal_log.flush)
+        self.supervisor.ticks.append(self.quarantine.refresh)
+        if self.subscribe:
+            self.supervisor.ticks.append(self.flood.tick)
         self.supervisor.start()
 
     def problem(self, link_down_s: float) -> str | None:
@@ -236,8 +251,11 @@ class Ingest:
         refused: list[int] = []
         kinds: Counter[str] = Counter()
         decode = gate.decode  # the one gate: every failure a refusal, never an exception
+        now = time.monotonic()
         for m in messages:
-            verdict = decode(m.topic, m.payload)
+            # quarantine and budget first, from the topic alone: a flood costs no parsing
+            early = gate.precheck(m.topic, self.quarantine.has, self.budget.take, now)
+            verdict = decode(m.topic, m.payload) if early is None else early
             if isinstance(verdict, gate.Refused):
                 self._refuse(verdict, len(m.payload))
                 if m.qos:

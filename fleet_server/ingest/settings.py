@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_server.ingest.budget import BudgetSettings
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -62,4 +64,8 @@ class IngestSettings(_Section):
         30.0,
         gt=0,
         description="/healthz answers 503 while the MQTT link has been down longer than this",
+    )
+    budget: BudgetSettings = Field(
+        default_factory=BudgetSettings,
+        description="Per device and kind, the rate the server accepts ([ingest.budget])",
     )

@@ -97,7 +97,7 @@ class Supervisor(threading.Thread):
         self.on_fatal = on_fatal
         self.stopped = threading.Event()
         self.watched: list[Watched] = []
-        self.ticks: list[Callable[[], None]] = []  # also run every ``every_s``
+        self.ticks: list[Callable[[], object]] = []  # also run every ``every_s``
         self.gave_up: str | None = None
 
     def watch(self, watched: Watched) -> Watched:

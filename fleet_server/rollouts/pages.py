@@ -24,16 +24,6 @@ from fleet_server.rollouts import model as m
 from fleet_server.rollouts.model import Campaign
 
 PAGE = 200
-_SCRIPT = """<script>
-async function rollout(cid, what) {
-  try {
-    await call("POST", "/api/rollouts/" + cid + "/" + what, {});
-    window.location.reload();
-  } catch (err) {
-    say(what + " refused: " + err.message, true);
-  }
-}
-</script>"""
 
 
 def _when(ts: float | None) -> str:
@@ -93,9 +83,9 @@ def campaign_html(db: Session, camp: Campaign, can_act: bool, state: str, offset
             m.HALTED: ("cancel", "rollback"),
         }.get(camp.state, ("rollback",))
         buttons = "<p>" + " ".join(
-            f'<button id="rollout-{a}" onclick="rollout(\'{escape(camp.id)}\', \'{a}\')">'
-            f"{a}</button>" for a in acts
-        ) + "</p>" + _SCRIPT  # fmt: skip
+            f'<button id="rollout-{a}" data-action="rollout" data-campaign="{escape(camp.id)}" '
+            f'data-what="{a}">{a}</button>' for a in acts
+        ) + "</p>"  # fmt: skip
     states = m.DEVICE_STATES
     wave_rows = "".join(
         f'<tr><td>{i + 1}{" (canary)" if i == 0 and len(sizes) > 1 else ""}</td><td>{size}</td>'

@@ -23,7 +23,7 @@ from hil_tests.vm_rig import AGENT_UNIT, VmRig
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ROOT / "build" / "packages"
-pytestmark = pytest.mark.hil_long
+pytestmark = [pytest.mark.hil_long, pytest.mark.timeout(4 * 3600)]  # TCG: hours
 
 
 def _debs() -> list[Path]:
@@ -148,3 +148,81 @@ def _reports_again(server: vm_fleet.Server, device_id: str, after: float) -> Non
         return bool(seen) and datetime.fromisoformat(str(seen)).timestamp() > after
 
     wait_until(fresh, 900, f"a heartbeat of {device_id}", interval=5)
+
+
+def _slot(vm: Vm) -> str:
+    return vm.must("tr ' ' '\\n' </proc/cmdline | sed -n 's/^rauc.slot=//p'").strip()
+
+
+def _grubenv(vm: Vm) -> dict[str, str]:
+    out = vm.must("grub-editenv /boot/efi/EFI/BOOT/grubenv list")
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_rauc_installs_into_the_other_slot_survives_a_power_cut_and_falls_back(
+    built: vm_image.Built, vmrig: VmRig, tmp_path: Path
+) -> None:
+    """RAUC on the A/B disk: a power cut while a bundle is written boots the old slot,
+    whole; a complete install boots the new slot, whose health check commits it; a bundle
+    whose image fails its health check boots once, is marked bad and the machine falls back
+    to the good slot by itself."""
+    out = built.disk.parent
+    good = vm_image.bundle(out, "2")
+    bad = vm_image.bundle(out, "3", healthy=False)
+    media = vm_image.media([good, bad], tmp_path / "media.ext4")
+    vm = Vm("box-rauc", built.disk, tmp_path / "vm", media=media)
+    vm.fresh()
+    rig = vmrig
+    rig.recorder.start(
+        "vm: RAUC A/B, power cut mid-install, health-gated commit, fallback",
+        "vm",
+        "the box boots a whole, committed root file system each time",
+    )
+    rig.add(vm)
+    rig.boot(vm.name)
+    vm.wait_console("slot A marked good", 300)
+    assert _slot(vm) == "A"
+    vm_fleet.mount_media(vm)
+
+    # 1. the plug pulled while RAUC writes slot B
+    vm.exec(["rauc", "install", f"{vm_fleet.MEDIA}/{good.name}"], wait=False)
+    progress = "busctl get-property de.pengutronix.rauc / de.pengutronix.rauc.Installer Progress"
+    wait_until(lambda: "Copying" in vm.sh(progress).stdout, 900, "RAUC writing slot B",
+               interval=1)  # fmt: skip
+    time.sleep(3)
+    rig.recorder.observe(vm.name, "rauc progress", vm.sh(progress).stdout.strip())
+    rig.power_cut(vm.name)
+    rig.boot(vm.name)
+    assert _slot(vm) == "A" and "image=1" in vm.console()
+    rig.recorder.check("power cut during install: slot A, image 1", str(_grubenv(vm)))
+
+    # 2. a complete install, a reboot into B, committed by its health check
+    vm_fleet.mount_media(vm)
+    t0 = time.monotonic()
+    vm.must(f"rauc install {vm_fleet.MEDIA}/{good.name}", timeout=3600)
+    install_s = time.monotonic() - t0
+    rig.recorder.note(f"rauc_install_s {install_s:.0f} ({good.stat().st_size >> 20} MiB bundle)")
+    env = _grubenv(vm)
+    assert env["ORDER"].split()[0] == "B" and env["B_OK"] == "1", env
+    rig.power_off(vm.name)
+    rig.boot(vm.name)
+    vm.wait_console("slot B marked good", 300)
+    assert _slot(vm) == "B" and "image=2" in vm.console()
+    assert _grubenv(vm)["B_TRY"] == "0"
+    rig.recorder.check("installed, rebooted into B, committed")
+
+    # 3. a bad image: one trial boot, marked bad, back to B by itself
+    vm_fleet.mount_media(vm)
+    vm.must(f"rauc install {vm_fleet.MEDIA}/{bad.name}", timeout=3600)
+    rig.power_off(vm.name)
+    rig.power_on(vm.name)
+    vm.wait_console("health check failed", rig.boot_timeout)
+    vm.wait_console("camfleet: slot B marked good", rig.boot_timeout)
+    vm.wait_agent(120)
+    console = vm.console()
+    assert console.index("health check failed") < console.index("slot B marked good")
+    assert _slot(vm) == "B"
+    env = _grubenv(vm)
+    assert env["A_OK"] == "0" and env["B_OK"] == "1", env
+    rig.recorder.check("bad image fell back to B", str(env))
+    rig.recorder.end("passed")

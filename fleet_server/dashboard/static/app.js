@@ -86,3 +86,36 @@ async function saveTags(deviceId) {
     say("tags not saved: " + err.message, true);
   }
 }
+
+async function rollout(campaignId, what) {
+  try {
+    await call("POST", "/api/rollouts/" + campaignId + "/" + what, {});
+    window.location.reload();
+  } catch (err) {
+    say(what + " refused: " + err.message, true);
+  }
+}
+
+// No inline handlers (the Content-Security-Policy allows only this file's script): buttons
+// say what they do in data-action, and one listener dispatches.
+const ACTIONS = {
+  "sign-in": () => signIn(),
+  "sign-out": () => signOut(),
+  "acknowledge": (el) => acknowledge(el.dataset.alert),
+  "send-command": (el) => sendCommand(el.dataset.device),
+  "save-tags": (el) => saveTags(el.dataset.device),
+  "rollout": (el) => rollout(el.dataset.campaign, el.dataset.what),
+};
+
+document.addEventListener("click", (ev) => {
+  const el = ev.target instanceof Element ? ev.target.closest("[data-action]") : null;
+  if (!el || !Object.hasOwn(ACTIONS, el.dataset.action)) return;
+  ev.preventDefault();
+  ACTIONS[el.dataset.action](el);
+});
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && ev.target instanceof Element && ev.target.id === "login-token") {
+    signIn();
+  }
+});
