@@ -323,7 +323,9 @@ def test_province_in_chromium(
 
     page.goto(base + "/ui/events?type=snapshot")
     assert page.locator("tr.event-row").count() == 20
-    page.wait_for_function("document.querySelector('img.thumb').naturalWidth > 0")
+    # (no wait_for_function: the page's CSP refuses the eval it needs)
+    wait_for(lambda: page.eval_on_selector("img.thumb", "i => i.naturalWidth") > 0, 10,
+             what="the first snapshot thumbnail decoded")  # fmt: skip
     page.screenshot(path=str(SHOTS / "events.png"))
     page.locator("tr.event-row a").first.click()
     page.wait_for_url("**/ui/events/pv-*/seed-s-*")

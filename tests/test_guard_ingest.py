@@ -13,6 +13,7 @@ import pytest
 
 from firmware import contract
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
+from hil_tests import attack
 from hil_tests.procs import Broker, wait_for
 from hil_tests.server import ServerProcess
 from tests.mqtt_helpers import Client
@@ -251,3 +252,72 @@ def test_flood_is_dropped_alerted_and_quarantine_shuts_it_out(
     finally:
         flooder.close()
         honest.close()
+
+
+def _honest_survives(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice, prefix: str,
+    duration_s: float,
+) -> attack.AttackReport:  # fmt: skip
+    def creds(device_id: str) -> attack.Creds:
+        c = device_factory(device_id)
+        return attack.Creds(device_id, c.root_pem, c.cert_pem, c.key_pem)
+
+    honest = [creds(f"{prefix}-honest-{i}") for i in range(4)]
+    evil = creds(f"{prefix}-evil")
+    report = attack.run(broker.port, honest, evil, duration_s)
+    # no honest device ever offline (looked at once: they stopped with the run)
+    _status, page = server.get("/api/alerts?limit=1000")
+    offline = [a for a in page["items"] if a["rule"] == "offline"
+               and a["device_id"].startswith(f"{prefix}-honest")]  # fmt: skip
+    assert offline == []
+    for h in honest:
+        assert server.device(h.device_id)["state"] == "online"  # type: ignore[index]
+    # every honest message stored, events as their own
+    for h in honest:
+        dev = h.device_id
+        hb_sql = "SELECT count(DISTINCT seq) FROM heartbeats WHERE device_id = ?"
+        ev_sql = (
+            "SELECT count(*) FROM events WHERE device_id = ? AND json_extract(data, '$.owner') = ?"
+        )
+        wait_for(lambda: _count(server, hb_sql, dev) == report.honest_heartbeats[dev]  # noqa: B023
+                 and _count(server, ev_sql, dev, dev) == report.honest_events[dev],  # noqa: B023
+                 30, what=f"every message of {dev} stored")  # fmt: skip
+        assert report.honest_heartbeats[dev] >= duration_s / attack.HB_INTERVAL_S * 0.8
+        assert (
+            _count(server, "SELECT count(*) FROM events WHERE device_id = ?", dev)
+            == (report.honest_events[dev])
+        )
+    # every attack message stored (under the attacker's own id) or refused with a reason
+    dev = evil.device_id
+
+    def accounted() -> tuple[int, dict[str, int]]:
+        _s, seen = server.get("/api/quarantine")
+        refused: dict[str, int] = seen["refused"].get(dev, {})
+        stored = _count(server, "SELECT count(*) FROM heartbeats WHERE device_id = ?", dev)
+        stored += _count(server, "SELECT count(*) FROM events WHERE device_id = ?", dev)
+        return stored + sum(refused.values()), refused
+
+    until = time.monotonic() + 30
+    while (got := accounted())[0] != report.attack_sent and time.monotonic() < until:
+        time.sleep(0.2)
+    assert got[0] == report.attack_sent, (got, report.attack_kinds)
+    refused = got[1]
+    for reason in ("bad_shape", "bad_json", "bad_schema", "bad_version", "identity_mismatch",
+                   "oversized", "over_budget"):  # fmt: skip
+        assert refused.get(reason, 0) > 0, (reason, refused)
+    assert refused["over_budget"] > report.attack_kinds["flood"] / 2
+    return report
+
+
+def test_honest_traffic_survives_an_attacker(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    _honest_survives(server, broker, device_factory, "atk", duration_s=6.0)
+
+
+@pytest.mark.hil_long
+def test_honest_traffic_survives_an_attacker_for_a_minute(
+    server: ServerProcess, broker: Broker, device_factory: MakeDevice
+) -> None:
+    report = _honest_survives(server, broker, device_factory, "atk-long", duration_s=65.0)
+    assert report.attack_sent > 10_000

@@ -50,6 +50,7 @@ VI: dict[str, str] = {
     "certificate expires in {n} days": "chứng chỉ hết hạn sau {n} ngày",
     "update {state}": "cập nhật {state}",
     "rollout halted": "đợt cập nhật đã dừng",
+    "quarantined by {who}": "bị cách ly bởi {who}",
     # states, kinds
     "online": "trực tuyến",
     "offline": "mất kết nối",
@@ -114,6 +115,7 @@ VI: dict[str, str] = {
     "Site": "Địa điểm",
     "Certificate": "Chứng chỉ",
     "Update": "Cập nhật",
+    "Event delivery": "Giao nhận sự kiện",
     " · commissioned {when} by {who}": " · lắp đặt {when} bởi {who}",
     "reference frame": "ảnh tham chiếu",
     "{n} days left": "còn {n} ngày",
