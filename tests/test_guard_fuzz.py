@@ -173,7 +173,7 @@ def test_server_path_never_raises_and_honest_traffic_is_stored(
 
 @pytest.mark.hil_long
 @given(msg=payloads())
-@settings(max_examples=3000, deadline=None, suppress_health_check=_FIXTURE_OK)
+@settings(max_examples=800, deadline=None, suppress_health_check=_FIXTURE_OK)
 def test_server_path_long(path: _Path, msg: tuple[str, bytes]) -> None:
     _server_path(path, msg)
 
