@@ -12,6 +12,8 @@ Faults (``Fault.what``):
   member, before the server subscribes again.
 - ``stall_server``: the server held with SIGSTOP for ``hold_s`` while the broker's
   ``max_queued_messages`` is small: its queue overflows and the broker drops.
+- ``kill_devices``: the devices' process killed (a power cut of every box: what was
+  committed to the outboxes stays) and started again after ``hold_s``.
 """
 
 from __future__ import annotations
@@ -117,6 +119,36 @@ class _Fleet:
         self.api.stop()
 
 
+def _inject(
+    f: Fault, target: Process, fleet: _Fleet, broker: Broker, ca: CertificateAuthority,
+    work: Path, plan: Plan,
+) -> Broker:  # fmt: skip
+    """Do fault ``f``; the broker running afterwards."""
+    if f.what in ("sigterm_server", "kill_server"):
+        target.stop() if f.what == "sigterm_server" else target.kill()
+        time.sleep(f.hold_s)
+        fleet.restart(target)
+    elif f.what == "kill_broker":
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGSTOP)
+        broker.kill()
+        broker = _broker(ca, work, broker.port, plan.max_queued)
+        time.sleep(f.hold_s)  # the devices come back and publish first
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGCONT)
+    elif f.what == "kill_devices":
+        target.kill()
+        time.sleep(f.hold_s)
+        target.start()
+    elif f.what == "stall_server":
+        os.kill(target.pid, signal.SIGSTOP)
+        time.sleep(f.hold_s)
+        os.kill(target.pid, signal.SIGCONT)
+    else:
+        raise ValueError(f"unknown fault {f.what!r}")
+    return broker
+
+
 def run(work: Path, ca: CertificateAuthority, plan: Plan) -> Outcome:
     """Run the plan and count; raises when a process fails to start."""
     work.mkdir(parents=True, exist_ok=True)
@@ -147,26 +179,9 @@ def run(work: Path, ca: CertificateAuthority, plan: Plan) -> Outcome:
         note("devices started")
         for f in sorted(plan.faults, key=lambda f: f.at_s):
             time.sleep(max(0.0, t0 + f.at_s - time.monotonic()))
-            target = fleet.ingest[f.target]
+            target = load if f.what == "kill_devices" else fleet.ingest[f.target]
             note(f"{f.what} {target.name}")
-            if f.what in ("sigterm_server", "kill_server"):
-                target.stop() if f.what == "sigterm_server" else target.kill()
-                time.sleep(f.hold_s)
-                fleet.restart(target)
-            elif f.what == "kill_broker":
-                for p in fleet.ingest:
-                    os.kill(p.pid, signal.SIGSTOP)
-                broker.kill()
-                broker = _broker(ca, work, broker.port, plan.max_queued)
-                time.sleep(f.hold_s)  # the devices come back and publish first
-                for p in fleet.ingest:
-                    os.kill(p.pid, signal.SIGCONT)
-            elif f.what == "stall_server":
-                os.kill(target.pid, signal.SIGSTOP)
-                time.sleep(f.hold_s)
-                os.kill(target.pid, signal.SIGCONT)
-            else:
-                raise ValueError(f"unknown fault {f.what!r}")
+            broker = _inject(f, target, fleet, broker, ca, work, plan)
             note(f"{f.what} over")
         wait_for(lambda: not load.alive(), plan.duration_s + 120, interval=0.25,
                  what="devices done")  # fmt: skip

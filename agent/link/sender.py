@@ -47,11 +47,13 @@ class Sender:
         receipt_timeout_s: float = 10.0,
         receipt_timeout_cap_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        on_receipted: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.link = link
         self.window = window
         self.on_acked = on_acked
+        self.on_receipted = on_receipted  # row ids a receipt deleted (benchmarks)
         self.receipt_timeout_s = receipt_timeout_s
         self.receipt_timeout_cap_s = max(receipt_timeout_cap_s, receipt_timeout_s)
         self._clock = clock
@@ -201,3 +203,5 @@ class Sender:
             if gone:
                 self.receipted += len(gone)
                 self._timeout = self.receipt_timeout_s
+                if self.on_receipted is not None:
+                    self.on_receipted(gone)

@@ -28,6 +28,11 @@ PLANS = {
         devices=4, rate=10, duration_s=60,
         faults=[Fault(t, "kill_broker", hold_s=4) for t in (10, 28, 46)],
     ),
+    "devices_power_cut_x2_and_worker_kill": Plan(
+        devices=4, rate=10, duration_s=60,
+        faults=[Fault(12, "kill_devices", hold_s=3), Fault(30, "kill_server", hold_s=3),
+                Fault(45, "kill_devices", hold_s=3)],
+    ),
     "server_sigstop_60s_small_queue": Plan(
         devices=4, rate=10, duration_s=90, max_queued=200,
         faults=[Fault(10, "stall_server", hold_s=60)],
