@@ -13,7 +13,8 @@ Faults (``Fault.what``):
 - ``stall_server``: the server held with SIGSTOP for ``hold_s`` while the broker's
   ``max_queued_messages`` is small: its queue overflows and the broker drops.
 - ``fill_disk``: the devices' outbox disk (a tmpfs of ``Plan.outbox_disk_mb``, so root)
-  filled for ``hold_s`` and freed: events are refused at the source and counted.
+  filled for ``hold_s`` and freed, the server held meanwhile (no receipts: the outboxes
+  must grow, and cannot): events are refused at the source and counted.
 - ``kill_devices``: the devices' process killed (a power cut of every box: what was
   committed to the outboxes stays) and started again after ``hold_s``.
 """
@@ -141,6 +142,8 @@ def _inject(
         for p in fleet.ingest:
             os.kill(p.pid, signal.SIGCONT)
     elif f.what == "fill_disk":
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGSTOP)
         filler = work / "outboxes" / "filler"
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -152,6 +155,8 @@ def _inject(
             os.close(fd)
         time.sleep(f.hold_s)
         os.unlink(filler)
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGCONT)
     elif f.what == "kill_devices":
         target.kill()
         time.sleep(f.hold_s)
