@@ -4,9 +4,11 @@ their sender, and what fails after the contract is set aside as a dead letter.""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -35,7 +37,7 @@ def server(
     )  # fmt: skip
     srv.start_and_wait()
     yield srv
-    assert srv.stop() == 0, srv.log_text()[-2000:]
+    assert srv.stop(grace=20) == 0, srv.log_text()[-2000:]  # it drains what it holds
 
 
 def _db(server: ServerProcess) -> sqlite3.Connection:
@@ -237,6 +239,8 @@ def test_flood_is_dropped_alerted_and_quarantine_shuts_it_out(
         wait_for(lambda: not flooder.client.is_connected(), 10, what="the flooder kicked")
         _status, seen = server.get("/api/quarantine")
         assert [q["device_id"] for q in seen["quarantined"]] == [flood_id]
+        page = _dashboard(server, operator, f"/ui/devices/{flood_id}")
+        assert 'data-action="release"' in page and "flood" in page
         # the flood is over once nothing was dropped for flood_clear_s: the alert resolves
         wait_for(lambda: _alerts(server, flood_id)[0]["state"] == "resolved", 15,
                  what="the flooding alert resolved")  # fmt: skip
@@ -321,3 +325,16 @@ def test_honest_traffic_survives_an_attacker_for_a_minute(
 ) -> None:
     report = _honest_survives(server, broker, device_factory, "atk-long", duration_s=65.0)
     assert report.attack_sent > 10_000
+
+
+def _dashboard(server: ServerProcess, token: str, path: str) -> str:
+    """A dashboard page as a signed-in person sees it (session cookie from /ui/login)."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    login = urllib.request.Request(
+        server.base_url + "/ui/login", data=json.dumps({"token": token}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )  # fmt: skip
+    opener.open(login, timeout=10).read()
+    with opener.open(server.base_url + path, timeout=10) as resp:
+        return str(resp.read().decode())
