@@ -11,8 +11,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 demo: setup ## broker, fleet server, two agents and a MicroPython node; Ctrl-C stops all
 	$(PY) -m hil_tests.demo
 
+# one pytest worker per core, a test file per worker at a time (tests take free ports and
+# their own directories; module fixtures stay in one process)
 test: setup ## the whole suite (starts its own Mosquitto, server, agents, MicroPython)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 HIL_OUT ?= build/hil
 hil: setup ## every rig scenario, long ones too, on the virtual rig (CAMFLEET_RIG=file: a lab's too); reports in build/hil/

@@ -8,6 +8,10 @@ import base64
 import contextlib
 import io
 import json
+import shutil
+import sqlite3
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -31,6 +35,8 @@ RNG = np.random.default_rng(7)
 THUMB = jpeg(RNG.integers(0, 256, (9, 12, 3), dtype=np.uint8))
 PHOTO = jpeg(RNG.integers(0, 256, (120, 160, 3), dtype=np.uint8))
 SQUARE = [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4], [0.1, 0.4]]
+PHOTO_THUMB = jpeg(np.full((9, 12, 3), 90, np.uint8))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOP_BAND = [[0.0, 0.0], [1.0, 0.0], [1.0, 0.4], [0.0, 0.4]]
 BASIS = "Decision 12/QD-UBND of the province, traffic police site (Decree 13/2023/ND-CP art. 17)"
 
@@ -322,3 +328,81 @@ def test_real_agent_takes_the_policy_and_masks_from_the_server(
         assert snap["state"] == "failed" and "policy none" in snap["error"], snap
     finally:
         agent.stop()
+    # the images in command answers go with the site's retention too (aged here by 40 days)
+    with sqlite3.connect(server.config_path.parent / "fleet.db") as db:
+        db.execute("UPDATE commands SET created_at = created_at - 40 * 86400 "
+                   "WHERE device_id = 'priv-agent'")  # fmt: skip
+    assert server.call("POST", "/api/privacy/retention")[0] == 200
+    _s, answers = server.call("GET", "/api/devices/priv-agent/commands")
+    results = [c["result"] for c in answers if c["result"] is not None]
+    assert len(results) == 2 and all("jpeg_b64" not in r for r in results)
+    assert all(r["image_deleted"] == "retention" for r in results)
+    entry = next(e for e in _audit(server, "privacy.retention") if e["target"] == "priv-site-6")
+    assert entry["detail"]["command_images"] == 2
+
+
+def test_masks_drawn_on_the_device_page_in_chromium(
+    server: IdentityServer, broker: Broker, tmp_path: Path
+) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    dev = SiteDevice(server, broker.port, "priv-cam-7", "priv-site-7", tmp_path)
+    try:
+        shot = dev.snapshot(PHOTO_THUMB, privacy.marking("anonymised", 0, 0))  # to draw on
+        assert "jpeg" in shot["data"]
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if "Policy" in m.text else None)
+            page.goto(server.base_url + "/ui/login")
+            page.fill("#login-token", server.admin_token)
+            page.click("#login")
+            page.wait_for_url("**/ui/")
+            page.goto(server.base_url + "/ui/devices/priv-cam-7")
+            page.click("[data-mask-action=new-privacy]")
+            layer = page.locator(".mask-layer")
+            layer.scroll_into_view_if_needed()
+            box = layer.bounding_box()
+            assert box is not None and box["width"] > 100 and box["height"] > 100
+            for fx, fy in [(0.1, 0.1), (0.5, 0.1), (0.3, 0.5)]:
+                layer.click(position={"x": fx * box["width"], "y": fy * box["height"]})
+            page.click("[data-mask-action=save]")
+            page.locator("#mask-msg", has_text="saved: masks version").wait_for(timeout=10_000)
+            browser.close()
+        assert problems == []  # no script or style refused by the Content-Security-Policy
+        _s, masks = server.call("GET", "/api/devices/priv-cam-7/masks")
+        (poly,) = masks["masks"]["privacy"]
+        want = [(0.1, 0.1), (0.5, 0.1), (0.3, 0.5)]
+        assert all(abs(x - wx) < 0.01 and abs(y - wy) < 0.01
+                   for (x, y), (wx, wy) in zip(poly, want, strict=True)), poly  # fmt: skip
+        assert _audit(server, "privacy.masks")[0]["target"] == "priv-cam-7"
+    finally:
+        dev.close()
+
+
+def test_cli_exports_and_erases_a_sites_images(server: IdentityServer, tmp_path: Path) -> None:
+    """camfleet-server privacy export | erase | retention, on the server's own database
+    (the images of priv-site-1 stored by the first test: a thumbnail and a full photo)."""
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "fleet_server.cli", "--config", str(server.config_path),
+             "privacy", *args], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    now = str(time.time() + 1)
+    out = tmp_path / "request.tar"
+    assert "2 images of priv-site-1" in cli("export", "--site", "priv-site-1", "--since", "0",
+                                            "--until", now, "--out", str(out))  # fmt: skip
+    with tarfile.open(out) as tar:
+        assert len([n for n in tar.getnames() if n.endswith(".jpg")]) == 2
+    assert "2 images of priv-site-1 erased" in cli("erase", "--site", "priv-site-1",
+                                                   "--since", "0", "--until", now)  # fmt: skip
+    assert "0 images" in cli("export", "--site", "priv-site-1", "--since", "0", "--until", now,
+                             "--out", str(tmp_path / "again.tar"))  # fmt: skip
+    assert "total: 0" in cli("retention")
+    erased = _audit(server, "privacy.erase")[0]
+    assert (erased["actor"], erased["target"], erased["detail"]["images"]) == (
+        "system", "priv-site-1", 2)  # fmt: skip

@@ -200,4 +200,12 @@ VI: dict[str, str] = {
     "track.update": "cập nhật theo dõi",
     "track.end": "kết thúc theo dõi",
     "scene.change": "thay đổi hình ảnh",
+    # issue 15: quarantine on the device page
+    "Quarantine": "Cách ly",
+    "quarantine": "cách ly",
+    "release": "bỏ cách ly",
+    "not quarantined": "không bị cách ly",
+    "quarantined since {when} by {who}: {why}": "bị cách ly từ {when} bởi {who}: {why}",
+    "flooding now": "đang gửi tràn",
+    "{n} dead letters": "{n} thư chết",
 }

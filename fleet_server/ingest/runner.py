@@ -178,6 +178,11 @@ class Ingest:
             self.supervisor.ticks.append(self.flood.tick)
         self.supervisor.start()
 
+    def supervise(self, *threads: threading.Thread) -> None:
+        """Watch more of the process's loops (started already): restarted if they die."""
+        for t in threads:
+            self.supervisor.watch(Watched(t.name, t.run, t))
+
     def problem(self, link_down_s: float) -> str | None:
         """Why this process is not healthy (``/healthz`` 503), or None."""
         if self.supervisor.gave_up is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from html import escape
-from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
@@ -19,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common import privacy
+from common.privacy import STATIC
 from fleet_server.dashboard import i18n
 from fleet_server.dashboard.catalogue_vi import VI
 from fleet_server.dashboard.i18n import t
@@ -29,7 +29,6 @@ from fleet_server.ingest.events import Event, snapshot_url
 from fleet_server.privacy import store
 from fleet_server.privacy.model import CameraMasks, SitePrivacy
 
-STATIC = Path(__file__).resolve().parent / "static"
 POLICY_TEXT = {
     privacy.NONE: "no image leaves the box",
     privacy.ANONYMISED: "anonymised thumbnails only",
