@@ -7,8 +7,11 @@ connections. The attacker, with its own valid certificate and a plain MQTT clien
 turn: malformed and adversarial payloads of every shape (deep nesting, huge numbers,
 invalid UTF-8, lone surrogates, NUL, another device's id, oversized), events carrying the
 honest devices' next event ids before they send them, and floods of heartbeats as fast as
-QoS 1 with a wide window lets it. Everything it sends is counted, so that the caller can
-check that each message was stored or refused with a reason.
+QoS 1 with a wide window lets it; then (while the honest devices go on) it subscribes to
+filters outside its own subtree (the server's shared group, every device's events, another
+device's commands, ``$SYS/#``, ``#``) and connects with other clients' ids (an honest
+device's, the server's). Everything it sends is counted, so that the caller can check that
+each message was stored or refused with a reason, each SUBSCRIBE refused, nobody kicked.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class AttackReport:
     honest_events: dict[str, int] = field(default_factory=dict)
     attack_sent: int = 0
     attack_kinds: Counter[str] = field(default_factory=Counter)  # what the attacker sent
+    suback: dict[str, int] = field(default_factory=dict)  # foreign filter -> SUBACK code
+    foreign_received: int = 0  # messages of others the attacker's subscriptions got
+    honest_disconnects: int = 0  # honest connections lost during the run
 
     @property
     def attack_rate(self) -> float:
@@ -54,8 +60,9 @@ def event_id(device_id: str, seq: int) -> str:
     return f"{device_id}-1-{seq}"  # the agent's form: <device>-<epoch>-<seq>
 
 
-def _client(port: int, creds: Creds) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=creds.device_id,
+def _client(port: int, creds: Creds, client_id: str | None = None) -> mqtt.Client:
+    cid = creds.device_id if client_id is None else client_id
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid,
                          protocol=mqtt.MQTTv5)  # fmt: skip
     client.tls_set(ca_certs=str(creds.root), certfile=str(creds.cert), keyfile=str(creds.key))
     client.max_inflight_messages_set(1000)
@@ -100,10 +107,16 @@ class _Honest(threading.Thread):
         super().__init__(name=f"honest-{creds.device_id}", daemon=True)
         self.creds = creds
         self.client = _client(port, creds)
+        self.disconnects = 0
+        self.client.on_disconnect = self._lost
         self.stop = stop
         self.heartbeats = 0
         self.events = 0
         self.error: BaseException | None = None
+
+    def _lost(self, *_args: object) -> None:
+        if not self.stop.is_set():
+            self.disconnects += 1
 
     def run(self) -> None:
         dev = self.creds.device_id
@@ -142,15 +155,58 @@ class _Attacker(threading.Thread):
         self.victims = victims
         self.stop = stop
         self.flood = flood  # heartbeats per round
+        self.take_ids: list[str] = []
+        self.identity_at = float("inf")  # monotonic time to turn to the identity attacks
         self.sent: Counter[str] = Counter()
         self.error: BaseException | None = None
+        self.suback: dict[str, int] = {}
+        self.foreign = 0
+        self.thieves: list[mqtt.Client] = []
+        self.port = port
+
+    def _identity_attacks(self, take_ids: list[str]) -> None:
+        """Other clients' ids (the server's, a device's), and foreign subscriptions."""
+        dev = self.creds.device_id
+
+        def got(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            if not msg.topic.startswith(f"{contract.TOPIC_ROOT}/{dev}/"):
+                self.foreign += 1
+
+        sub = _client(self.port, self.creds)  # a new connection (the flood's is done)
+        self.thieves.append(sub)
+        filters = [
+            f"$share/{contract.SERVER_SHARE_GROUP}/{contract.TOPIC_ROOT}/+/heartbeat",
+            f"{contract.TOPIC_ROOT}/+/event",
+            f"{contract.TOPIC_ROOT}/{self.victims[0]}/cmd/req",
+            "$SYS/#",
+            "#",
+        ]
+        done = threading.Event()
+
+        def on_subscribe(_c: mqtt.Client, _u: object, _mid: int, codes: list[object],
+                         _p: object) -> None:  # fmt: skip
+            for f, code in zip(filters, codes, strict=False):
+                self.suback[f] = int(getattr(code, "value", code))  # type: ignore[call-overload]
+            done.set()
+
+        sub.on_message = got
+        sub.on_subscribe = on_subscribe  # type: ignore[assignment]
+        sub.subscribe([(f, 1) for f in filters])
+        done.wait(10)
+        self.sent["foreign-subscribe"] += len(filters)
+        time.sleep(0.5)  # anything of the others' it would get
+        # then take other clients' ids (the broker gives each its certificate's id)
+        for cid in take_ids:
+            self.thieves.append(_client(self.port, self.creds, cid))
+            self.sent["stolen-client-id"] += 1
+            time.sleep(0.2)
 
     def run(self) -> None:
         dev = self.creds.device_id
         seq = 0
         rounds = 0
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and time.monotonic() < self.identity_at:
                 rounds += 1
                 last: mqtt.MQTTMessageInfo | None = None
                 victim = self.victims[rounds % len(self.victims)]
@@ -173,17 +229,22 @@ class _Attacker(threading.Thread):
                     self.sent["flood"] += 1
                 if last is not None:
                     last.wait_for_publish(30)  # a window of at most one round in flight
+            self._identity_attacks(self.take_ids)  # while the honest devices go on
         except BaseException as exc:  # reported to the caller
             self.error = exc
 
 
 def run(port: int, honest: list[Creds], attacker: Creds, duration_s: float,
-        flood: int = 500) -> AttackReport:  # fmt: skip
+        flood: int = 500, take_ids: tuple[str, ...] = ()) -> AttackReport:  # fmt: skip
     """Honest devices report and the attacker attacks for ``duration_s``; returns what
-    each sent (every QoS 1 publish acknowledged by the broker)."""
+    each sent (every QoS 1 publish acknowledged by the broker). ``take_ids``: client ids
+    the attacker also connects with (the server's, say); it always tries an honest
+    device's, and subscribes to filters outside its own subtree."""
     stop = threading.Event()
     workers = [_Honest(port, c, stop) for c in honest]
     bad = _Attacker(port, attacker, [c.device_id for c in honest], stop, flood)
+    bad.take_ids = [*take_ids, honest[0].device_id]
+    bad.identity_at = time.monotonic() + 0.5 + duration_s * 0.6
     time.sleep(0.5)  # the connections up
     start = time.monotonic()
     for w in workers:
@@ -201,9 +262,14 @@ def run(port: int, honest: list[Creds], attacker: Creds, duration_s: float,
         report.honest_events[w.creds.device_id] = w.events
     if bad.error is not None:
         raise RuntimeError(f"the attacker failed: {bad.error!r}")
-    report.attack_sent = sum(bad.sent.values())
+    # messages only: the identity attacks are judged by the broker (SUBACK, client ids)
+    report.attack_sent = sum(n for k, n in bad.sent.items()
+                             if k not in ("stolen-client-id", "foreign-subscribe"))  # fmt: skip
     report.attack_kinds = bad.sent
-    for c in (*[w.client for w in workers], bad.client):
+    report.suback = dict(bad.suback)
+    report.foreign_received = bad.foreign
+    report.honest_disconnects = sum(w.disconnects for w in workers)
+    for c in (*[w.client for w in workers], bad.client, *bad.thieves):
         c.disconnect()
         c.loop_stop()
     return report

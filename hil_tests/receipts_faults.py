@@ -12,6 +12,9 @@ Faults (``Fault.what``):
   member, before the server subscribes again.
 - ``stall_server``: the server held with SIGSTOP for ``hold_s`` while the broker's
   ``max_queued_messages`` is small: its queue overflows and the broker drops.
+- ``fill_disk``: the devices' outbox disk (a tmpfs of ``Plan.outbox_disk_mb``, so root)
+  filled for ``hold_s`` and freed, the server held meanwhile (no receipts: the outboxes
+  must grow, and cannot): events are refused at the source and counted.
 - ``kill_devices``: the devices' process killed (a power cut of every box: what was
   committed to the outboxes stays) and started again after ``hold_s``.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,6 +54,7 @@ class Plan:
     workers: int = 0  # 0: one server process doing it all; N: an API process + N workers
     receipt_timeout_s: float = 2.0
     lost_after_s: float = 600.0
+    outbox_disk_mb: int = 0  # >0: the outboxes on a tmpfs this big (fill_disk needs it)
 
 
 @dataclass
@@ -136,6 +141,22 @@ def _inject(
         time.sleep(f.hold_s)  # the devices come back and publish first
         for p in fleet.ingest:
             os.kill(p.pid, signal.SIGCONT)
+    elif f.what == "fill_disk":
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGSTOP)
+        filler = work / "outboxes" / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for _ in range(1 << 18):  # bounded: 1 GiB at most
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass  # ENOSPC: the disk is full
+        finally:
+            os.close(fd)
+        time.sleep(f.hold_s)
+        os.unlink(filler)
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGCONT)
     elif f.what == "kill_devices":
         target.kill()
         time.sleep(f.hold_s)
@@ -157,6 +178,10 @@ def run(work: Path, ca: CertificateAuthority, plan: Plan) -> Outcome:
         d = f"rx-{i:03d}"
         if not (creds / d / "cert.pem").exists():
             ca.issue_device(d, creds / d)
+    if plan.outbox_disk_mb:
+        (work / "outboxes").mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={plan.outbox_disk_mb}m", "tmpfs",
+                        str(work / "outboxes")], check=True, timeout=30)  # fmt: skip
     broker = _broker(ca, work, None, plan.max_queued)
     fleet = _Fleet(work, ca, broker.port, plan)
     stats = work / "stats.json"
@@ -192,3 +217,5 @@ def run(work: Path, ca: CertificateAuthority, plan: Plan) -> Outcome:
         load.stop()
         fleet.stop()
         broker.stop()
+        if plan.outbox_disk_mb:
+            subprocess.run(["umount", "-l", str(work / "outboxes")], check=False, timeout=30)

@@ -169,6 +169,8 @@ def test_covered_camera_is_reported_within_the_configured_time(
         wait_for(covered_in_heartbeat, 10, 0.1, "covered in a heartbeat")
         beat = json.loads(watcher.received(contract.topic(device, "heartbeat"))[-1])
         assert beat["brightness"] < 25 and beat["outbox"] >= 0 and "invokes" in beat
+        # a dark, grey view: a lighting mode, said apart from the problem (issue 17)
+        assert beat["light"] in ("low_light", "ir") and isinstance(beat["unreliable"], list)
     finally:
         agent.stop()
         watcher.close()

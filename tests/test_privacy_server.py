@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -364,3 +366,31 @@ def test_masks_drawn_on_the_device_page_in_chromium(
         assert _audit(server, "privacy.masks")[0]["target"] == "priv-cam-7"
     finally:
         dev.close()
+
+
+def test_cli_exports_and_erases_a_sites_images(server: IdentityServer, tmp_path: Path) -> None:
+    """camfleet-server privacy export | erase | retention, on the server's own database
+    (the images of priv-site-1 stored by the first test: a thumbnail and a full photo)."""
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "fleet_server.cli", "--config", str(server.config_path),
+             "privacy", *args], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    now = str(time.time() + 1)
+    out = tmp_path / "request.tar"
+    assert "2 images of priv-site-1" in cli("export", "--site", "priv-site-1", "--since", "0",
+                                            "--until", now, "--out", str(out))  # fmt: skip
+    with tarfile.open(out) as tar:
+        assert len([n for n in tar.getnames() if n.endswith(".jpg")]) == 2
+    assert "2 images of priv-site-1 erased" in cli("erase", "--site", "priv-site-1",
+                                                   "--since", "0", "--until", now)  # fmt: skip
+    assert "0 images" in cli("export", "--site", "priv-site-1", "--since", "0", "--until", now,
+                             "--out", str(tmp_path / "again.tar"))  # fmt: skip
+    assert "total: 0" in cli("retention")
+    erased = _audit(server, "privacy.erase")[0]
+    assert (erased["actor"], erased["target"], erased["detail"]["images"]) == (
+        "system", "priv-site-1", 2)  # fmt: skip

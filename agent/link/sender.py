@@ -105,8 +105,9 @@ class Sender:
         while not self._stop.is_set():
             try:
                 self.step()
-            except OutboxError as exc:
-                log.error("%s", exc)
+            except OutboxError as exc:  # a full or failing disk: try again in a second,
+                log.error("%s", exc)  # sending everything not receipted again
+                self._rewind()
                 self._stop.wait(1.0)
             self._wake.wait(_IDLE_S)
             self._wake.clear()
@@ -178,6 +179,8 @@ class Sender:
             self.outbox.ack(refused)
         if done:
             now = self._clock()
+            # not marked (a full disk: OutboxError): their receipts would delete nothing;
+            # _run then sends everything again from the oldest and the PUBACKs mark them
             for row_id in self.outbox.mark_sent(done):
                 self._waiting.pop(row_id, None)  # sent again: its wait starts anew
                 self._waiting[row_id] = now

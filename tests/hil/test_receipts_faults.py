@@ -100,3 +100,24 @@ def test_two_workers_on_postgresql_one_killed_one_restarted(
     )  # fmt: skip
     _count("two_workers_postgresql", plan, tmp_path, ca, record)
     request.node.stash[_DONE][0] = "passed"
+
+
+@pytest.mark.hil_long
+@pytest.mark.timeout(600)
+def test_outbox_disk_filled_and_freed_refusals_counted_on_device_and_server(
+    request: pytest.FixtureRequest, record: Recorder, tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    """The devices' outbox disk filled for 15 s and freed while they publish: what they
+    refused is counted on the devices and on the server, never silent; everything they
+    kept is stored exactly once and no loss is counted."""
+    plan = Plan(devices=3, rate=10, duration_s=60, outbox_disk_mb=8,
+                faults=[Fault(20, "fill_disk", hold_s=15)])  # fmt: skip
+    out = run(tmp_path, ca, plan)
+    t = out.tally
+    record.figures(events_produced=t.sent, events_stored=t.stored, duplicates=t.duplicated)
+    record.note(f"refused {t.refused} on the devices, {t.server_refused} on the server")
+    assert t.refused > 0, (t, out.log)
+    assert t.server_refused == t.refused, (t, out.log)
+    assert (t.lost, t.duplicated, t.unexpected, t.server_lost) == (0, 0, 0, 0), (t, out.log)
+    assert out.left_in_outboxes == 0
+    request.node.stash[_DONE][0] = "passed"

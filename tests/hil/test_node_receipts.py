@@ -2,7 +2,8 @@
 heap), a real TLS Mosquitto, the real fleet server. The network is cut (the broker goes
 away) while the node makes more events than its ring holds; afterwards what it kept arrives
 exactly once, what it had to drop is counted on the node and on the server, and the server
-counts no loss. Ring cases under both interpreters: tests/mp/ring_cases.py, node_cases.py."""
+counts no loss. Ring cases under both interpreters (make test): tests/mp/ring_cases.py,
+node_cases.py."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def _toggles(sim: Path, node: NodeProcess, n: int, first: int) -> int:
     return first + n
 
 
+@pytest.mark.hil_long  # make test: the ring's receipt logic under MicroPython (node_cases)
+@pytest.mark.timeout(300)
 def test_node_behind_a_cut_network_keeps_what_fits_and_counts_what_it_dropped(
     ca: CertificateAuthority, device_factory: MakeDevice, tmp_path: Path,
     started: list[NodeProcess],
