@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -327,6 +328,17 @@ def test_real_agent_takes_the_policy_and_masks_from_the_server(
         assert snap["state"] == "failed" and "policy none" in snap["error"], snap
     finally:
         agent.stop()
+    # the images in command answers go with the site's retention too (aged here by 40 days)
+    with sqlite3.connect(server.config_path.parent / "fleet.db") as db:
+        db.execute("UPDATE commands SET created_at = created_at - 40 * 86400 "
+                   "WHERE device_id = 'priv-agent'")  # fmt: skip
+    assert server.call("POST", "/api/privacy/retention")[0] == 200
+    _s, answers = server.call("GET", "/api/devices/priv-agent/commands")
+    results = [c["result"] for c in answers if c["result"] is not None]
+    assert len(results) == 2 and all("jpeg_b64" not in r for r in results)
+    assert all(r["image_deleted"] == "retention" for r in results)
+    entry = next(e for e in _audit(server, "privacy.retention") if e["target"] == "priv-site-6")
+    assert entry["detail"]["command_images"] == 2
 
 
 def test_masks_drawn_on_the_device_page_in_chromium(
