@@ -66,6 +66,7 @@ class Vm:
     proc: subprocess.Popen[bytes] | None = None
     accel: str = ""
     boot_offset: int = 0
+    write_bps: int = 0  # the disk's write rate limit (0: none): a window to cut power in
 
     @property
     def overlay(self) -> Path:
@@ -95,7 +96,8 @@ class Vm:
             "-m", str(self.memory_mib), "-bios", str(vm_image.OVMF),
             "-display", "none", "-monitor", "none", "-rtc", "base=utc",
             "-chardev", f"file,id=ser0,path={self.serial_log},append=on", "-serial", "chardev:ser0",
-            "-drive", f"file={self.overlay},format=qcow2,if=virtio,cache=unsafe",
+            "-drive", f"file={self.overlay},format=qcow2,if=virtio,cache=unsafe"
+            + (f",throttling.bps-write={self.write_bps}" if self.write_bps else ""),
             "-chardev", f"socket,path={self.qga_path},server=on,wait=off,id=qga0",
             "-device", "virtio-serial", "-device",
             "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
