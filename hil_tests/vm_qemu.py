@@ -209,7 +209,7 @@ class Vm:
         raise VmError(f"{self.name}: guest agent silent for {timeout:.0f}s:\n"
                       f"{self.console()[-3000:]}")  # fmt: skip
 
-    def exec(self, argv: list[str], timeout: float = 60.0, wait: bool = True,
+    def exec(self, argv: list[str], timeout: float = 600.0, wait: bool = True,
              stdin: bytes | None = None) -> GuestResult:  # fmt: skip
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin is not None:
@@ -229,10 +229,10 @@ class Vm:
             time.sleep(0.2)
         raise VmError(f"{self.name}: {' '.join(argv)[:100]} still running after {timeout:.0f}s")
 
-    def sh(self, script: str, timeout: float = 60.0) -> GuestResult:
+    def sh(self, script: str, timeout: float = 600.0) -> GuestResult:
         return self.exec(["/bin/sh", "-c", script], timeout=timeout)
 
-    def must(self, script: str, timeout: float = 60.0) -> str:
+    def must(self, script: str, timeout: float = 600.0) -> str:
         r = self.sh(script, timeout)
         if r.exitcode != 0:
             raise VmError(f"{self.name}: `{script[:200]}` exit {r.exitcode}:\n{r.stdout[-2000:]}"
