@@ -6,13 +6,15 @@ PYTHON ?= python3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test lint bench setup system venv hil clean model packages firmware tflite-venv \
-	vm-image vm-hil
+	vm-image vm-hil broker-plugin
 
 demo: setup ## broker, fleet server, two agents and a MicroPython node; Ctrl-C stops all
 	$(PY) -m hil_tests.demo
 
+# one pytest worker per core, a test file per worker at a time (tests take free ports and
+# their own directories; module fixtures stay in one process)
 test: setup ## the whole suite (starts its own Mosquitto, server, agents, MicroPython)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 HIL_OUT ?= build/hil
 hil: setup ## every rig scenario, long ones too, on the virtual rig (CAMFLEET_RIG=file: a lab's too); reports in build/hil/
@@ -35,7 +37,14 @@ firmware: venv ## the node's deploy tree in build/firmware: .mpy (mpy-cross) per
 bench: setup ## figures written to bench/results.json and the README table
 	$(PY) -m bench.run
 
-setup: system venv model tflite-venv
+setup: system venv model tflite-venv broker-plugin
+
+# the broker's access rules (docs/protocol.md): fleet_server/broker/conf.py loads it from here
+broker-plugin: build/broker/camfleet_acl.so
+
+build/broker/camfleet_acl.so: fleet_server/broker/camfleet_acl.c
+	mkdir -p build/broker
+	$${CC:-gcc} -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $<
 
 # tflite-runtime 2.14 (the fallback detector backend) needs numpy < 2, so it cannot share
 # .venv with LiteRT; the tests run it from its own small venv

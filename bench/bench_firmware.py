@@ -22,9 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.results import Figure
-from common.files import atomic_write
 from firmware import contract
-from fleet_server.broker.conf import render_acl
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker
@@ -58,9 +56,7 @@ def _pki(work: Path) -> tuple[CertificateAuthority, DeviceCredentials, DeviceCre
 
 
 def _broker(ca: CertificateAuthority, work: Path, port: int | None = None) -> Broker:
-    broker = Broker(ca, work / "broker", port=port)
-    atomic_write(str(broker.layout.acl), render_acl({NODE: BOX}).encode())
-    return broker.start()
+    return Broker(ca, work / "broker", port=port, pairs={NODE: BOX}).start()
 
 
 @contextlib.contextmanager

@@ -17,7 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
+
+# the mask editor (masks.js, masks.css): the dashboard's device page and the technician's tool
+STATIC = Path(__file__).resolve().parent / "static"
 
 NONE = "none"
 ANONYMISED = "anonymised"

@@ -46,6 +46,11 @@ LOCAL = (
     "sim_dir str sim",
     "state_dir str state",  # flash: event ring, applied config, notes
     "ring_slots int 64 4 4096",  # events kept while offline
+    # receipts (docs/protocol.md): an event leaves the ring on the server's receipt, and
+    # goes again after this long without one (doubling to the cap); 0 = no receipts
+    # (it leaves on PUBACK, for a server that does not send them)
+    "receipt_timeout_s num 10 0 3600",
+    "receipt_timeout_cap_s num 300 1 86400",
     "pins dict",
     "battery_scale num 5.0 0.1 100",  # volts at the battery per volt at the ADC
     "wifi_ssid str -",  # boards only; the key is never logged

@@ -334,29 +334,6 @@ RECEIPT_MAX_RANGES = 64
 SEQ_MAX = 2**53
 
 
-def seq_ranges(seqs: list[int]) -> list[list[int]]:
-    """Sorted, merged inclusive ranges [lo, hi] covering the sequence numbers ``seqs``."""
-    out = []  # type: list[list[int]]
-    for s in sorted(seqs):
-        if out and s <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], s)
-        else:
-            out.append([s, s])
-    return out
-
-
-def receipt_bodies(epoch: str, seqs: list[int]) -> list[dict[str, Any]]:
-    """Receipt payload bodies (without v/id/ts) naming ``seqs`` of the stream ``epoch``:
-    ranges, at most RECEIPT_MAX_RANGES per message."""
-    ranges = seq_ranges(seqs)
-    out = []
-    i = 0
-    while i < len(ranges):
-        out.append({"epoch": epoch, "ranges": ranges[i : i + RECEIPT_MAX_RANGES]})
-        i += RECEIPT_MAX_RANGES
-    return out
-
-
 def receipt_ranges(body: dict[str, Any], epoch: str, next_seq: int) -> list[list[int]]:
     """The ranges of a decoded receipt a device may act on, or ProtocolError.
 

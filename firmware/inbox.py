@@ -22,6 +22,7 @@ log = clock.log
 
 class Inbox(link.NodeState):
     reply: "Any"
+    on_receipt: "Any"
     ota_msg: "Any"
     _box_wanted: "Any"
 
@@ -44,6 +45,8 @@ class Inbox(link.NodeState):
                 self.on_config(body)
             elif kind == "update_desired":
                 self.ota_msg = body  # for trial.py and updater.py, after a heartbeat
+            elif kind == "receipt":
+                self.on_receipt(body)
         except (OSError, ValueError, TypeError, KeyError, MemoryError) as exc:
             self.rejected += 1
             log("E", "message on %s not handled: %s: %s", topic, type(exc).__name__, exc)

@@ -88,6 +88,7 @@ def heartbeat_body(
     readings: "dict[str, Any]",
     vers: dict[str, str],
     outbox: int | None = None,
+    counters: "dict[str, int] | None" = None,
 ) -> "dict[str, Any]":
     """A node heartbeat; readings the contract would refuse (a broken sensor) are left out."""
     body: "dict[str, Any]" = {
@@ -101,6 +102,9 @@ def heartbeat_body(
         body["mem_free"] = free
     if isinstance(outbox, int) and outbox >= 0:
         body["outbox"] = outbox
+    if counters:  # outbox_unreceipted, outbox_dropped
+        for key in counters:
+            body[key] = counters[key]
     cause = readings.get("reset_cause")
     if isinstance(cause, str) and 0 < len(cause) <= 32:
         body["reset_cause"] = cause
@@ -179,6 +183,8 @@ class NodeState:
     _reset_by: int
     _box_topic: str | None
     _own: str
+    rx_wait_ms: int  # the wait for a receipt before sending again (0: no receipts)
+    rx_since: int  # ticks of the last receipt progress or first unreceipted send
     event: "Callable[[str, dict[str, Any]], None]"
     _state: "Callable[[str], str]"
 
@@ -208,8 +214,10 @@ class Link(NodeState):
         session = self.client.connect()
         self._box_topic = None
         self.publish("status", status_body("online"))
-        for kind in ("cmd_req", "config_desired", "update_desired"):
-            self.client.subscribe(contract.topic(self.device_id, kind), 1)
+        for kind in ("cmd_req", "config_desired", "update_desired", "receipt"):
+            if kind != "receipt" or self.rx_wait_ms:
+                self.client.subscribe(contract.topic(self.device_id, kind), 1)
+        self.ring.rewind()  # what was sent and not receipted goes again, in order
         self.attempt = 0
         self.heartbeat.reset()
         self.hw_due = True
@@ -264,6 +272,7 @@ class Link(NodeState):
             readings,
             versions(),
             self.ring.pending(),
+            {"outbox_unreceipted": self.ring.unreceipted(), "outbox_dropped": self.ring.dropped},
         )
         if self.hw_due:
             body["hardware"] = hardware()
@@ -285,6 +294,13 @@ class Link(NodeState):
                 "type": "buffer.dropped",
                 "data": report,
             }
+            if self.rx_wait_ms:  # wire numbers of its stream
+                r = self.ring
+                report["first_seq"] = r.wire(report["first_seq"])
+                report["last_seq"] = seq = r.wire(seq)
+                body["seq"] = seq
+                body["epoch"] = r.epoch
+                body["event_id"] = "%s-%s-%d-dropped" % (self.device_id, r.epoch, seq)
             self.publish("event", body)
             self.ring.reported()
             log("W", "reported %d events dropped from a full ring", report["dropped"])
@@ -294,7 +310,42 @@ class Link(NodeState):
             if item is None:
                 return
             self.client.publish(topic, item[1], 1, False, ms(self.cfg["ack_timeout_s"]))
-            self.ring.ack(item[0])
+            if not self.rx_wait_ms:
+                self.ring.ack(item[0])
+                continue
+            if not self.ring.unreceipted():
+                self.rx_since = clock.ticks_ms()  # the wait for a receipt starts
+            self.ring.mark_sent(item[0])
+
+    # ------------------------------------------------------------ receipts
+
+    def on_receipt(self, body: "dict[str, Any]") -> None:
+        """A receipt from the server: the events it names leave the ring. One for another
+        stream, malformed, or naming events never made deletes nothing."""
+        r = self.ring
+        try:
+            ranges = contract.receipt_ranges(body, r.epoch, r.wire(r.next))
+        except contract.ProtocolError as exc:
+            self.rejected += 1
+            log("W", "receipt refused: %s", exc)
+            return
+        if r.receipt(ranges):
+            self.rx_wait_ms = ms(self.cfg["receipt_timeout_s"])
+            self.rx_since = clock.ticks_ms()
+
+    def check_receipts(self, now: int) -> None:
+        """Sent events without a receipt for the wait go again, from the oldest; each
+        round without a receipt doubles the wait, up to receipt_timeout_cap_s."""
+        if not self.rx_wait_ms or not self.ring.unreceipted():
+            return
+        if clock.ticks_diff(now, self.rx_since) < self.rx_wait_ms:
+            return
+        log("W", "no receipt for %d events in %d s: sending again", self.ring.unreceipted(),
+            self.rx_wait_ms // 1000)  # fmt: skip
+        self.ring.rewind()
+        cap = ms(self.cfg["receipt_timeout_cap_s"])
+        self.rx_wait_ms = self.rx_wait_ms * 2 if self.rx_wait_ms * 2 < cap else cap
+        self.rx_since = now
 
     def reply(self, kind: str, body: "dict[str, Any]") -> None:
         if len(self.replies) >= _REPLIES_MAX:

@@ -120,6 +120,7 @@ class Node(link.Link, inbox.Inbox):
         self._failing: list[str] = []
         self._box_topic: str | None = None
         self._own = contract.TOPIC_ROOT + "/" + self.device_id + "/"
+        self.rx_wait_ms, self.rx_since = _ms(cfg["receipt_timeout_s"]), now
         self.client = mqtt.MQTTClient(
             self.device_id,
             cfg["broker_host"],
@@ -201,6 +202,11 @@ class Node(link.Link, inbox.Inbox):
             "type": kind,
             "data": data,
         }
+        if self.rx_wait_ms:  # receipts: the stream's own numbers, from 0 (ring.py)
+            seq = self.ring.wire(seq)
+            body["seq"] = seq
+            body["epoch"] = self.ring.epoch
+            body["event_id"] = "%s-%s-%d" % (self.device_id, self.ring.epoch, seq)
         try:
             self.ring.push(contract.encode("event", self.device_id, body, ts)[1])
         except (ring.RingError, contract.ProtocolError, OSError) as exc:
@@ -283,6 +289,7 @@ class Node(link.Link, inbox.Inbox):
             if self._box_topic != self._box_wanted():
                 self._subscribe_box()
             self.flush()
+            self.check_receipts(clock.ticks_ms())
             if self.heartbeat.due(clock.ticks_ms()):
                 self.send_heartbeat()
             left = 1 if self.ring.pending() else self.heartbeat.ms_left(clock.ticks_ms())

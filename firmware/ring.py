@@ -10,9 +10,16 @@
 #   <path>        ``slots`` slots of ``slot_size`` bytes. Slot (seq % slots) holds event
 #                 seq: a 10-byte header (seq u32, length u16, crc32 u32 over both and the
 #                 data), then the data. A torn write fails the check and counts as lost.
-#   <path>.json   {"acked": last seq sent and acknowledged, "dropped": total dropped,
-#                 "unreported": drops not yet reported, "first"/"last": their seq range},
+#   <path>.json   {"acked": last seq delivered, "dropped": total dropped,
+#                 "unreported": drops not yet reported, "first"/"last": their seq range,
+#                 "epoch": the event stream's id, "base": ring seq of wire seq -1},
 #                 written atomically (fsutil) whenever it changes.
+#
+# Receipts (issue 14, docs/protocol.md): with them, an event is *delivered* (``acked``) only
+# when the server's receipt names it; a PUBACK only moves ``sent``, which is not kept on
+# flash (after a reset everything not receipted goes again). On the wire the stream
+# ``epoch`` counts from 0: wire seq = ring seq - base - 1 (``base`` is the ring seq the
+# stream started after: 0 for a new ring, the acked seq of a ring made before receipts).
 
 import os
 
@@ -59,15 +66,25 @@ class Ring:
         self.unreported = 0
         self.first = 0
         self.last = 0
+        self.base = 0
+        self.epoch = ""
         saved = config.read_json(path + ".json")
         if isinstance(saved, dict):
-            for key in ("acked", "dropped", "unreported", "first", "last"):
+            for key in ("acked", "dropped", "unreported", "first", "last", "base"):
                 value = saved.get(key)
                 if isinstance(value, int) and value >= 0:
                     setattr(self, key, value)
+            epoch = saved.get("epoch")
+            if isinstance(epoch, str) and 0 < len(epoch) <= 16:
+                self.epoch = epoch
         self.next = self._open() + 1
         if self.next <= self.acked:
             self.next = self.acked + 1
+        if not self.epoch:  # a new ring, or one made before receipts: a new stream
+            self.epoch = "%08x" % int.from_bytes(os.urandom(4), "big")
+            self.base = self.next - 1
+            self._save()
+        self.sent = self.acked  # PUBACKed this boot; after a reset all goes again
 
     # ------------------------------------------------------------ file
 
@@ -120,6 +137,8 @@ class Ring:
                 "unreported": self.unreported,
                 "first": self.first,
                 "last": self.last,
+                "epoch": self.epoch,
+                "base": self.base,
             },
         )
 
@@ -130,6 +149,7 @@ class Ring:
             self.first = seq
         self.last = seq
         self.acked = seq
+        self.sent = max(self.sent, seq)
 
     # ------------------------------------------------------------ API
 
@@ -152,11 +172,22 @@ class Ring:
         self.next = seq + 1
         return seq
 
+    def wire(self, seq: int) -> int:
+        """The wire seq (0, 1, … within ``epoch``) of ring seq ``seq``."""
+        return seq - self.base - 1
+
+    def unreceipted(self) -> int:
+        """Events sent (PUBACK) and not yet receipted."""
+        return self.sent - self.acked
+
     def peek(self) -> "tuple[int, bytes] | None":
         """(seq, data) of the oldest unsent event, or None. Unreadable ones count as lost."""
         lost = False
-        while self.pending() > 0:
-            seq = self.acked + 1
+        while self.next - 1 > self.sent:
+            seq = self.sent + 1
+            if seq <= self.acked:
+                self.sent = self.acked
+                continue
             data = self._read(seq)
             if data is not None:
                 if lost:
@@ -173,6 +204,30 @@ class Ring:
         if seq > self.acked:
             self.acked = seq
             self._save()
+        self.sent = max(self.sent, self.acked)
+
+    def mark_sent(self, seq: int) -> None:
+        """The broker acknowledged event ``seq``: it waits for its receipt."""
+        self.sent = max(self.sent, seq)
+
+    def rewind(self) -> None:
+        """Send everything not receipted again (after a reconnect, or a receipt timeout)."""
+        self.sent = self.acked
+
+    def receipt(self, ranges: "list[list[int]]") -> int:
+        """Apply checked wire ranges (contract.receipt_ranges): the delivered mark moves
+        over a range that starts at or below the next undelivered event and was sent.
+        Returns how many events it delivered."""
+        before = self.acked
+        for r in ranges:
+            lo = r[0] + self.base + 1
+            hi = r[1] + self.base + 1
+            if lo <= self.acked + 1 <= hi:
+                top = hi if hi <= self.sent else self.sent
+                self.acked = max(self.acked, top)
+        if self.acked > before:
+            self._save()
+        return self.acked - before
 
     def drop_report(self) -> "dict[str, Any] | None":
         """What to tell the fleet about drops not reported yet, or None."""

@@ -23,7 +23,6 @@ from fleet_server.ingest.guard_api import broker_kick
 from fleet_server.ingest.quarantine import Quarantine
 from fleet_server.ingest.registry import Registry
 from fleet_server.ingest.runner import Ingest
-from fleet_server.ingest.supervisor import Watched
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
 from fleet_server.privacy.runner import RetentionRunner
@@ -111,10 +110,7 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     retention = RetentionRunner(sessions, settings.privacy)  # issue 20: per-site retention
     retention.start()
     # issue 15: these loops too are started again if they die (ingest/supervisor.py)
-    ingest.supervisor.watch(Watched(monitor.name, monitor.run, monitor))
-    ingest.supervisor.watch(Watched(rollouts.name, rollouts.run, rollouts))
-    ingest.supervisor.watch(Watched(retention.name, retention.run, retention))
-    ingest.supervisor.watch(Watched(losses.name, losses.run, losses))  # issue 14
+    ingest.supervise(monitor, rollouts, retention, losses)
     link_down_s = settings.ingest.healthz_link_down_s
     app = create_app(registry, metrics, routers(ctx), health=lambda: ingest.problem(link_down_s),
                      img_src=csp_img_src(settings))  # fmt: skip
@@ -135,6 +131,7 @@ def serve(settings: ServerSettings, role: Role = Role.ALL, instance: int = 1) ->
     try:
         server.run()  # returns on SIGINT/SIGTERM
     finally:
+        ingest.supervisor.stopped.set()  # nothing stopping below is started again
         monitor.stopped.set()
         losses.stopped.set()
         rollouts.stopped.set()

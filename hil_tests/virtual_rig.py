@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common.files import atomic_write
 from common.settings import dump_toml
-from fleet_server.broker.conf import render_acl
+from fleet_server.broker.conf import render_acl, render_pairs
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.agent import agent_config
 from hil_tests.clock_shim import format_offset
@@ -92,7 +92,9 @@ class VirtualRig(Rig):
         self.recorder.fault("broker", "broker restart", f"down {down_s:g} s")
         self.broker.stop()
         time.sleep(down_s)
-        self.broker = Broker(self.ca, self.workdir / "broker", port=self.broker.port).start()
+        self.broker = Broker(
+            self.ca, self.workdir / "broker", port=self.broker.port, pairs=self.pairs
+        ).start()
         self.recorder.restore("broker", "broker up")
 
     def pair(self, node: str, box: str) -> None:
@@ -101,6 +103,9 @@ class VirtualRig(Rig):
             raise RigError("rig not started")
         self.pairs[node] = box
         atomic_write(str(self.broker.layout.acl), render_acl(self.pairs).encode(), 0o644)
+        # the camfleet_acl plugin reads its pairs file again on the reload
+        pairs_file = self.broker.layout.acl.with_name("pairs")
+        atomic_write(str(pairs_file), render_pairs(self.pairs).encode(), 0o644)
         self.broker.reload()
 
     # ---------------------------------------------------------------- devices

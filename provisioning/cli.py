@@ -181,7 +181,9 @@ Lon = Annotated[float, typer.Option(help="longitude, degrees")]
 Height = Annotated[float, typer.Option("--height", help="mounting height, m")]
 Azimuth = Annotated[float, typer.Option("--azimuth", help="camera aim, degrees from north")]
 Notes = Annotated[str, typer.Option(help="notes")]
-Layout = Annotated[Path | None, typer.Option("--zones", help="JSON file with zones and lines")]
+Layout = Annotated[
+    Path | None, typer.Option("--zones", help="JSON file with zones, lines and masks")
+]
 Est = Annotated[str, typer.Option("--est", help="EST server, https://host:port")]
 Ca = Annotated[Path, typer.Option("--ca", help="fleet root CA (PEM)")]
 Spec = Annotated[str, typer.Option("--transport", help="local:DIR | ssh:host | mpremote:PORT")]
@@ -221,6 +223,29 @@ def box(
     except ValueError as exc:
         _fail(ProvisionError(f"--camera is not JSON: {exc}"))
     _report(outcome, "box")
+
+
+@app.command("draw-masks")
+def draw_masks(
+    frame: Annotated[Path, typer.Option("--frame", help="the reference frame (PNG, JPEG)")],
+    zones: Annotated[Path, typer.Option("--zones", help="zones file the masks are saved in")],
+    port: Annotated[int, typer.Option("--port", help="local port (0: any)")] = 0,
+) -> None:
+    """Draw privacy and motion masks on the reference frame in a browser on this laptop;
+    they are saved in the zones file, which `box --zones` then signs into the record."""
+    from provisioning.draw import MaskFile, make_server
+
+    try:
+        server = make_server(frame, MaskFile(zones), port)
+    except (OSError, ProvisionError) as exc:
+        _fail(exc if isinstance(exc, ProvisionError) else ProvisionError(str(exc)))
+    out.print(f"open http://127.0.0.1:{server.server_address[1]}/ ; Ctrl-C when done")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @app.command()

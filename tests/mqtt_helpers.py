@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from fleet_server.identity import server_identity
+from fleet_server.identity.ca import CertificateAuthority
 
 
 class Client:
@@ -67,3 +71,9 @@ class Client:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def server_creds(ca: CertificateAuthority, name: str | None = None) -> tuple[Path, Path]:
+    """A server-side identity of its own for a test's observer: the broker makes each
+    certificate's CN the client id (issue 15), so two connections must never share one."""
+    return server_identity.ensure(ca, name or f"test-{uuid.uuid4().hex[:10]}")

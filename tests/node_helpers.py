@@ -16,14 +16,14 @@ from firmware import contract
 from fleet_server.identity.ca import CertificateAuthority
 from hil_tests.node import NodeProcess
 from hil_tests.procs import wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 
 Body = dict[str, Any]
 
 
 def observer(ca: CertificateAuthority, port: int, device_id: str) -> Client:
     """A fleet-server identity that sees everything the device publishes."""
-    obs = Client(port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path)
+    obs = Client(port, ca.root_cert_path, *server_creds(ca))
     obs.subscribe(f"{contract.TOPIC_ROOT}/{device_id}/#")
     return obs
 
@@ -44,11 +44,8 @@ class SessionObserver(Client):
             protocol=mqtt.MQTTv311,
             clean_session=False,
         )
-        self.client.tls_set(
-            ca_certs=str(ca.root_cert_path),
-            certfile=str(ca.server_cert_path),
-            keyfile=str(ca.server_key_path),
-        )
+        cert, key = server_creds(ca)  # an identity of its own (issue 15)
+        self.client.tls_set(ca_certs=str(ca.root_cert_path), certfile=str(cert), keyfile=str(key))
         self.client.reconnect_delay_set(1, 2)
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe

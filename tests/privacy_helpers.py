@@ -13,6 +13,7 @@ import numpy as np
 
 from agent.identity import est_client
 from firmware import contract
+from fleet_server.identity.ca import DeviceCredentials
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import wait_for
 from provisioning import record
@@ -29,6 +30,28 @@ def jpeg(rgb: np.ndarray[Any, np.dtype[np.uint8]], quality: int = 80) -> bytes:
     return bytes(buf)
 
 
+def commissioned(
+    server: IdentityServer, device_id: str, site_id: str, tmp: Path,
+    masks: dict[str, Any] | None = None,
+) -> tuple[DeviceCredentials, tuple[int, Any]]:  # fmt: skip
+    """Enrolled through EST (key and certificate in ``tmp``), its signed record sent: the
+    credentials and the server's answer to the record."""
+    key = est_client.new_key()
+    cert = est_client.EstClient(server.est_url, server.ca.root_cert_path).simpleenroll(
+        est_client.make_csr(key, device_id), server.token(device_id), device_id
+    )
+    creds = DeviceCredentials(device_id, tmp, tmp / f"{device_id}.key", tmp / f"{device_id}.pem",
+                              server.ca.root_cert_path)  # fmt: skip
+    creds.key_pem.write_bytes(est_client.key_pem(key))
+    creds.cert_pem.write_bytes(est_client.pem(cert))
+    body = record.build(device_id, "agent", {"site_id": site_id, **SITE},
+                        {"zones": [], "lines": []}, "tech-1")  # fmt: skip
+    if masks is not None:
+        body["masks"] = masks
+    sub = record.submission(body, key, est_client.pem(cert).decode(), None)
+    return creds, server.call("POST", "/api/commissioning", sub)
+
+
 class SiteDevice:
     """Enrolled, commissioned at ``site_id`` (with ``masks`` in its signed record), online."""
 
@@ -36,18 +59,7 @@ class SiteDevice:
                  tmp: Path, masks: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.id = device_id
         self.server = server
-        key = est_client.new_key()
-        cert = est_client.EstClient(server.est_url, server.ca.root_cert_path).simpleenroll(
-            est_client.make_csr(key, device_id), server.token(device_id), device_id
-        )
-        (tmp / f"{device_id}.key").write_bytes(est_client.key_pem(key))
-        (tmp / f"{device_id}.pem").write_bytes(est_client.pem(cert))
-        body = record.build(device_id, "agent", {"site_id": site_id, **SITE},
-                            {"zones": [], "lines": []}, "tech-1")  # fmt: skip
-        if masks is not None:
-            body["masks"] = masks
-        sub = record.submission(body, key, est_client.pem(cert).decode(), None)
-        self.commissioning = server.call("POST", "/api/commissioning", sub)
+        _creds, self.commissioning = commissioned(server, device_id, site_id, tmp, masks)
         self.mqtt = Client(broker_port, server.ca.root_cert_path, tmp / f"{device_id}.pem",
                            tmp / f"{device_id}.key", client_id=device_id)  # fmt: skip
         self.seq = 0

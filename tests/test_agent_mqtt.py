@@ -27,6 +27,7 @@ from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.agent import agent_config, agent_process
 from hil_tests.images import write_test_images
 from hil_tests.procs import Broker, Process, wait_for
+from tests.mqtt_helpers import server_creds
 
 Factory = Callable[[str], DeviceCredentials]
 
@@ -44,11 +45,8 @@ class Watcher:
             client_id=f"watch-{uuid.uuid4().hex[:8]}",
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        self.client.tls_set(
-            ca_certs=str(ca.root_cert_path),
-            certfile=str(ca.server_cert_path),
-            keyfile=str(ca.server_key_path),
-        )
+        cert, key = server_creds(ca)  # an identity of its own (issue 15)
+        self.client.tls_set(ca_certs=str(ca.root_cert_path), certfile=str(cert), keyfile=str(key))
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
         self.client.connect("localhost", port, keepalive=30)

@@ -22,7 +22,7 @@ from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.migrate import upgrade
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, free_port, wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 
 T = rules.RuleThresholds()
 
@@ -143,7 +143,7 @@ def test_server_delivers_alert_changes_on_mqtt_and_webhook(
 ) -> None:  # fmt: skip
     url, hooked = webhook
     server = IdentityServer(tmp_path / "srv", ca, broker, extra={"alerts": {"webhook_url": url}})
-    watcher = Client(broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path)
+    watcher = Client(broker.port, ca.root_cert_path, *server_creds(ca))
     watcher.subscribe(contract.ALERTS_TOPIC)
     creds = device_factory("al-hot")
     dev = Client(broker.port, creds.root_pem, creds.cert_pem, creds.key_pem, "al-hot")

@@ -18,7 +18,7 @@ from firmware import contract
 from fleet_server.broker.conf import render_acl
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.procs import Broker
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 
 MakeDevice = Callable[[str], DeviceCredentials]
 
@@ -28,7 +28,7 @@ def _device_client(broker: Broker, creds: DeviceCredentials) -> Client:
 
 
 def _server_client(broker: Broker, ca: CertificateAuthority) -> Client:
-    return Client(broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path)
+    return Client(broker.port, ca.root_cert_path, *server_creds(ca))
 
 
 def test_acl_is_written_with_username_patterns() -> None:

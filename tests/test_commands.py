@@ -24,7 +24,7 @@ from hil_tests.identity import IdentityServer
 from hil_tests.images import write_test_images
 from hil_tests.node import node_process
 from hil_tests.procs import Broker, wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 
 MakeDevice = Callable[[str], DeviceCredentials]
 
@@ -206,7 +206,7 @@ def test_desired_config_is_versioned_retained_and_reported(
         cfg = server.get("/api/devices/cfg-a/config")[1]
         assert (cfg["reported_ok"], cfg["reported_error"]) == (False, "heartbeat_s missing")
         # retained: a device that connects later still gets the latest desired config
-        late = Client(broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path)
+        late = Client(broker.port, ca.root_cert_path, *server_creds(ca))
         late.subscribe(contract.topic("cfg-a", "config_desired"))
         got = json.loads(late.wait_for(contract.topic("cfg-a", "config_desired"))[0])
         late.close()

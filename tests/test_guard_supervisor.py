@@ -33,7 +33,7 @@ from hil_tests.procs import Broker, wait_for
 from tests.mqtt_helpers import Client
 
 
-class Killed(Exception):
+class Killed(BaseException):  # not caught by the broad "except Exception" of the loops
     """Raised inside an ingest thread by the test."""
 
 

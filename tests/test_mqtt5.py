@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware import contract
+from fleet_server.identity import server_identity
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest import codec as mqtt5
 from fleet_server.ingest.client import ClientSettings, Mqtt5Client
@@ -156,10 +157,9 @@ def test_parser_refuses_oversized_packet_before_reading_it() -> None:
 
 
 # ---------------------------------------------------------------- against Mosquitto
-def _tls(ca: CertificateAuthority) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.root_cert_path))
-    ctx.load_cert_chain(str(ca.server_cert_path), str(ca.server_key_path))
-    return ctx
+def _tls(ca: CertificateAuthority, client_id: str = "mqtt5-test") -> ssl.SSLContext:
+    """A server worker's own identity (the broker makes a CN its client id, issue 15)."""
+    return server_identity.client_context(ca, client_id)
 
 
 class _Collector:
@@ -176,8 +176,8 @@ def _paho(ca: CertificateAuthority, port: int, client_id: str) -> tuple[mqtt.Cli
     """A paho v5 client with the server identity that records what it receives."""
     seen: list[Any] = []
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    c.tls_set(ca_certs=str(ca.root_cert_path), certfile=str(ca.server_cert_path),
-              keyfile=str(ca.server_key_path))  # fmt: skip
+    cert, key = server_identity.ensure(ca, client_id)  # its own: CN = client id
+    c.tls_set(ca_certs=str(ca.root_cert_path), certfile=str(cert), keyfile=str(key))
     c.on_message = lambda _c, _u, m: seen.append(m)
     c.connect("localhost", port)
     c.loop_start()

@@ -17,7 +17,7 @@ from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker, wait_for
 from tests.mp import harness, node_cases
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 
 # node_cases loads the whole node plus a fake broker and its own checks: 192 KiB for
 # those; the node itself runs in 128 KiB in the process tests below and in tests/test_node_*.
@@ -31,7 +31,7 @@ test_cpython, test_micropython_runs_every_case = harness.both_interpreters(
 
 def _observer(ca: CertificateAuthority, port: int, device_id: str) -> Client:
     """A fleet-server identity that sees everything the device publishes."""
-    obs = Client(port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path)
+    obs = Client(port, ca.root_cert_path, *server_creds(ca))
     obs.subscribe(f"{contract.TOPIC_ROOT}/{device_id}/#")
     return obs
 
@@ -117,7 +117,7 @@ def test_node_online_heartbeats_and_commands(
         assert not (sim / "reset_cause").exists(), "the sim consumes the reset cause at boot"
 
         # a late subscriber gets the retained online status
-        late = Client(broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path)
+        late = Client(broker.port, ca.root_cert_path, *server_creds(ca))
         try:
             late.subscribe(contract.topic(dev, "status"))
             late.wait_for(contract.topic(dev, "status"), 1, timeout=5)

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from common.files import atomic_write
 from firmware import contract
 from fleet_server.broker.conf import paired_box_acl, render_acl
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.node import NodeProcess, node_process
 from hil_tests.procs import Broker, free_port, wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 from tests.node_helpers import (
     events,
     no_memory_errors,
@@ -45,8 +44,7 @@ def started() -> Iterator[list[NodeProcess]]:
 @pytest.fixture(scope="module")
 def paired(ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A TLS Mosquitto whose ACL pairs node-0301 with box-0301 and node-0302 with box-0302."""
-    b = Broker(ca, tmp_path_factory.mktemp("paired-broker"))
-    atomic_write(str(b.layout.acl), render_acl(PAIRS).encode())
+    b = Broker(ca, tmp_path_factory.mktemp("paired-broker"), pairs=PAIRS)
     b.start()
     yield b
     b.stop()
@@ -86,7 +84,7 @@ def test_node_reads_its_paired_box_heartbeat_and_nothing_else(
 ) -> None:
     box1, box2 = device_factory("box-0301"), device_factory("box-0302")
     node1, node2 = device_factory("node-0301"), device_factory("node-0302")
-    watcher = Client(paired.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path)
+    watcher = Client(paired.port, ca.root_cert_path, *server_creds(ca))
     clients = [watcher]
     try:
         watcher.subscribe(f"{contract.TOPIC_ROOT}/#")

@@ -36,6 +36,7 @@ from fleet_server.ota.tufrepo import TufRepo
 from hil_tests.ota_rig import StaticHttps, launcher_process, source_copy
 from hil_tests.procs import REPO, Broker, Process, free_port, wait_for
 from hil_tests.server import ServerProcess
+from tests.mqtt_helpers import server_creds
 
 pytestmark = pytest.mark.slow
 
@@ -54,11 +55,8 @@ class Collector:
             client_id=f"ota-watch-{uuid.uuid4().hex[:8]}",
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        self.client.tls_set(
-            ca_certs=str(ca.root_cert_path),
-            certfile=str(ca.server_cert_path),
-            keyfile=str(ca.server_key_path),
-        )
+        cert, key = server_creds(ca)  # an identity of its own (issue 15)
+        self.client.tls_set(ca_certs=str(ca.root_cert_path), certfile=str(cert), keyfile=str(key))
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_a: ready.set()
         self.client.connect("localhost", port, keepalive=30)

@@ -22,7 +22,7 @@ from agent.link.sender import Sender
 from firmware import contract
 from fleet_server.identity.ca import CertificateAuthority, DeviceCredentials
 from hil_tests.procs import RIG_RECONNECT, Broker, wait_for
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 
 DEV = "cam-outbox-1"
 
@@ -141,7 +141,7 @@ def test_sender_marks_sent_on_puback_deletes_on_receipt_and_resends_after_an_out
     device = "cam-outbox-2"
     creds = device_factory(device)
     broker = Broker(ca, tmp_path / "broker").start()
-    watcher = Client(broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path, "w1")
+    watcher = Client(broker.port, ca.root_cert_path, *server_creds(ca), "w1")
     box = Outbox(tmp_path / "outbox.sqlite", device, 1 << 20, 1000)
     link = _link(creds, broker.port)
     sender = Sender(box, link, window=5, receipt_timeout_s=60)
@@ -193,9 +193,7 @@ def test_sender_marks_sent_on_puback_deletes_on_receipt_and_resends_after_an_out
 
         # a receipt for rows not sent yet deletes nothing, even when its range is valid
         broker = Broker(ca, tmp_path / "broker", port=broker.port).start()
-        watcher = Client(
-            broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path, "w2"
-        )
+        watcher = Client(broker.port, ca.root_cert_path, *server_creds(ca), "w2")
         watcher.subscribe(topic)
         wait_for(lambda: box.unreceipted() == 15, 30, what="rows acknowledged after the outage")
         _receipt(watcher, device, {"epoch": ep, "ranges": [[20, 34]]})

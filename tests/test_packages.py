@@ -124,14 +124,14 @@ def test_the_broker_plugin_goes_into_the_server_package_when_the_tree_has_one(
 ) -> None:
     template = PKG / "server" / "nfpm.yaml"
     env = {"PATH": os.environ["PATH"], "CAMFLEET_VERSION": "9.9", "DEB_ARCH": "amd64"}
-    for plugin in ("", "/work/plugin/camfleet_broker.so"):
+    for plugin in ("", "/work/plugin/camfleet_acl.so"):
         out = tmp_path / "server.yaml"
         subprocess.run([sys.executable, str(ROOT / "scripts/nfpm_config.py"), str(template),
                         str(out)], env={**env, "CAMFLEET_BROKER_PLUGIN_SO": plugin},
                        check=True)  # fmt: skip
         text = out.read_text()
         assert "version: 9.9" in text and "@BROKER_PLUGIN@" not in text
-        entry = f"  - src: {plugin}\n    dst: /usr/lib/camfleet/camfleet_broker.so\n"
+        entry = f"  - src: {plugin}\n    dst: /usr/lib/camfleet/camfleet_acl.so\n"
         assert (entry in text) == bool(plugin), text
 
 

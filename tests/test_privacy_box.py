@@ -188,6 +188,8 @@ def test_policy_none_no_image_leaves(detector: Detector) -> None:  # noqa: F811
     kinds = [k for k, _d in events]
     assert kinds.count("track.end") == 2 and "snapshot" not in kinds
     assert guard.withheld == 2
+    assert guard.report() == {"policy": "none", "policy_version": 1, "masks_version": 1,
+                              "stale": False, "withheld": 2}  # in the heartbeat  # fmt: skip
     assert not any("jpeg" in d for _k, d in events)
     frame = Frame(index=1, t_mono=0.0, t_wall=0.0, origin="t", data=b"", pixels=frames[3])
     with pytest.raises(Exception, match="policy none"):

@@ -3,7 +3,12 @@ test read from a JPEG's header, the server's decisions on images."""
 
 from __future__ import annotations
 
+import json
 import math
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ import pytest
 from common import privacy
 from fleet_server.privacy import policy
 from fleet_server.privacy.policy import CameraPolicy
+from provisioning import draw, record
 from tests.privacy_helpers import jpeg
 
 SQUARE = [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4], [0.1, 0.4]]
@@ -114,3 +120,48 @@ def test_screen_decisions() -> None:
     assert policy.screen(_cam("full", masks=2), big, full) == policy.OLD_MASKS
     assert policy.screen(_cam("full", masks=2), big, privacy.marking("full", 1, 2)) == ""
     assert policy.screen(_cam("full", stale=True), big, full) == policy.MASKS_STALE
+
+
+def _http(method: str, url: str, body: object = None) -> tuple[int, bytes, dict[str, str]]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+def test_technicians_tool_draws_masks_into_the_zones_file(tmp_path: Path) -> None:
+    """camfleet-provision draw-masks: the dashboard's editor on the laptop's loopback; what
+    it saves is checked as the server checks it and lands in the zones file."""
+    frame = tmp_path / "reference.png"
+    frame.write_bytes(jpeg(np.full((48, 64, 3), 100, np.uint8)))
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": [{"name": "z", "polygon": SQUARE}], "lines": []}))
+    server = draw.make_server(frame, draw.MaskFile(zones))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        status, html, headers = _http("GET", base + "/")
+        assert status == 200 and b'<script src="/masks.js" defer></script>' in html
+        assert b"<script>" not in html and "script-src 'self'" in headers["Content-Security-Policy"]
+        status, js, _h = _http("GET", base + "/masks.js")
+        assert status == 200 and b"/api/devices/" in js
+        assert _http("GET", base + "/frame")[1] == frame.read_bytes()
+        bowtie = {"privacy": [[[0, 0], [1, 1], [1, 0], [0, 1]]]}
+        status, err, _h = _http("PUT", base + "/api/devices/local/masks", {"masks": bowtie})
+        assert status == 400 and b"cross" in err
+        assert "masks" not in json.loads(zones.read_text())  # nothing written
+        good = {"privacy": [SQUARE], "motion": []}
+        status, ok, _h = _http("PUT", base + "/api/devices/local/masks", {"masks": good})
+        assert status == 200 and json.loads(ok) == {"version": 1}
+    finally:
+        server.shutdown()
+        server.server_close()
+    saved = json.loads(zones.read_text())
+    assert saved["masks"]["privacy"] == [SQUARE] and saved["zones"][0]["name"] == "z"
+    assert record.load_layout(zones)["masks"]["privacy"] == [SQUARE]  # what `box` signs

@@ -163,3 +163,17 @@ def test_receipt_messages_one_per_device_and_ranges() -> None:
         assert kind == "receipt"
         got[device] = (body["epoch"], body["ranges"])
     assert got == {"cam-a": ("ep1", [[4, 6], [9, 9]]), "cam-b": ("ep1", [[0, 0]])}
+
+
+def test_a_node_drop_report_fills_its_holes_as_dropped_not_lost(registry: Registry) -> None:
+    ev = [_event("node-d", s, 10.0) for s in (0, 1)]
+    topic, payload, _q, _r = contract.encode("event", "node-d", {
+        "seq": 5, "event_id": "node-d-ep1-5-dropped", "type": "buffer.dropped", "epoch": "ep1",
+        "data": {"dropped": 4, "first_seq": 2, "last_seq": 5, "total": 4}}, 11.0)  # fmt: skip
+    report = Accepted("node-d", "event", contract.decode(topic, payload)[2], 11.0)
+    forged = _event("node-d", 7, 11.0)
+    forged.body.update(type="buffer.dropped", data={"first_seq": 0, "last_seq": 2**40})
+    registry.apply([*ev, report, _event("node-d", 6, 12.0), forged])
+    with registry.sessions() as db:
+        got = store.get(db, "node-d")
+    assert got is not None and (got["contiguous"], got["holes"]) == (7, [])

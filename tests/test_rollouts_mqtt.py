@@ -28,7 +28,7 @@ from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.rollouts import plan
 from hil_tests.procs import Broker, Process, wait_for
 from hil_tests.server import ServerProcess
-from tests.mqtt_helpers import Client
+from tests.mqtt_helpers import Client, server_creds
 
 N = 12
 FLEET = [f"upd-{i:02d}" for i in range(N)]
@@ -95,7 +95,7 @@ def rig(ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory) -> I
     operator = server.add_user("olga", "operator")
     viewer = server.add_user("vic", "viewer")
     server.start_and_wait()
-    observer = Client(broker.port, ca.root_cert_path, ca.server_cert_path, ca.server_key_path,
+    observer = Client(broker.port, ca.root_cert_path, *server_creds(ca),
                       "rollout-observer")  # fmt: skip
     observer.subscribe(f"{contract.TOPIC_ROOT}/+/update/desired")
     observer.subscribe(contract.ALERTS_TOPIC)

@@ -306,3 +306,56 @@ def test_moderate_rain_saves_most_detector_calls_too() -> None:
     st = street.Street(rain=lambda _i: 600, light=lambda _i: street.Light(contrast=0.7))
     gate = MotionGate(MotionSettings(keyframe_s=10.0))
     assert 1.0 - sum(_gate_run(st, 60, gate)) / 60 >= 0.8
+
+
+def test_infrared_switch_is_a_mode_change_not_a_moved_camera_or_a_storm() -> None:
+    night = {"on": False}
+    st = street.Street(
+        width=320,
+        height=240,
+        light=lambda _i: street.day_light(0.0) if night["on"] else street.Light(gain=0.3),
+    )
+    sink = Sink()
+    s = PipelineSettings(detector=None, scene=SceneSettings(report_after_s=2.0))
+    p = Pipeline(s, None, sink, 1000.0)
+    runs = 0
+    for i in range(100):
+        night["on"] = i >= 40  # the cut filter moves out at 8 s
+        runs += p.process(st.frame(i), i / FPS, 1000.0 + i / FPS).detected
+        if i == 39:
+            day_reference = p.reference
+    assert sink.problems() == []
+    assert runs <= 2 + 1 + 1, runs  # keyframes at 0 and 10 s, the switch, one more at most
+    assert p.light.mode == "ir" and p.reference is not None and p.reference is not day_reference
+
+
+@pytest.mark.parametrize(
+    ("name", "expect"),
+    [
+        ("black", {"covered"}),
+        ("white", {"covered", "bright"}),
+        ("checker", set()),
+        ("salt", set()),
+        ("stripes", set()),
+    ],
+)
+def test_extreme_images_give_sane_conditions(name: str, expect: set[str]) -> None:
+    """Attack: NaN-free but extreme images never crash the chain and are judged sanely."""
+    from agent.vision import scene as sc
+
+    rng = np.random.default_rng(4)
+    h, w = 240, 320
+    yy, xx = np.mgrid[0:h, 0:w]
+    grey = {
+        "black": np.zeros((h, w)),
+        "white": np.full((h, w), 255),
+        "checker": ((yy // 8 + xx // 8) % 2) * 255,
+        "salt": rng.choice([0, 255], (h, w)),
+        "stripes": (xx // 4 % 2) * 255,
+    }[name].astype(np.uint8)
+    p = Pipeline(PipelineSettings(detector=None), None, lambda *a: "e", 0.0)
+    for i in range(8):
+        p.process(grey, i / FPS, i / FPS)
+    m = p.measures
+    assert m is not None
+    assert sc.conditions_now(m, p.s.scene) - {"frozen"} == expect, m

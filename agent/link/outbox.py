@@ -101,6 +101,10 @@ class Outbox:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut
+            # keep the WAL small on a small disk: checkpoint every ~400 KiB, and cut the
+            # file back after a checkpoint (by default it grows to 4 MiB and stays)
+            self._db.execute("PRAGMA wal_autocheckpoint=100")
+            self._db.execute("PRAGMA journal_size_limit=1048576")
             self._db.executescript(_SCHEMA)
             with self._db:
                 self._db.execute(
@@ -144,6 +148,8 @@ class Outbox:
             if self._db.in_transaction:
                 self._db.rollback()
             self._recount()
+            # a full disk: give back what the WAL holds, so that the next write may fit
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as again:
             log.error("outbox counters not refreshed after a failed %s: %s", what, again)
         return OutboxError(f"outbox {what} failed: {exc}")

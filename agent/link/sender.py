@@ -47,11 +47,13 @@ class Sender:
         receipt_timeout_s: float = 10.0,
         receipt_timeout_cap_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        on_receipted: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.link = link
         self.window = window
         self.on_acked = on_acked
+        self.on_receipted = on_receipted  # row ids a receipt deleted (benchmarks)
         self.receipt_timeout_s = receipt_timeout_s
         self.receipt_timeout_cap_s = max(receipt_timeout_cap_s, receipt_timeout_s)
         self._clock = clock
@@ -103,8 +105,9 @@ class Sender:
         while not self._stop.is_set():
             try:
                 self.step()
-            except OutboxError as exc:
-                log.error("%s", exc)
+            except OutboxError as exc:  # a full or failing disk: try again in a second,
+                log.error("%s", exc)  # sending everything not receipted again
+                self._rewind()
                 self._stop.wait(1.0)
             self._wake.wait(_IDLE_S)
             self._wake.clear()
@@ -176,6 +179,8 @@ class Sender:
             self.outbox.ack(refused)
         if done:
             now = self._clock()
+            # not marked (a full disk: OutboxError): their receipts would delete nothing;
+            # _run then sends everything again from the oldest and the PUBACKs mark them
             for row_id in self.outbox.mark_sent(done):
                 self._waiting.pop(row_id, None)  # sent again: its wait starts anew
                 self._waiting[row_id] = now
@@ -201,3 +206,5 @@ class Sender:
             if gone:
                 self.receipted += len(gone)
                 self._timeout = self.receipt_timeout_s
+                if self.on_receipted is not None:
+                    self.on_receipted(gone)

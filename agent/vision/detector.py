@@ -150,6 +150,7 @@ class Detector:
                 f"{card.input_height}x{card.input_width}"
             )
         self._anchors: decoders.FloatArray | None = None
+        self._ssd_io: tuple[int, int] | None = None  # (boxes, scores) output indices
         classes = self._class_count()
         if card.format == "ssd_anchors":
             assert card.ssd is not None  # the card's validator guarantees it
@@ -179,12 +180,15 @@ class Detector:
         return None  # post-processed: class indices, the count is not in the shapes
 
     def _ssd_outputs(self) -> tuple[int, int]:
+        if self._ssd_io is not None:
+            return self._ssd_io
         shapes = self.backend.output_shapes()
         boxes = [i for i, s in enumerate(shapes) if len(s) == 3 and s[-1] == 4]
         others = [i for i, s in enumerate(shapes) if len(s) == 3 and s[-1] != 4]
         if len(shapes) != 2 or not boxes or not others:
             raise ModelError(f"card {self.card.name}: ssd_anchors needs [1,N,4] and [1,N,C]")
-        return boxes[0], others[0]
+        self._ssd_io = (boxes[0], others[0])
+        return self._ssd_io
 
     def check_frame(self, rgb: Any) -> None:
         """Refuse (``DetectorError``) anything but the card's input: an ``H x W x 3``

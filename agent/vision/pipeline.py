@@ -183,14 +183,17 @@ class Pipeline:
             self._infer_ms.append(self.detector.last_ms)
             if self._classes:
                 found = [d for d in found if d.label in self._classes]
+            cut: list[Detection] = []
             if decision.roi != FULL:
-                found = [d for d in found if not cut_by_roi(d.box, decision.roi)]
+                cut = [d for d in found if cut_by_roi(d.box, decision.roi)]
+                found = [d for d in found if d not in cut]
             track_changes = self.tracker.update(
                 found,
                 decision.roi,
                 t,
                 wall,
                 lambda box: jpeg_snapshot(rgb, box, self.s.tracker.snapshot_side),
+                cut,
             )
             self._count_moves(t)
             changes += self._track_events(track_changes, wall)

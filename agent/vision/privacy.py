@@ -141,6 +141,14 @@ class PrivacyState:
         """The policy in force: ``none`` while the masks are stale."""
         return privacy.NONE if self.stale else str(self.section["policy"])
 
+    def report(self) -> dict[str, Any]:
+        """For the heartbeat: the policy in force, the masks' version, stale or not, and
+        the snapshots the policy kept on the box since the start."""
+        s = self.section
+        return {"policy": self.policy, "policy_version": s["policy_version"],
+                "masks_version": s["masks_version"], "stale": self.stale,
+                "withheld": self.withheld}  # fmt: skip
+
     def marking(self) -> dict[str, Any]:
         s = self.section
         return privacy.marking(self.policy, int(s["policy_version"]), int(s["masks_version"]))

@@ -253,6 +253,7 @@ class Detection:
             "outbox_refused": self.outbox.refused(),
             "scene": p.problems(),
             "invokes": p.invokes,
+            "privacy": p.privacy.report(),  # issue 20: policy in force, masks, withheld
         }
         fields["light"] = p.light.mode
         fields["unreliable"] = p.unreliable()

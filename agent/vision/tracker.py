@@ -55,15 +55,9 @@ def _centre(b: Box) -> tuple[float, float]:
     return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
 
 
-def _covers(roi: Box, box: Box, margin: float = 0.02) -> bool:
-    """The detector run over ``roi`` saw all of ``box`` (a run that saw part of an object
-    is no evidence that it left: its detection there is cut, and dropped)."""
-    return (
-        box[0] >= roi[0] - margin
-        and box[1] >= roi[1] - margin
-        and box[2] <= roi[2] + margin
-        and box[3] <= roi[3] + margin
-    )
+def _covers(roi: Box, box: Box) -> bool:
+    cx, cy = _centre(box)
+    return roi[0] <= cx <= roi[2] and roi[1] <= cy <= roi[3]
 
 
 def _affinity(track: Track, det: Detection, iou_match: float) -> float | None:
@@ -94,8 +88,11 @@ class Tracker:
         t: float,
         wall: float,
         snapshot: Snapshotter | None = None,
+        partial: list[Detection] | None = None,
     ) -> list[TrackChange]:
-        """Apply one detector run over ``roi``; ``snapshot(box)`` makes a JPEG on demand."""
+        """Apply one detector run over ``roi``; ``snapshot(box)`` makes a JPEG on demand.
+        ``partial``: detections the region cut (not used as detections); a track one of
+        them matches was seen in part, which is not a miss."""
         pairs: list[tuple[float, int, int]] = []
         for tid, track in self.tracks.items():
             for di, det in enumerate(detections):
@@ -115,7 +112,11 @@ class Tracker:
             used_d.add(di)
             changes += self._hit(self.tracks[tid], detections[di], t, wall, snapshot)
         for tid, track in list(self.tracks.items()):
-            if tid not in used_t and _covers(roi, track.box):
+            seen_in_part = any(
+                d.label == track.label and _affinity(track, d, self.s.iou_match) is not None
+                for d in partial or []
+            )
+            if tid not in used_t and _covers(roi, track.box) and not seen_in_part:
                 track.missed += 1
                 if track.missed >= self.s.max_missed:
                     changes += self._end(tid)

@@ -1,9 +1,15 @@
-"""Render Mosquitto's config and ACL from the fleet server's state.
+"""Render Mosquitto's config and access rules from the fleet server's state.
 
-Nobody hand-edits the broker: ``camfleet-server broker-config`` writes ``mosquitto.conf`` and
-``acl`` next to the CA files, from the contract's topic table. TLS only, a client
-certificate required, the certificate CN is the MQTT user name, and the ACL uses ``%u``
-(never ``%c``) so that a device reaches only its own subtree.
+Nobody hand-edits the broker: ``camfleet-server broker-config`` writes ``mosquitto.conf``,
+``acl`` and ``pairs`` next to the CA files, from the contract's topic table. TLS only, a
+client certificate required, the certificate CN is the MQTT user name.
+
+The rules are enforced by the ``camfleet_acl`` plugin (``camfleet_acl.c``, built by
+``make setup`` into ``build/broker/``), loaded first and given the contract's topic table as
+options: a device's client id must be its CN, it publishes and receives only its own topics,
+and a SUBSCRIBE outside its own subtree is refused with a SUBACK failure code. Without the
+plugin (not built) the ``%u`` ACL file is used instead, which Mosquitto 2.0 consults before
+any plugin and which grants every SUBSCRIBE and any client id: ``render_conf`` logs that.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import getpass
 import glob
 import json
+import logging
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +50,47 @@ DYNSEC_PLUGIN_GLOBS = (
 )
 # Role given to a revoked device: denies everything, and giving it kicks the client.
 DENY_ROLE = "camfleet-revoked"
+# The fleet's own ACL plugin: the repository's build, or where the server package puts it.
+ACL_PLUGIN_NAME = "camfleet_acl.so"
+ACL_PLUGIN_PLACES = (
+    Path(__file__).resolve().parents[2] / "build" / "broker" / ACL_PLUGIN_NAME,
+    Path("/usr/lib/camfleet") / ACL_PLUGIN_NAME,
+)
+
+log = logging.getLogger(__name__)
+
+
+def acl_plugin() -> Path | None:
+    """The camfleet_acl plugin to load (``CAMFLEET_ACL_PLUGIN`` overrides; empty = none)."""
+    env = os.environ.get("CAMFLEET_ACL_PLUGIN")
+    if env is not None:
+        return Path(env) if env and Path(env).exists() else None
+    return next((p for p in ACL_PLUGIN_PLACES if p.exists()), None)
+
+
+def acl_plugin_lines(plugin: Path, pairs_file: Path, then_dynsec: bool) -> list[str]:
+    """The plugin's config lines: its options are the contract's topic table."""
+    up = [spec[0] for spec in contract.KINDS.values() if spec[1] == contract.UP]
+    down = [spec[0] for spec in contract.KINDS.values() if spec[1] == contract.DOWN]
+    return [
+        f"plugin {plugin}",
+        f"plugin_opt_root {contract.TOPIC_ROOT}",
+        f"plugin_opt_server_identity {contract.SERVER_IDENTITY}",
+        # every server worker's own identity starts with "_" (server_identity.py)
+        "plugin_opt_server_prefix _",
+        f"plugin_opt_up_kinds {','.join(up)}",
+        f"plugin_opt_down_kinds {','.join(down)}",
+        f"plugin_opt_pairs_file {pairs_file}",
+        f"plugin_opt_then_dynsec {'true' if then_dynsec else 'false'}",
+    ]
+
+
+def render_pairs(pairs: Mapping[str, str] | None = None) -> str:
+    """The plugin's pairs file: ``<node> <box>`` per line (``paired_box_acl`` checks)."""
+    paired_box_acl(pairs or {})  # the same checks as the ACL file's lines
+    lines = ["# node box: the node may read the box's heartbeats. Written by broker-config."]
+    lines += [f"{node} {box}" for node, box in sorted((pairs or {}).items())]
+    return "\n".join(lines) + "\n"
 
 
 def dynsec_plugin() -> Path | None:
@@ -72,17 +121,38 @@ def initial_dynsec() -> dict[str, object]:
     }
 
 
-def render_acl(pairs: Mapping[str, str] | None = None) -> str:
+# Without the plugin the ACL file names each server identity (it has no prefix match): the
+# workers ``server_client_ids`` derives from ``[mqtt] client_id`` (fleet_server/roles.py).
+MAX_INGEST_WORKERS = 16
+
+
+def server_client_ids(client_id: str) -> list[str]:
+    """Every broker identity a server with this ``[mqtt] client_id`` uses: the process,
+    the API and ingest worker processes, and each one's dynamic-security administration."""
+    base = [client_id, f"{client_id}-api"]
+    base += [f"{client_id}-ingest-{n}" for n in range(1, MAX_INGEST_WORKERS + 1)]
+    cns = [contract.SERVER_IDENTITY]
+    for cid in base:
+        cns += [_server_cn(cid), _server_cn(f"{cid}-admin")]
+    return cns
+
+
+def _server_cn(client_id: str) -> str:
+    return client_id if client_id.startswith("_") else "_" + client_id
+
+
+def render_acl(
+    pairs: Mapping[str, str] | None = None, server_client_id: str = "fleet-server-1"
+) -> str:
     lines = [
         "# Written by camfleet-server broker-config from the protocol contract. Do not edit.",
-        "# The fleet server identity reads and writes every device's subtree.",
-        f"user {contract.SERVER_IDENTITY}",
-        f"topic readwrite {contract.TOPIC_ROOT}/#",
-        "# ... and administers the dynamic-security plugin (revocation).",
-        "topic readwrite $CONTROL/dynamic-security/#",
-        "",
-        "# Every device (user = certificate CN): its own subtree only.",
+        "# Used only when the camfleet_acl plugin is not built (see docs/protocol.md).",
     ]
+    lines.append("# Each fleet server identity: every device's subtree, and revocation.")
+    for cn in server_client_ids(server_client_id):
+        lines += [f"user {cn}", f"topic readwrite {contract.TOPIC_ROOT}/#",
+                  "topic readwrite $CONTROL/dynamic-security/#"]  # fmt: skip
+    lines += ["", "# Every device (user = certificate CN): its own subtree only."]
     for access, pattern in contract.device_acl_patterns():
         lines.append(f"pattern {access} {pattern}")
     lines.extend(paired_box_acl(pairs or {}))
@@ -122,8 +192,18 @@ def render_conf(
     log_dest = "stderr" if log_to_stderr else f"file {layout.log_file}"
     plugin: list[str] = []
     plugin_path = dynsec_plugin()
-    if layout.dynsec_file is not None and plugin_path is not None:
-        plugin = [f"plugin {plugin_path}", f"plugin_opt_config_file {layout.dynsec_file}"]
+    dynsec = layout.dynsec_file is not None and plugin_path is not None
+    guard = acl_plugin()
+    if dynsec:  # first: it decides for the clients it knows (the deny role), defers the rest
+        plugin += [f"plugin {plugin_path}", f"plugin_opt_config_file {layout.dynsec_file}"]
+    if guard is not None:
+        plugin += acl_plugin_lines(guard, layout.acl.with_name("pairs"), False)
+    else:
+        log.warning(
+            "camfleet_acl plugin not built (make setup): the ACL file does not refuse "
+            "foreign subscriptions or tie client ids to certificates"
+        )
+    acl = [] if guard is not None else [f"acl_file {layout.acl}"]
     crl = [f"crlfile {ca.dir / 'crl.pem'}"] if (ca.dir / "crl.pem").exists() else []
     return "\n".join(
         [
@@ -146,7 +226,7 @@ def render_conf(
             # QoS 1 messages sent and not yet acknowledged, per client (default 20): the
             # server acknowledges a batch only after its commit, so this bounds its batches
             "max_inflight_messages 2000",
-            f"acl_file {layout.acl}",
+            *acl,
             *plugin,
             "",
             f"listener {port} {bind}",
@@ -157,6 +237,9 @@ def render_conf(
             "tls_version tlsv1.2",
             "require_certificate true",
             "use_identity_as_username true",
+            # the client id is the certificate's CN, whatever the client asked for: no
+            # connection can take another's id (and its session) or kick it off
+            "use_username_as_clientid true",
             *crl,
             "",
         ]
@@ -171,6 +254,7 @@ def write_broker_config(
     persistence: bool = True,
     log_to_stderr: bool = False,
     pairs: Mapping[str, str] | None = None,
+    server_client_id: str = "fleet-server-1",
 ) -> BrokerLayout:
     broker_dir = Path(broker_dir)
     layout = BrokerLayout(
@@ -186,7 +270,8 @@ def write_broker_config(
         from fleet_server.identity.ca_ops import write_crl
 
         write_crl(ca, [], days=7)  # the server keeps it fresh from then on
-    atomic_write(str(layout.acl), render_acl(pairs).encode(), 0o644)
+    atomic_write(str(layout.acl), render_acl(pairs, server_client_id).encode(), 0o644)
+    atomic_write(str(layout.acl.with_name("pairs")), render_pairs(pairs).encode(), 0o644)
     if layout.dynsec_file is not None and not layout.dynsec_file.exists():
         # the plugin owns this file afterwards; the server re-applies revocations at start
         atomic_write(str(layout.dynsec_file), json.dumps(initial_dynsec()).encode(), 0o600)
@@ -200,8 +285,9 @@ def write_from_settings(ca: CertificateAuthority, settings: ServerSettings) -> B
     ``broker-config`` and a restore all write them this way)."""
     b = settings.broker
     return write_broker_config(
-        ca, settings.broker_dir, b.listen_port, b.bind, log_to_stderr=b.log_stderr, pairs=b.pairs
-    )
+        ca, settings.broker_dir, b.listen_port, b.bind, log_to_stderr=b.log_stderr, pairs=b.pairs,
+        server_client_id=settings.mqtt.client_id,
+    )  # fmt: skip
 
 
 def broker_binary() -> str:

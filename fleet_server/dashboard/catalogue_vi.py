@@ -50,6 +50,9 @@ VI: dict[str, str] = {
     "certificate expires in {n} days": "chứng chỉ hết hạn sau {n} ngày",
     "update {state}": "cập nhật {state}",
     "rollout halted": "đợt cập nhật đã dừng",
+    "quarantined by {who}": "bị cách ly bởi {who}",
+    "{n} events lost": "mất {n} sự kiện",
+    "kind:loss": "mất sự kiện",
     # states, kinds
     "online": "trực tuyến",
     "offline": "mất kết nối",
@@ -114,6 +117,7 @@ VI: dict[str, str] = {
     "Site": "Địa điểm",
     "Certificate": "Chứng chỉ",
     "Update": "Cập nhật",
+    "Event delivery": "Giao nhận sự kiện",
     " · commissioned {when} by {who}": " · lắp đặt {when} bởi {who}",
     "reference frame": "ảnh tham chiếu",
     "{n} days left": "còn {n} ngày",
@@ -198,4 +202,12 @@ VI: dict[str, str] = {
     "track.update": "cập nhật theo dõi",
     "track.end": "kết thúc theo dõi",
     "scene.change": "thay đổi hình ảnh",
+    # issue 15: quarantine on the device page
+    "Quarantine": "Cách ly",
+    "quarantine": "cách ly",
+    "release": "bỏ cách ly",
+    "not quarantined": "không bị cách ly",
+    "quarantined since {when} by {who}: {why}": "bị cách ly từ {when} bởi {who}: {why}",
+    "flooding now": "đang gửi tràn",
+    "{n} dead letters": "{n} thư chết",
 }

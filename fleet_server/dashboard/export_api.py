@@ -26,7 +26,7 @@ def _span(since: float | None, until: float | None) -> tuple[float, float]:
     end = time.time() if until is None else until
     start = end - 86400 if since is None else since
     if start > end or end - start > MAX_SPAN_S:
-        raise HTTPException(422, "since must be before until, at most 31 days apart")
+        raise HTTPException(400, "since must be before until, at most 31 days apart")
     return start, end
 
 
@@ -36,7 +36,8 @@ def _attachment(name: str) -> dict[str, str]:
 
 def export_router(sessions: sessionmaker[Session]) -> APIRouter:
     router = APIRouter(
-        prefix="/api/export", tags=["export"], responses=AUTH_RESPONSES,
+        prefix="/api/export", tags=["export"],
+        responses={**AUTH_RESPONSES, 400: {"description": "A bad time range"}},
         dependencies=[Depends(require_role(*READERS))],
     )  # fmt: skip
 

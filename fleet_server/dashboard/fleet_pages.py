@@ -18,6 +18,8 @@ from fleet_server.dashboard.views import (
 )
 from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
 from fleet_server.ingest.events import Event, snapshot_url
+from fleet_server.ingest.guard_pages import quarantine_section
+from fleet_server.privacy import pages as privacy_pages
 from fleet_server.receipts.api import delivery_section
 from fleet_server.rollouts import pages as rollout_pages
 
@@ -93,7 +95,10 @@ def events_section(db: Session, device_id: str) -> Section | None:
 
 SECTIONS: list[DeviceSection] = [site_section, certificate_section, events_section,
                                   delivery_section,  # issue 14: receipts, losses
-                                  rollout_pages.update_section]  # fmt: skip
+                                  rollout_pages.update_section,
+                                  privacy_pages.privacy_section,  # issue 20
+                                  quarantine_section]  # issue 15  # fmt: skip
 PAGES: list[ExtraPage] = [
     *rollout_pages.PAGES,  # issue 6: campaigns
+    *privacy_pages.PAGES,  # issue 20: every site's snapshot policy
 ]

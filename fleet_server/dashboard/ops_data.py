@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet_server.dashboard.sitemap import RANK, Mark
-from fleet_server.dashboard.views import degraded_ids, shown_state
+from fleet_server.dashboard.views import degraded_ids
 from fleet_server.db import Device
 from fleet_server.identity.model import Commissioning, Site
 from fleet_server.ingest.events import Event
@@ -37,9 +37,10 @@ def site_marks(db: Session) -> list[Mark]:
     sites = db.scalars(select(Site).order_by(Site.site_id)).all()
     where = site_of_devices(db)
     degraded = degraded_ids(db)
-    at: dict[str, list[Device]] = defaultdict(list)
-    for dev in db.scalars(select(Device).where(Device.id.in_(list(where)))).all():
-        at[where[dev.id]].append(dev)
+    at: dict[str, list[Any]] = defaultdict(list)  # rows of (id, state, last_seen)
+    for dev in db.execute(select(Device.id, Device.state, Device.last_seen)).all():
+        if dev.id in where:
+            at[where[dev.id]].append(dev)
     newest = (
         select(Event.device_id, func.max(Event.ts).label("ts"))
         .where(Event.type == "snapshot").group_by(Event.device_id).subquery()
@@ -57,7 +58,9 @@ def site_marks(db: Session) -> list[Mark]:
         if s.lat is None or s.lon is None:
             continue
         devs = at.get(s.site_id, [])
-        states = [shown_state(d, degraded) for d in devs] or ["unknown"]
+        states = [
+            "degraded" if d.state == "online" and d.id in degraded else d.state for d in devs
+        ] or ["unknown"]
         seen = [d.last_seen for d in devs if d.last_seen]
         snap = max((snaps[d.id] for d in devs if d.id in snaps), key=lambda e: e[2], default=None)
         marks.append(Mark(

@@ -16,10 +16,14 @@ from fleet_server.db import Device
 from fleet_server.health.alerts import ACTIVE, Alert
 from fleet_server.health.rules import CRITICAL, OFFLINE_RULE
 from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
+from fleet_server.ingest.quarantine import QuarantinedDevice
+from fleet_server.receipts.model import EventStream
 from fleet_server.rollouts import model as rm
 
 CRIT, WARN = 2, 1
-KINDS = ("offline", "alert", "scene", "certificate", "update", "rollout")
+KINDS = ("offline", "alert", "scene", "certificate", "update", "rollout", "quarantine",
+         "flooding", "loss")  # fmt: skip
+LOSS_WINDOW_S = 24 * 3600  # a stream that lost events and changed within this is listed
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,40 @@ def _halted(db: Session, now: float, limit: int) -> tuple[list[Problem], int]:
     return found, n
 
 
+def _quarantined(automatic: bool) -> Source:
+    """Devices shut out by an operator, or by the flood rule (``automatic``)."""
+
+    def source(db: Session, now: float, limit: int) -> tuple[list[Problem], int]:
+        where = QuarantinedDevice.automatic.is_(automatic)
+        n = db.scalar(select(func.count()).select_from(QuarantinedDevice).where(where)) or 0
+        rows = db.scalars(select(QuarantinedDevice).where(where)
+                          .order_by(QuarantinedDevice.since).limit(limit))  # fmt: skip
+        kind = "flooding" if automatic else "quarantine"
+        found = [
+            Problem(CRIT, kind, q.device_id, q.since,
+                    t("quarantined by {who}", who=q.by) + (f": {q.reason}" if q.reason else ""),
+                    f"/ui/devices/{q.device_id}")
+            for q in rows
+        ]  # fmt: skip
+        return found, n
+
+    return source
+
+
+def _losses(db: Session, now: float, limit: int) -> tuple[list[Problem], int]:
+    """Devices whose events were lost for good (issue 14's receipts), lately."""
+    where = [EventStream.lost > 0, EventStream.updated_at >= now - LOSS_WINDOW_S]
+    n = db.scalar(select(func.count()).select_from(EventStream).where(*where)) or 0
+    rows = db.scalars(select(EventStream).where(*where)
+                      .order_by(EventStream.updated_at).limit(limit))  # fmt: skip
+    found = [
+        Problem(WARN, "loss", r.device_id, r.updated_at, t("{n} events lost", n=int(r.lost)),
+                f"/ui/devices/{r.device_id}")
+        for r in rows
+    ]  # fmt: skip
+    return found, n
+
+
 EXTRA_SOURCES: list[tuple[str, Source]] = []  # features (quarantine, flooding) add theirs
 
 
@@ -139,7 +177,8 @@ def gather(db: Session, now: float, cert_warn_days: float, limit: int = 200) -> 
     sources: list[tuple[str, Source]] = [
         ("offline", _offline), ("alert", _alerts(scene=False)), ("scene", _alerts(scene=True)),
         ("certificate", _certificates(cert_warn_days)), ("update", _updates),
-        ("rollout", _halted), *EXTRA_SOURCES,
+        ("rollout", _halted), ("quarantine", _quarantined(automatic=False)),
+        ("flooding", _quarantined(automatic=True)), ("loss", _losses), *EXTRA_SOURCES,
     ]  # fmt: skip
     out = Problems()
     for kind, source in sources:

@@ -70,9 +70,11 @@ def degraded_ids(db: Session) -> set[str]:
 
 
 def shown_state(dev: Device, degraded: set[str]) -> str:
-    if dev.state == "online" and dev.id in degraded:
-        return "degraded"
-    return dev.state
+    return _shown(dev.id, dev.state, degraded)
+
+
+def _shown(device_id: str, state: str, degraded: set[str]) -> str:
+    return "degraded" if state == "online" and device_id in degraded else state
 
 
 def _versions(v: dict[str, Any] | None) -> str:
@@ -192,20 +194,25 @@ def _page_view(
 
 def overview_context(db: Session, cert_warn_days: float = 30.0) -> dict[str, Any]:
     now = time.time()
-    devices = db.scalars(select(Device)).all()
+    # only the columns it needs, as plain rows: no ORM objects, no heartbeat JSON parsed
+    rows = db.execute(select(Device.id, Device.state, Device.kind, Device.versions,
+                             Device.hardware)).all()  # fmt: skip
     degraded = degraded_ids(db)
     active = db.scalar(select(func.count()).where(Alert.state.in_(ACTIVE))) or 0
-    counts: Counter[str] = Counter(shown_state(d, degraded) for d in devices)
+    counts: Counter[str] = Counter(
+        "degraded" if r.state == "online" and r.id in degraded else r.state for r in rows
+    )
     versions: Counter[tuple[str, str]] = Counter(
-        (k, str(v)) for d in devices for k, v in (d.versions or {}).items()
+        (k, str(v)) for r in rows for k, v in (r.versions or {}).items()
         if k in ("agent", "firmware", "model")
     )  # fmt: skip
+    boards: Counter[tuple[str, str]] = Counter((r.kind, hardware_model(r.hardware)) for r in rows)
     return {
-        "total": len(devices),
+        "total": len(rows),
         "counts": {s: counts.get(s, 0) for s in ("online", "degraded", "offline")},
         "active_alerts": active,
         "versions": sorted(versions.items()),
-        "hardware": inv.hardware_breakdown(devices),
+        "hardware": sorted(boards.items(), key=lambda item: (-item[1], item[0])),
         "problems": problems.gather(db, now, cert_warn_days),
         "kinds": problems.KINDS,
     }
@@ -215,7 +222,9 @@ def device_list_context(
     db: Session, q: str, state: str, kind: str, offset: int, tag: str = "", hardware: str = ""
 ) -> dict[str, Any]:
     tags, bad_tags = inv.parse_tags(tag)
-    query = filter_devices(select(Device).order_by(Device.id), tags, hardware.strip() or None)
+    # ids and states of all that match (plain rows), whole objects for the page shown only
+    query = filter_devices(select(Device.id, Device.state).order_by(Device.id), tags,
+                           hardware.strip() or None)  # fmt: skip
     if q:
         query = query.where(Device.id.contains(q.lower(), autoescape=True))
     if kind:
@@ -224,12 +233,13 @@ def device_list_context(
         query = query.where(Device.state == "online")
     elif state:
         query = query.where(Device.state == state)
-    found = db.scalars(query).all()
+    found = db.execute(query).all()
     degraded = degraded_ids(db)
     alerts = Counter(db.scalars(select(Alert.device_id).where(Alert.state.in_(ACTIVE))).all())
     if state:
-        found = [d for d in found if shown_state(d, degraded) == state]
-    page = found[offset : offset + PAGE]
+        found = [r for r in found if _shown(r.id, r.state, degraded) == state]
+    ids = [r.id for r in found[offset : offset + PAGE]]
+    page = sorted(db.scalars(select(Device).where(Device.id.in_(ids))).all(), key=lambda d: d.id)
     tags_on = tags_of(db, [d.id for d in page])
     rows = [
         {"id": d.id, "kind": d.kind, "shown_state": shown_state(d, degraded),

@@ -6,7 +6,8 @@ Layout of ``pki_dir``::
     issuing.key issuing.pem     issuing CA, signs every leaf
     ca-bundle.pem               issuing + root: what the broker trusts for client certs
     broker.key broker.pem       the broker's TLS server certificate (leaf + issuing chain)
-    server.key server.pem       the fleet server's MQTT client identity (CN _fleet-server)
+    server.key server.pem       the fleet server's shared MQTT identity (CN _fleet-server): tools
+    servers/_<client id>.pem    each server worker's own identity (server_identity.py)
     devices/<id>/               key.pem cert.pem root.pem (+ key.der cert.der root.der)
     crl.pem                     CRL of the issuing CA (the broker's ``crlfile``)
     est.key est.pem             TLS server certificate of the EST listener
@@ -147,6 +148,17 @@ class CertificateAuthority:
             _write(self.server_key_path, _key_pem(key), KEY_MODE)
             _write(self.server_cert_path, _pem(cert) + _pem(self._issuing()[1]), CERT_MODE)
 
+    def issue_server_identity(self, cn: str, cert_path: Path, key_path: Path, days: float) -> None:
+        """A server worker's MQTT client certificate (``fleet_server.identity.server_identity``);
+        the CN must start with ``_`` (never a device id)."""
+        if not cn.startswith("_") or contract.valid_device_id(cn):
+            raise CAError(f"server identities start with '_', not {cn!r}")
+        key = _new_key()
+        cert = self._leaf(cn, key.public_key(), days, client=True)
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        _write(key_path, _key_pem(key), KEY_MODE)
+        _write(cert_path, _pem(cert) + _pem(self._issuing()[1]), CERT_MODE)
+
     def issue_broker_cert(self, hosts: list[str], days: int = 825) -> None:
         key = _new_key()
         cert = self._leaf("camfleet broker", key.public_key(), days, client=False, hosts=hosts)
@@ -234,7 +246,7 @@ class CertificateAuthority:
         self,
         cn: str,
         public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
-        days: int,
+        days: float,
         *,
         client: bool,
         hosts: list[str] | None = None,

@@ -58,7 +58,7 @@ def sign_csr(
     key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         raise CAError("only EC P-256 and Ed25519 keys are signed")
-    return ca._leaf(device_id, key, days, client=True)  # type: ignore[arg-type]
+    return ca._leaf(device_id, key, days, client=True)
 
 
 def write_crl(

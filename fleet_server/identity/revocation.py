@@ -33,6 +33,7 @@ from fleet_server.access.audit import Actor
 from fleet_server.config import ServerSettings
 from fleet_server.db import Device
 from fleet_server.health import engine as health
+from fleet_server.identity import server_identity
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.identity.ca_ops import Revoked, read_crl, write_crl
 from fleet_server.identity.model import EnrollmentToken, IssuedCertificate, RevokedDevice
@@ -289,19 +290,31 @@ def dynsec_call(
     timeout: float,
 ) -> list[dict[str, object]]:
     """Send dynamic-security commands as the server identity; the broker's responses."""
+    with _ADMIN_LOCK:  # one identity per process: two at once would take each other over
+        return _dynsec_call(settings, ca, commands, timeout)
+
+
+_ADMIN_LOCK = threading.Lock()
+
+
+def _dynsec_call(
+    settings: ServerSettings,
+    ca: CertificateAuthority,
+    commands: list[dict[str, object]],
+    timeout: float,
+) -> list[dict[str, object]]:
     got: list[bytes] = []
     ready = threading.Event()
     answered = threading.Event()
+    # the process's administration identity, CN _<client id>-admin (server_identity.py)
+    admin_id = f"{settings.mqtt.client_id}-admin"
+    cert, key = server_identity.ensure(ca, admin_id, settings.identity.cert_days)
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=f"_fleet-server-admin-{os.getpid()}-{threading.get_ident() % 10000}",
+        client_id=server_identity.server_cn(admin_id),
         protocol=mqtt.MQTTv5,
     )
-    client.tls_set(
-        ca_certs=str(ca.root_cert_path),
-        certfile=str(ca.server_cert_path),
-        keyfile=str(ca.server_key_path),
-    )
+    client.tls_set(ca_certs=str(ca.root_cert_path), certfile=str(cert), keyfile=str(key))
     client.on_subscribe = lambda *_a: ready.set()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:

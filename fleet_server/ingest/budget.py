@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class KindBudget(BaseModel):
@@ -55,6 +56,14 @@ class BudgetSettings(BaseModel):
     auto_quarantine: bool = Field(
         False, description="Quarantine a flooding device on its own (an operator releases it)"
     )
+
+    @field_validator("kinds", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        """A kind named in the config replaces its default; the others keep theirs."""
+        if isinstance(value, dict):
+            return {**_defaults(), **value}
+        return value
 
 
 @dataclass

@@ -14,7 +14,6 @@ about half of a worker's CPU under load (see bench/bench_ingest.py).
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from firmware import contract
 from fleet_server.commands.store import Outgoing
 from fleet_server.health.notify import Notifier
+from fleet_server.identity import server_identity
 from fleet_server.identity.ca import CertificateAuthority
 from fleet_server.ingest import gate
 from fleet_server.ingest.budget import Budget
@@ -140,8 +140,9 @@ class Ingest:
         self.supervisor = Supervisor(
             metrics, max_restarts=settings.thread_restarts_max, window_s=60.0
         )
-        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.root_cert_path))
-        tls.load_cert_chain(str(ca.server_cert_path), str(ca.server_key_path))
+        # its own certificate, CN _<client id>: the broker makes the CN the client id
+        tls = server_identity.client_context(ca, mqtt_settings.client_id)
+        self._renewer = server_identity.Renewer(ca, mqtt_settings.client_id, tls, 30.0)
         self.client = Mqtt5Client(
             ClientSettings(
                 host=mqtt_settings.host,
@@ -167,6 +168,7 @@ class Ingest:
     def start(self) -> None:
         self._writer.start()
         self.client.start()
+        self._renewer.start()  # the worker's own certificate, renewed when due
         self.supervisor.watch(Watched("ingest-writer", self._write_loop, self._writer))
         io = Watched("mqtt5-io", self.client.revive, alive=self.client.alive)
         self.supervisor.watch(io)
@@ -175,6 +177,11 @@ class Ingest:
         if self.subscribe:
             self.supervisor.ticks.append(self.flood.tick)
         self.supervisor.start()
+
+    def supervise(self, *threads: threading.Thread) -> None:
+        """Watch more of the process's loops (started already): restarted if they die."""
+        for t in threads:
+            self.supervisor.watch(Watched(t.name, t.run, t))
 
     def problem(self, link_down_s: float) -> str | None:
         """Why this process is not healthy (``/healthz`` 503), or None."""
@@ -218,6 +225,7 @@ class Ingest:
         self.client.stop(session_expiry_s=0)
 
     def _end_writer(self, timeout: float) -> None:
+        self._renewer.stopped.set()
         self.supervisor.stopped.set()
         self._stop.set()
         for w in self.supervisor.watched:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from fleet_server.access import audit
 from fleet_server.access.audit import Actor
+from fleet_server.commands.store import Command
 from fleet_server.db import Device
 from fleet_server.identity.model import Commissioning
 from fleet_server.ingest.events import Event
@@ -102,6 +103,26 @@ def erase_images(
     return len(found)
 
 
+def _command_images(db: Session, stay_list: list[Stay], cutoff: float) -> int:
+    """Remove the images in ``snapshot`` command answers older than ``cutoff``."""
+    devices = [s.device_id for s in stay_list]
+    if not devices:
+        return 0
+    rows = db.scalars(
+        select(Command).where(Command.device_id.in_(devices), Command.cmd == "snapshot",
+                              Command.created_at < cutoff, Command.result.is_not(None))
+    ).all()  # fmt: skip
+    n = 0
+    for cmd in rows:
+        result = dict(cmd.result or {})
+        if "jpeg_b64" in result:
+            result.pop("jpeg_b64")
+            result["image_deleted"] = "retention"
+            cmd.result = result
+            n += 1
+    return n
+
+
 def _retention_days(db: Session, default_days: int) -> dict[str, int]:
     return {
         r.site_id: r.retention_days or default_days for r in db.scalars(select(SitePrivacy)).all()
@@ -129,7 +150,8 @@ def apply_retention(
         if cond is None or left <= 0:
             continue
         ids = db.scalars(select(Event.id).where(cond).order_by(Event.id).limit(left)).all()
-        if not ids:
+        commands = _command_images(db, site_stays, cutoff)
+        if not ids and not commands:
             continue
         snaps = db.scalars(select(Event.id).where(Event.id.in_(ids), Event.type == "snapshot"))
         n_images = len(snaps.all())
@@ -137,6 +159,6 @@ def apply_retention(
         counts[site_id] = len(ids)
         left -= len(ids)
         audit.record(db, who, "privacy.retention", site_id, "ok",
-                     {"deleted": len(ids), "snapshots": n_images, "retention_days": keep,
-                      "before": cutoff})  # fmt: skip
+                     {"deleted": len(ids), "snapshots": n_images, "command_images": commands,
+                      "retention_days": keep, "before": cutoff})  # fmt: skip
     return counts

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from firmware import contract
+from firmware import contract, receipts
 from fleet_server.receipts.store import Message
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def messages(batch: Sequence[Message], ts: float) -> list[tuple[str, bytes]]:
     """(topic, payload) of every receipt the batch calls for."""
     out: list[tuple[str, bytes]] = []
     for (device_id, epoch), seqs in plan(batch).items():
-        for body in contract.receipt_bodies(epoch, seqs):
+        for body in receipts.receipt_bodies(epoch, seqs):
             topic, payload, _q, _r = contract.encode("receipt", device_id, body, ts)
             out.append((topic, payload))
     return out

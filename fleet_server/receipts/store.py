@@ -20,7 +20,8 @@ from fleet_server.receipts import track as tr
 from fleet_server.receipts.model import EventStream
 
 LOST_RULE = "events_lost"
-_COUNTERS = {"outbox_refused", "outbox_unreceipted"}
+_COUNTERS = {"outbox_refused", "outbox_unreceipted", "outbox_dropped"}
+MAX_DROPPED_SPAN = 100_000  # a drop report naming more is not trusted for accounting
 
 
 class Message(Protocol):
@@ -45,6 +46,19 @@ class Totals:
 def _epoch(body: dict[str, Any]) -> str | None:
     e = body.get("epoch")
     return e if isinstance(e, str) else None
+
+
+def _dropped_at_source(body: dict[str, Any]) -> list[int]:
+    """A node's ``buffer.dropped`` report stands for the events its full ring lost: their
+    numbers are no hole (the device counted them, ``outbox_dropped``), not a loss here."""
+    if body.get("type") != "buffer.dropped" or not isinstance(body.get("data"), dict):
+        return []
+    first, last = body["data"].get("first_seq"), body["data"].get("last_seq")
+    if not (isinstance(first, int) and isinstance(last, int)) or isinstance(first, bool):
+        return []
+    if not 0 <= first <= last <= int(body["seq"]) or last - first > MAX_DROPPED_SPAN:
+        return []
+    return list(range(first, last + 1))
 
 
 def _ensure(db: Session, ids: Iterable[str], now: float) -> dict[str, EventStream]:
@@ -84,7 +98,9 @@ def track(db: Session, batch: Sequence[Message], now: float) -> list[AlertChange
         if m.kind == "event":
             epoch = _epoch(m.body)
             if epoch is not None:
-                seqs.setdefault(m.device_id, {}).setdefault(epoch, []).append(int(m.body["seq"]))
+                numbers = seqs.setdefault(m.device_id, {}).setdefault(epoch, [])
+                numbers.append(int(m.body["seq"]))
+                numbers += _dropped_at_source(m.body)
         elif m.kind == "heartbeat" and _COUNTERS & m.body.keys():
             beats[m.device_id] = m.body
     if not seqs and not beats:
@@ -95,10 +111,10 @@ def track(db: Session, batch: Sequence[Message], now: float) -> list[AlertChange
         row = rows[device_id]
         s = row.stream()
         lost: list[list[int]] = []
-        for epoch, numbers in by_epoch.items():
+        for epoch, found in by_epoch.items():
             out = tr.Outcome()
             if tr.switch_epoch(s, epoch, out):
-                got = tr.receive(s, numbers, now)
+                got = tr.receive(s, found, now)
                 lost += out.lost_ranges + got.lost_ranges
         row.keep(s, now)
         if lost:

@@ -28,6 +28,11 @@ PLANS = {
         devices=4, rate=10, duration_s=60,
         faults=[Fault(t, "kill_broker", hold_s=4) for t in (10, 28, 46)],
     ),
+    "devices_power_cut_x2_and_worker_kill": Plan(
+        devices=4, rate=10, duration_s=60,
+        faults=[Fault(12, "kill_devices", hold_s=3), Fault(30, "kill_server", hold_s=3),
+                Fault(45, "kill_devices", hold_s=3)],
+    ),
     "server_sigstop_60s_small_queue": Plan(
         devices=4, rate=10, duration_s=90, max_queued=200,
         faults=[Fault(10, "stall_server", hold_s=60)],
@@ -94,4 +99,25 @@ def test_two_workers_on_postgresql_one_killed_one_restarted(
                 Fault(35, "sigterm_server", hold_s=5, target=1)],
     )  # fmt: skip
     _count("two_workers_postgresql", plan, tmp_path, ca, record)
+    request.node.stash[_DONE][0] = "passed"
+
+
+@pytest.mark.hil_long
+@pytest.mark.timeout(600)
+def test_outbox_disk_filled_and_freed_refusals_counted_on_device_and_server(
+    request: pytest.FixtureRequest, record: Recorder, tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    """The devices' outbox disk filled for 15 s and freed while they publish: what they
+    refused is counted on the devices and on the server, never silent; everything they
+    kept is stored exactly once and no loss is counted."""
+    plan = Plan(devices=3, rate=10, duration_s=60, outbox_disk_mb=8,
+                faults=[Fault(20, "fill_disk", hold_s=15)])  # fmt: skip
+    out = run(tmp_path, ca, plan)
+    t = out.tally
+    record.figures(events_produced=t.sent, events_stored=t.stored, duplicates=t.duplicated)
+    record.note(f"refused {t.refused} on the devices, {t.server_refused} on the server")
+    assert t.refused > 0, (t, out.log)
+    assert t.server_refused == t.refused, (t, out.log)
+    assert (t.lost, t.duplicated, t.unexpected, t.server_lost) == (0, 0, 0, 0), (t, out.log)
+    assert out.left_in_outboxes == 0
     request.node.stash[_DONE][0] = "passed"

@@ -2,6 +2,7 @@
 # under MicroPython (the subset both run: no pytest, plain asserts, helpers from checks).
 
 from firmware import contract
+from firmware import receipts as R
 from tests.mp.checks import raises, rejects
 
 C = contract
@@ -399,13 +400,13 @@ def test_update_state_enums_and_ranges():
 
 
 def test_seq_ranges_merge_and_sort():
-    assert C.seq_ranges([]) == []
-    assert C.seq_ranges([5, 3, 4, 4, 9, 10, 1]) == [[1, 1], [3, 5], [9, 10]]
+    assert R.seq_ranges([]) == []
+    assert R.seq_ranges([5, 3, 4, 4, 9, 10, 1]) == [[1, 1], [3, 5], [9, 10]]
 
 
 def test_receipt_bodies_split_at_max_ranges():
     seqs = list(range(0, 2 * (C.RECEIPT_MAX_RANGES + 3), 2))  # every other: one range each
-    bodies = C.receipt_bodies("e1", seqs)
+    bodies = R.receipt_bodies("e1", seqs)
     assert len(bodies) == 2
     assert len(bodies[0]["ranges"]) == C.RECEIPT_MAX_RANGES
     assert sum(len(b["ranges"]) for b in bodies) == len(seqs)

@@ -174,10 +174,69 @@ def test_boot_event_and_events_flushed_in_order():
     n.flush()
     got = _published(sock, "event")
     assert [b["type"] for _t, b in got] == ["node.boot", "door.open", "door.closed"]
-    assert [b["seq"] for _t, b in got] == [1, 2, 3]
+    assert [b["seq"] for _t, b in got] == [0, 1, 2]  # the stream counts from 0
+    assert all(b["epoch"] == n.ring.epoch for _t, b in got)
     assert got[0][1]["data"] == {"reset_cause": "power_on", "firmware": version.VERSION}
-    assert got[1][1]["event_id"].startswith("node-0001-2-")
+    assert got[1][1]["event_id"] == "node-0001-" + n.ring.epoch + "-1"
+    assert n.ring.pending() == 3 and n.ring.unreceipted() == 3  # a PUBACK deletes nothing
+    _deliver(n, "receipt", {"epoch": n.ring.epoch, "ranges": [[0, 2]]})
+    assert n.ring.pending() == 0 and n.ring.unreceipted() == 0
+
+
+def test_without_receipts_a_puback_delivers():
+    n, sock = _node(receipt_timeout_s=0)
+    n.event("door.open", {})
+    n.flush()
+    got = _published(sock, "event")
+    assert [b["seq"] for _t, b in got] == [1] and "epoch" not in got[0][1]
     assert n.ring.pending() == 0
+
+
+def test_receipts_forged_malformed_or_for_unsent_events_deliver_nothing():
+    n, _sock = _node()
+    for i in range(4):
+        n.event("door.open", {"i": i})
+    n.ring.mark_sent(n.ring.acked + 2)  # as if two were PUBACKed
+    ep = n.ring.epoch
+    before = n.rejected
+    for bad in (
+        {"epoch": "deadbeef", "ranges": [[0, 1]]},  # another stream
+        {"epoch": ep, "ranges": [[0, 4]]},  # names seq 4, never made
+        {"epoch": ep, "ranges": [[0, 2**53]]},  # huge
+        {"epoch": ep, "ranges": [[1, 0]]},  # malformed
+        {"epoch": ep, "ranges": [[0, 0]] * 65},  # too many
+    ):
+        _deliver(n, "receipt", bad)
+    assert n.rejected == before + 5 and n.ring.pending() == 4
+    n.on_message("camfleet/v1/node-0001/receipt", b'{"v":1,"id":"node-0001","ts":1}', False)
+    n.on_message("camfleet/v1/node-0001/receipt", b"[[[", False)
+    assert n.rejected == before + 7 and n.ring.pending() == 4
+    _deliver(n, "receipt", {"epoch": ep, "ranges": [[2, 3]]})  # valid, but a hole before it
+    assert n.ring.pending() == 4
+    _deliver(n, "receipt", {"epoch": ep, "ranges": [[0, 3]]})  # only the two sent ones go
+    assert n.ring.pending() == 2 and n.ring.unreceipted() == 0
+    _deliver(n, "receipt", {"epoch": ep, "ranges": [[0, 1]]})  # again: nothing changes
+    assert n.ring.pending() == 2
+
+
+def test_no_receipt_sends_again_from_the_oldest_with_backoff():
+    n, sock = _node(receipt_timeout_s=2, receipt_timeout_cap_s=5)
+    n.event("door.open", {})
+    n.event("door.closed", {})
+    n.flush()
+    t0 = n.rx_since
+    n.check_receipts(clock.ticks_add(t0, 1999))
+    n.flush()
+    assert len(_published(sock, "event")) == 2  # not yet
+    n.check_receipts(clock.ticks_add(t0, 2000))
+    n.flush()
+    got = _published(sock, "event")
+    assert [b["seq"] for _t, b in got] == [0, 1, 0, 1] and n.rx_wait_ms == 4000
+    n.check_receipts(clock.ticks_add(t0, 6000))
+    assert n.rx_wait_ms == 5000  # capped
+    n.flush()  # sent again
+    _deliver(n, "receipt", {"epoch": n.ring.epoch, "ranges": [[0, 1]]})
+    assert n.ring.pending() == 0 and n.rx_wait_ms == 2000  # a receipt resets the wait
 
 
 def test_drop_report_goes_before_the_events_it_stands_for():
@@ -186,8 +245,9 @@ def test_drop_report_goes_before_the_events_it_stands_for():
         n.event("tamper.alarm" if i % 2 else "tamper.clear", {"i": i})
     n.flush()
     got = [b for _t, b in _published(sock, "event")]
-    assert got[0]["type"] == "buffer.dropped" and got[0]["seq"] == 2
-    assert got[0]["data"] == {"dropped": 2, "first_seq": 1, "last_seq": 2, "total": 2}
+    assert got[0]["type"] == "buffer.dropped" and got[0]["seq"] == 1
+    assert got[0]["data"] == {"dropped": 2, "first_seq": 0, "last_seq": 1, "total": 2}
+    assert got[0]["event_id"] == "node-0001-" + n.ring.epoch + "-1-dropped"
     assert [b["data"]["i"] for b in got[1:]] == [2, 3, 4, 5]
     assert n.ring.drop_report() is None
 

@@ -85,3 +85,50 @@ def test_bad_state_file_is_ignored_not_trusted():
     config.write_json(path + ".json", {"acked": -5, "dropped": "many"})
     again, _p = _ring(path=path)
     assert again.acked == 0 and again.dropped == 0 and again.pending() == 1
+
+
+# ---------------------------------------------------------------- receipts (issue 14)
+
+
+def test_stream_epoch_and_wire_numbers_survive_a_reset():
+    r, path = _ring()
+    assert len(r.epoch) == 8 and r.base == 0
+    assert r.wire(r.push(b"a")) == 0 and r.wire(r.push(b"b")) == 1
+    again, _p = _ring(path=path)
+    assert again.epoch == r.epoch and again.base == 0 and again.wire(again.next) == 2
+    other, _p = _ring()
+    assert other.epoch != r.epoch
+
+
+def test_a_ring_made_before_receipts_starts_a_stream_at_zero():
+    r, path = _ring()
+    for _ in range(3):
+        r.push(b"x")
+    r.ack(2)
+    config.write_json(path + ".json", {"acked": 2, "dropped": 0, "unreported": 0,
+                                       "first": 0, "last": 0})  # fmt: skip
+    old, _p = _ring(path=path)
+    assert old.base == 3 and old.wire(old.push(b"y")) == 0
+    assert len(old.epoch) == 8
+
+
+def test_puback_marks_sent_receipt_delivers_rewind_resends():
+    r, path = _ring(slots=8)
+    for i in range(5):
+        r.push(b"e%d" % i)
+    first = r.peek()
+    assert first == (1, b"e0")
+    r.mark_sent(1)
+    r.mark_sent(2)
+    assert r.peek() == (3, b"e2") and r.unreceipted() == 2 and r.pending() == 5
+    assert r.receipt([[0, 4]]) == 2  # only what was sent
+    assert (r.acked, r.pending(), r.unreceipted()) == (2, 3, 0)
+    r.mark_sent(3)
+    r.mark_sent(4)
+    r.rewind()
+    assert r.peek() == (3, b"e2")  # sent again from the oldest not receipted
+    assert r.receipt([[3, 3]]) == 0  # a hole before it: nothing moves
+    r.mark_sent(4)
+    assert r.receipt([[2, 2], [3, 3]]) == 2 and r.acked == 4
+    again, _p = _ring(slots=8, path=path)
+    assert again.acked == 4 and again.sent == 4 and again.peek() == (5, b"e4")

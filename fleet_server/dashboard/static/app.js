@@ -96,6 +96,21 @@ async function rollout(campaignId, what) {
   }
 }
 
+// issue 15: shut a misbehaving device out (broker deny role), or let it back in
+async function quarantine(deviceId, on) {
+  try {
+    if (on) {
+      await call("POST", "/api/devices/" + deviceId + "/quarantine",
+                 { reason: "quarantined from the dashboard" });
+    } else {
+      await call("DELETE", "/api/devices/" + deviceId + "/quarantine", {});
+    }
+    window.location.reload();
+  } catch (err) {
+    say((on ? "quarantine" : "release") + " refused: " + err.message, true);
+  }
+}
+
 // No inline handlers (the Content-Security-Policy allows only this file's script): buttons
 // say what they do in data-action, and one listener dispatches.
 const ACTIONS = {
@@ -105,6 +120,8 @@ const ACTIONS = {
   "send-command": (el) => sendCommand(el.dataset.device),
   "save-tags": (el) => saveTags(el.dataset.device),
   "rollout": (el) => rollout(el.dataset.campaign, el.dataset.what),
+  "quarantine": (el) => quarantine(el.dataset.device, true),
+  "release": (el) => quarantine(el.dataset.device, false),
 };
 
 document.addEventListener("click", (ev) => {
