@@ -18,10 +18,8 @@ from fleet_server.migrate import upgrade
 
 
 def _raw_hb(device: str, seq: int, ts: str) -> Accepted:
-    raw = (
-        '{"v":1,"id":"%s","ts":%s,"seq":%d,"kind":"agent","interval_s":30,"uptime_s":1}'
-        % (device, ts, seq)
-    ).encode()
+    fields = f'"v":1,"id":"{device}","ts":{ts},"seq":{seq},"kind":"agent"'
+    raw = ("{" + fields + ',"interval_s":30,"uptime_s":1}').encode()
     _d, _k, body = contract.decode(contract.topic(device, "heartbeat"), raw)
     return Accepted(device, "heartbeat", body, time.time(), raw)
 
