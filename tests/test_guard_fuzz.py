@@ -82,7 +82,7 @@ def payloads(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 @given(st.binary(max_size=9000), st.sampled_from(KINDS))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_decode_of_any_bytes_is_a_message_or_a_refusal(raw: bytes, kind: str) -> None:
     try:
         _d, _k, body = contract.decode(contract.topic(DEV, kind), raw)
@@ -103,7 +103,7 @@ def _hostile_json(msg: tuple[str, bytes]) -> None:
 
 
 @given(payloads())
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 def test_decode_of_hostile_json_is_a_message_or_a_refusal(msg: tuple[str, bytes]) -> None:
     _hostile_json(msg)
 
@@ -164,7 +164,7 @@ def _server_path(path: _Path, msg: tuple[str, bytes]) -> None:
 
 
 @given(msg=payloads())
-@settings(max_examples=50, deadline=None, suppress_health_check=_FIXTURE_OK)
+@settings(max_examples=40, deadline=None, suppress_health_check=_FIXTURE_OK)
 def test_server_path_never_raises_and_honest_traffic_is_stored(
     path: _Path, msg: tuple[str, bytes]
 ) -> None:

@@ -32,7 +32,7 @@ def server(
         client_id="guard-server-1", extra={"ingest": {
             "refusal_log_interval_s": 30,
             "budget": {"kinds": {"heartbeat": {"rate_per_s": 20, "burst": 100}},
-                       "flood_after_s": 2, "flood_gap_s": 1, "flood_clear_s": 3},
+                       "flood_after_s": 1.5, "flood_gap_s": 1, "flood_clear_s": 2},
         }},
     )  # fmt: skip
     srv.start_and_wait()
@@ -207,7 +207,7 @@ def test_flood_is_dropped_alerted_and_quarantine_shuts_it_out(
     before = server.metric("camfleet_ingest_rejected_total", 'reason="over_budget"')
     sent = honest_sent = 0
     try:
-        until = time.monotonic() + 4.0  # over budget for longer than flood_after_s (2 s)
+        until = time.monotonic() + 3.0  # over budget for longer than flood_after_s (1.5 s)
         while time.monotonic() < until and sent < 5000:
             sent += 1
             flooder.publish(*_heartbeat(flood_id, sent))
@@ -324,7 +324,7 @@ def _honest_survives(
 def test_honest_traffic_survives_an_attacker(
     server: ServerProcess, broker: Broker, device_factory: MakeDevice
 ) -> None:
-    _honest_survives(server, broker, device_factory, "atk", duration_s=6.0)
+    _honest_survives(server, broker, device_factory, "atk", duration_s=5.0)
 
 
 @pytest.mark.hil_long
