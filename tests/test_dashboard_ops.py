@@ -35,6 +35,7 @@ from fleet_server.ingest.events import Event
 from fleet_server.ingest.quarantine import QuarantinedDevice
 from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.migrate import upgrade
+from fleet_server.receipts.model import EventStream
 from fleet_server.rollouts import model as rm
 from hil_tests import demo_province, province
 
@@ -88,6 +89,8 @@ def _fleet(registry: Registry) -> float:
                 soak_s=0, rate_per_min=10, windows=[], device_deadline_s=600, state=state,
                 reason="too many failures" if state == rm.HALTED else None,
                 created_at=now - 7200, created_by="op", updated_at=now - 1800))  # fmt: skip
+        db.add(EventStream(device_id="cam-b", lost=7, updated_at=now - 300))
+        db.add(EventStream(device_id="cam-c", lost=3, updated_at=now - 3 * 86400))
         db.add(QuarantinedDevice(device_id="cam-e", since=now - 120, by="op-lan",
                                  reason="500 messages/s", automatic=False))  # fmt: skip
         db.add(
@@ -119,9 +122,11 @@ def test_problems_most_severe_then_oldest_with_site(registry: Registry) -> None:
         ("certificate", "cam-c"),  # critical (3 days), "since" is its expiry: last
         ("update", "cam-d"),  # warnings, oldest first
         ("scene", "cam-b"),
+        ("loss", "cam-b"),  # lost events five minutes ago (cam-c's were days ago: not listed)
     ]
     assert found.counts == {"offline": 1, "alert": 1, "scene": 1, "certificate": 1,
-                            "update": 1, "rollout": 1, "quarantine": 1, "flooding": 0}  # fmt: skip
+                            "update": 1, "rollout": 1, "quarantine": 1, "flooding": 0,
+                            "loss": 1}  # fmt: skip
     assert found.rows[0].site == EVIL and "power cut" in found.rows[0].detail
     assert found.rows[1].href == "/ui/rollouts/c-halt"
 

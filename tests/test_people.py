@@ -522,6 +522,10 @@ def test_a_token_for_an_enrolled_device_is_a_replacement_for_operators_only(
         "POST", "/api/enrollment-tokens", {"device_id": "swap-cam-2"}, token=tech
     )
     assert status == 201 and fresh["replacement"] is False
+    # no token, hence no certificate, can ever carry a server identity (issue 15, item 3)
+    for server_like in ("_fleet-server-1", "_fleet-server", "fleet_server-1"):
+        body = {"device_id": server_like, "kind": "agent"}
+        assert srv.call("POST", "/api/enrollment-tokens", body, token=op)[0] == 422
 
 
 def test_revoking_an_unknown_device_is_404_and_restarts_log_no_false_kicks(

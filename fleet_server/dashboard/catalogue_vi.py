@@ -51,6 +51,8 @@ VI: dict[str, str] = {
     "update {state}": "cập nhật {state}",
     "rollout halted": "đợt cập nhật đã dừng",
     "quarantined by {who}": "bị cách ly bởi {who}",
+    "{n} events lost": "mất {n} sự kiện",
+    "kind:loss": "mất sự kiện",
     # states, kinds
     "online": "trực tuyến",
     "offline": "mất kết nối",

@@ -23,7 +23,7 @@ EN = {
     "kind:offline": "offline", "kind:alert": "alert", "kind:scene": "scene health",
     "kind:certificate": "certificate", "kind:update": "update failed",
     "kind:rollout": "rollout halted", "kind:quarantine": "quarantined",
-    "kind:flooding": "flooding",
+    "kind:flooding": "flooding", "kind:loss": "events lost",
 }  # fmt: skip
 CATALOGUES: dict[str, dict[str, str]] = {"vi": VI, "en": EN}
 MISSING: set[str] = set()

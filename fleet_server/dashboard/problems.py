@@ -17,11 +17,13 @@ from fleet_server.health.alerts import ACTIVE, Alert
 from fleet_server.health.rules import CRITICAL, OFFLINE_RULE
 from fleet_server.identity.model import Commissioning, IssuedCertificate, Site
 from fleet_server.ingest.quarantine import QuarantinedDevice
+from fleet_server.receipts.model import EventStream
 from fleet_server.rollouts import model as rm
 
 CRIT, WARN = 2, 1
 KINDS = ("offline", "alert", "scene", "certificate", "update", "rollout", "quarantine",
-         "flooding")  # fmt: skip
+         "flooding", "loss")  # fmt: skip
+LOSS_WINDOW_S = 24 * 3600  # a stream that lost events and changed within this is listed
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,20 @@ def _quarantined(automatic: bool) -> Source:
     return source
 
 
+def _losses(db: Session, now: float, limit: int) -> tuple[list[Problem], int]:
+    """Devices whose events were lost for good (issue 14's receipts), lately."""
+    where = [EventStream.lost > 0, EventStream.updated_at >= now - LOSS_WINDOW_S]
+    n = db.scalar(select(func.count()).select_from(EventStream).where(*where)) or 0
+    rows = db.scalars(select(EventStream).where(*where)
+                      .order_by(EventStream.updated_at).limit(limit))  # fmt: skip
+    found = [
+        Problem(WARN, "loss", r.device_id, r.updated_at, t("{n} events lost", n=int(r.lost)),
+                f"/ui/devices/{r.device_id}")
+        for r in rows
+    ]  # fmt: skip
+    return found, n
+
+
 EXTRA_SOURCES: list[tuple[str, Source]] = []  # features (quarantine, flooding) add theirs
 
 
@@ -162,7 +178,7 @@ def gather(db: Session, now: float, cert_warn_days: float, limit: int = 200) -> 
         ("offline", _offline), ("alert", _alerts(scene=False)), ("scene", _alerts(scene=True)),
         ("certificate", _certificates(cert_warn_days)), ("update", _updates),
         ("rollout", _halted), ("quarantine", _quarantined(automatic=False)),
-        ("flooding", _quarantined(automatic=True)), *EXTRA_SOURCES,
+        ("flooding", _quarantined(automatic=True)), ("loss", _losses), *EXTRA_SOURCES,
     ]  # fmt: skip
     out = Problems()
     for kind, source in sources:
