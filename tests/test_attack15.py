@@ -9,7 +9,7 @@ import time
 import sqlalchemy as sa
 
 from firmware import contract
-from fleet_server.db import Heartbeat, make_engine, make_sessionmaker
+from fleet_server.db import Device, Heartbeat, make_engine, make_sessionmaker
 from fleet_server.ingest.deadletter import DeadLetter
 from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.ingest.safestore import SafeStore
@@ -45,3 +45,25 @@ def test_a_timestamp_that_underflows_is_stored_not_dead_lettered(database_url: s
             sa.select(Heartbeat.seq, Heartbeat.ts).where(Heartbeat.device_id == "uf-odd")
         ).all()
     assert sorted((int(s), float(t)) for s, t in got) == [(1, 0.0), (2, 0.0)]
+
+
+def test_a_new_device_s_kind_is_a_device_kind_whatever_it_sends(database_url: str) -> None:
+    """A new device's row takes ``kind`` from its first message, where only status and
+    heartbeat check it: an event's unchecked ``kind`` of 17 characters broke the insert
+    on PostgreSQL (VARCHAR(16)), so every message of that device was a dead letter (its
+    batch stored again in halves each time, a log line and a 64 KB row each)."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    safe = SafeStore(Registry(sessions), Metrics(), threading.Event())
+    body = {"seq": 1, "event_id": "e-1", "type": "motion", "kind": "<b>x</b>" * 3}
+    _t, raw, _q, _r = contract.encode("event", "kind-odd", body, 1.8e9)
+    _d, _k, decoded = contract.decode(contract.topic("kind-odd", "event"), raw)
+    batch = [_raw_hb("kind-honest", n, str(1.8e9 + n)) for n in range(4)]
+    batch.insert(2, Accepted("kind-odd", "event", decoded, time.time(), raw))
+    done = safe.apply(batch)
+    assert done is not None
+    assert done[1] == []
+    with sessions() as db:
+        assert db.scalar(sa.select(sa.func.count()).select_from(DeadLetter)) == 0
+        kind = db.scalar(sa.select(Device.kind).where(Device.id == "kind-odd"))
+    assert kind in contract.DEVICE_KINDS

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from firmware import contract
 from fleet_server.commands import store as commands
 from fleet_server.db import Base, Device, Heartbeat, page
 from fleet_server.health import engine as health
@@ -95,6 +96,14 @@ def _insert_heartbeats(db: Session, msgs: Sequence[Accepted]) -> None:
     db.execute(_insert(db, Heartbeat).on_conflict_do_nothing(), rows)
 
 
+def _device_kind(body: dict[str, Any]) -> str:
+    """A new device's kind from its first message: only status and heartbeat check their
+    ``kind``; any other kind's is an unknown field, any string (issue 15: one longer than
+    the column made every message of a new device a dead letter)."""
+    kind = body.get("kind")
+    return str(kind) if kind in contract.DEVICE_KINDS else "agent"
+
+
 class Registry:
     def __init__(self, sessions: sessionmaker[Session], alerts: AlertBook | None = None) -> None:
         self.sessions = sessions
@@ -161,7 +170,7 @@ class Registry:
         new = [
             {
                 "id": dev_id,
-                "kind": str(first[dev_id].body.get("kind", "agent")),
+                "kind": _device_kind(first[dev_id].body),
                 "state": health.UNKNOWN,
                 "state_ts": 0.0,
                 "state_changed_at": first[dev_id].received_at,
