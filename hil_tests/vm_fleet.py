@@ -34,7 +34,7 @@ def no_network(vm: Vm) -> str:
     return vm.must("ip -o route show; ip -o -6 route show | grep -v '^fe80\\|^::1' || true")
 
 
-def install(vm: Vm, debs: list[str], timeout: float = 1800.0) -> float:
+def install(vm: Vm, debs: list[str], timeout: float = 7200.0) -> float:
     """``apt-get install ./<deb>...`` from the media, no Recommends (nothing to get them from:
     the VM has no Debian mirror, a city box would have one); seconds it took."""
     paths = " ".join(shlex.quote(f"{MEDIA}/{d}") for d in debs)

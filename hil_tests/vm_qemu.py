@@ -66,6 +66,7 @@ class Vm:
     proc: subprocess.Popen[bytes] | None = None
     accel: str = ""
     boot_offset: int = 0
+    write_bps: int = 0  # the disk's write rate limit (0: none): a window to cut power in
 
     @property
     def overlay(self) -> Path:
@@ -95,7 +96,8 @@ class Vm:
             "-m", str(self.memory_mib), "-bios", str(vm_image.OVMF),
             "-display", "none", "-monitor", "none", "-rtc", "base=utc",
             "-chardev", f"file,id=ser0,path={self.serial_log},append=on", "-serial", "chardev:ser0",
-            "-drive", f"file={self.overlay},format=qcow2,if=virtio,cache=unsafe",
+            "-drive", f"file={self.overlay},format=qcow2,if=virtio,cache=unsafe"
+            + (f",throttling.bps-write={self.write_bps}" if self.write_bps else ""),
             "-chardev", f"socket,path={self.qga_path},server=on,wait=off,id=qga0",
             "-device", "virtio-serial", "-device",
             "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
@@ -207,7 +209,7 @@ class Vm:
         raise VmError(f"{self.name}: guest agent silent for {timeout:.0f}s:\n"
                       f"{self.console()[-3000:]}")  # fmt: skip
 
-    def exec(self, argv: list[str], timeout: float = 60.0, wait: bool = True,
+    def exec(self, argv: list[str], timeout: float = 600.0, wait: bool = True,
              stdin: bytes | None = None) -> GuestResult:  # fmt: skip
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin is not None:
@@ -227,10 +229,10 @@ class Vm:
             time.sleep(0.2)
         raise VmError(f"{self.name}: {' '.join(argv)[:100]} still running after {timeout:.0f}s")
 
-    def sh(self, script: str, timeout: float = 60.0) -> GuestResult:
+    def sh(self, script: str, timeout: float = 600.0) -> GuestResult:
         return self.exec(["/bin/sh", "-c", script], timeout=timeout)
 
-    def must(self, script: str, timeout: float = 60.0) -> str:
+    def must(self, script: str, timeout: float = 600.0) -> str:
         r = self.sh(script, timeout)
         if r.exitcode != 0:
             raise VmError(f"{self.name}: `{script[:200]}` exit {r.exitcode}:\n{r.stdout[-2000:]}"
