@@ -62,8 +62,8 @@ def _insert(db: Session, table: type[Base]) -> Any:
 
 _PG_HEARTBEATS = text(
     "INSERT INTO heartbeats (device_id, seq, ts, received_at, body) "
-    "SELECT e->1->>'id', CAST(e->1->>'seq' AS bigint), CAST(e->1->>'ts' AS float8), "
-    "CAST(e->>0 AS float8), e->1 FROM json_array_elements(CAST(:rows AS json)) AS e "
+    "SELECT e->2->>'id', CAST(e->2->>'seq' AS bigint), CAST(e->>1 AS float8), "
+    "CAST(e->>0 AS float8), e->2 FROM json_array_elements(CAST(:rows AS json)) AS e "
     "ON CONFLICT (device_id, seq, ts) DO NOTHING"
 )
 
@@ -72,14 +72,17 @@ def _insert_heartbeats(db: Session, msgs: Sequence[Accepted]) -> None:
     """Store heartbeats; the unique (device, seq, ts) index drops a redelivery another
     worker stored already.
 
-    On PostgreSQL: one statement with one parameter, a JSON array of [received_at,
-    payload] pairs, the payloads as received (not encoded again); PostgreSQL takes the
+    On PostgreSQL: one statement with one parameter, a JSON array of [received_at, ts,
+    payload] triples, the payloads as received (not encoded again); PostgreSQL takes the
     columns out of it. The contract already checked that ``id`` is the device's, ``seq``
-    an int and ``ts`` a number. Elsewhere: an executemany.
+    an int and ``ts`` a number. ``ts`` is the number as Python read it, not its text: a
+    text such as ``1e-400`` is 0.0 to the contract but out of range for PostgreSQL's float8
+    (the heartbeat became a dead letter). Elsewhere: an executemany.
     """
     if db.get_bind().dialect.name == "postgresql":
         pairs = ",".join(
-            f"[{m.received_at!r},{m.raw.decode() if m.raw is not None else json.dumps(m.body)}]"
+            f"[{m.received_at!r},{float(m.body['ts'])!r},"
+            f"{m.raw.decode() if m.raw is not None else json.dumps(m.body)}]"
             for m in msgs
         )
         db.execute(_PG_HEARTBEATS, {"rows": "[" + pairs + "]"})
