@@ -67,3 +67,39 @@ def test_a_new_device_s_kind_is_a_device_kind_whatever_it_sends(database_url: st
         assert db.scalar(sa.select(sa.func.count()).select_from(DeadLetter)) == 0
         kind = db.scalar(sa.select(Device.kind).where(Device.id == "kind-odd"))
     assert kind in contract.DEVICE_KINDS
+
+
+def _long_messages(device: str) -> list[Accepted]:
+    s = "x" * 256
+    bodies = {
+        "heartbeat": {"seq": 1, "kind": "agent", "interval_s": 30, "uptime_s": 1,
+                      "camera": s, "reset_cause": s, "light": s, "versions": {s: s},
+                      "hardware": {s: s}, "scene": [s], "unreliable": [s]},
+        "status": {"state": "online", "kind": "agent", "reason": s},
+        "event": {"seq": 1, "event_id": s, "type": s, "epoch": s, "data": {s: s}},
+        "cmd_res": {"cid": s, "ok": False, "error": "e" * 8000, "result": {s: s}},
+        "config_reported": {"version": 1, "ok": False, "error": "e" * 3000},
+        "update_state": {"campaign": s, "artifact": "agent", "release": s, "state": "failed",
+                         "running": s, "error": "e" * 3000},
+    }  # fmt: skip
+    out = []
+    for kind, body in bodies.items():
+        _t, raw, _q, _r = contract.encode(kind, device, body, 1.8e9)
+        _d, _k, decoded = contract.decode(contract.topic(device, kind), raw)
+        out.append(Accepted(device, kind, decoded, time.time(), raw))
+    return out
+
+
+def test_every_string_the_contract_allows_is_stored(database_url: str) -> None:
+    """Every up-kind with each string at the contract's longest: stored (or ignored), never
+    a dead letter because a column is shorter than the contract allows."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    safe = SafeStore(Registry(sessions), Metrics(), threading.Event())
+    first = _raw_hb("long-str", 0, "1.7e9")
+    done = safe.apply([first, *_long_messages("long-str")])
+    assert done is not None
+    with sessions() as db:
+        errors = db.scalars(sa.select(DeadLetter.error)).all()
+    assert [e[:160] for e in errors] == []
+    assert done[1] == []

@@ -213,7 +213,8 @@ class Registry:
             dev.state_changed_at = at
             (stats.went_online if state == health.ONLINE else stats.went_offline).append(dev.id)
         dev.state = state
-        dev.state_reason = reason
+        # the column holds 64; a status may say 256 (issue 15: longer was a dead letter)
+        dev.state_reason = reason[:64] if reason is not None else None
 
     def _heartbeat(
         self,
