@@ -103,3 +103,25 @@ def test_every_string_the_contract_allows_is_stored(database_url: str) -> None:
         errors = db.scalars(sa.select(DeadLetter.error)).all()
     assert [e[:160] for e in errors] == []
     assert done[1] == []
+
+
+def test_every_integer_the_contract_allows_is_stored(database_url: str) -> None:
+    """Heartbeat integers without a range may be anything in 64 bits: stored, never a dead
+    letter because a column is a 32-bit integer."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    safe = SafeStore(Registry(sessions), Metrics(), threading.Event())
+    big = contract.MAX_INT
+    batch = []
+    for seq, n in enumerate((big, -big, 2**31, -(2**31) - 1)):
+        body = {"seq": seq, "kind": "agent", "interval_s": 30, "uptime_s": 1, "mem_free": n,
+                "rssi": n, "frames": n, "outbox": n, "outbox_dropped": n, "invokes": n,
+                "outbox_unreceipted": abs(n) % 2**53, "outbox_refused": abs(n) % 2**53}  # fmt: skip
+        _t, raw, _q, _r = contract.encode("heartbeat", "int-edge", body, 1.8e9 + seq)
+        _d, _k, decoded = contract.decode(contract.topic("int-edge", "heartbeat"), raw)
+        batch.append(Accepted("int-edge", "heartbeat", decoded, time.time(), raw))
+    done = safe.apply(batch)
+    assert done is not None
+    with sessions() as db:
+        errors = db.scalars(sa.select(DeadLetter.error)).all()
+    assert [e[:160] for e in errors] == []
