@@ -136,5 +136,5 @@ class SafeStore:
         self.metrics.dead_letters.inc(len(rows))
         for row in rows:
             detail = f"{row['kind']}: {str(row['error'])[:200]}"
-            self.refusal_log.note(gate.Refused(DEAD_LETTER, row["device_id"], detail),
-                                  len(row["payload"]))  # fmt: skip
+            self.refusal_log.note(gate.Refused(DEAD_LETTER, str(row["device_id"]), detail),
+                                  len(str(row["payload"])))  # fmt: skip
