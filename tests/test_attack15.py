@@ -9,7 +9,7 @@ import time
 import sqlalchemy as sa
 
 from firmware import contract
-from fleet_server.db import Heartbeat, make_engine, make_sessionmaker
+from fleet_server.db import Device, Heartbeat, make_engine, make_sessionmaker
 from fleet_server.ingest.deadletter import DeadLetter
 from fleet_server.ingest.registry import Accepted, Registry
 from fleet_server.ingest.safestore import SafeStore
@@ -45,3 +45,61 @@ def test_a_timestamp_that_underflows_is_stored_not_dead_lettered(database_url: s
             sa.select(Heartbeat.seq, Heartbeat.ts).where(Heartbeat.device_id == "uf-odd")
         ).all()
     assert sorted((int(s), float(t)) for s, t in got) == [(1, 0.0), (2, 0.0)]
+
+
+def test_a_new_device_s_kind_is_a_device_kind_whatever_it_sends(database_url: str) -> None:
+    """A new device's row takes ``kind`` from its first message, where only status and
+    heartbeat check it: an event's unchecked ``kind`` of 17 characters broke the insert
+    on PostgreSQL (VARCHAR(16)), so every message of that device was a dead letter (its
+    batch stored again in halves each time, a log line and a 64 KB row each)."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    safe = SafeStore(Registry(sessions), Metrics(), threading.Event())
+    body = {"seq": 1, "event_id": "e-1", "type": "motion", "kind": "<b>x</b>" * 3}
+    _t, raw, _q, _r = contract.encode("event", "kind-odd", body, 1.8e9)
+    _d, _k, decoded = contract.decode(contract.topic("kind-odd", "event"), raw)
+    batch = [_raw_hb("kind-honest", n, str(1.8e9 + n)) for n in range(4)]
+    batch.insert(2, Accepted("kind-odd", "event", decoded, time.time(), raw))
+    done = safe.apply(batch)
+    assert done is not None
+    assert done[1] == []
+    with sessions() as db:
+        assert db.scalar(sa.select(sa.func.count()).select_from(DeadLetter)) == 0
+        kind = db.scalar(sa.select(Device.kind).where(Device.id == "kind-odd"))
+    assert kind in contract.DEVICE_KINDS
+
+
+def _long_messages(device: str) -> list[Accepted]:
+    s = "x" * 256
+    bodies = {
+        "heartbeat": {"seq": 1, "kind": "agent", "interval_s": 30, "uptime_s": 1,
+                      "camera": s, "reset_cause": s, "light": s, "versions": {s: s},
+                      "hardware": {s: s}, "scene": [s], "unreliable": [s]},
+        "status": {"state": "online", "kind": "agent", "reason": s},
+        "event": {"seq": 1, "event_id": s, "type": s, "epoch": s, "data": {s: s}},
+        "cmd_res": {"cid": s, "ok": False, "error": "e" * 8000, "result": {s: s}},
+        "config_reported": {"version": 1, "ok": False, "error": "e" * 3000},
+        "update_state": {"campaign": s, "artifact": "agent", "release": s, "state": "failed",
+                         "running": s, "error": "e" * 3000},
+    }  # fmt: skip
+    out = []
+    for kind, body in bodies.items():
+        _t, raw, _q, _r = contract.encode(kind, device, body, 1.8e9)
+        _d, _k, decoded = contract.decode(contract.topic(device, kind), raw)
+        out.append(Accepted(device, kind, decoded, time.time(), raw))
+    return out
+
+
+def test_every_string_the_contract_allows_is_stored(database_url: str) -> None:
+    """Every up-kind with each string at the contract's longest: stored (or ignored), never
+    a dead letter because a column is shorter than the contract allows."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    safe = SafeStore(Registry(sessions), Metrics(), threading.Event())
+    first = _raw_hb("long-str", 0, "1.7e9")
+    done = safe.apply([first, *_long_messages("long-str")])
+    assert done is not None
+    with sessions() as db:
+        errors = db.scalars(sa.select(DeadLetter.error)).all()
+    assert [e[:160] for e in errors] == []
+    assert done[1] == []

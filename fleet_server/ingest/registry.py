@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from firmware import contract
 from fleet_server.commands import store as commands
 from fleet_server.db import Base, Device, Heartbeat, page
 from fleet_server.health import engine as health
@@ -95,6 +96,14 @@ def _insert_heartbeats(db: Session, msgs: Sequence[Accepted]) -> None:
     db.execute(_insert(db, Heartbeat).on_conflict_do_nothing(), rows)
 
 
+def _device_kind(body: dict[str, Any]) -> str:
+    """A new device's kind from its first message: only status and heartbeat check their
+    ``kind``; any other kind's is an unknown field, any string (issue 15: one longer than
+    the column made every message of a new device a dead letter)."""
+    kind = body.get("kind")
+    return str(kind) if kind in contract.DEVICE_KINDS else "agent"
+
+
 class Registry:
     def __init__(self, sessions: sessionmaker[Session], alerts: AlertBook | None = None) -> None:
         self.sessions = sessions
@@ -161,7 +170,7 @@ class Registry:
         new = [
             {
                 "id": dev_id,
-                "kind": str(first[dev_id].body.get("kind", "agent")),
+                "kind": _device_kind(first[dev_id].body),
                 "state": health.UNKNOWN,
                 "state_ts": 0.0,
                 "state_changed_at": first[dev_id].received_at,
@@ -204,7 +213,8 @@ class Registry:
             dev.state_changed_at = at
             (stats.went_online if state == health.ONLINE else stats.went_offline).append(dev.id)
         dev.state = state
-        dev.state_reason = reason
+        # the column holds 64; a status may say 256 (issue 15: longer was a dead letter)
+        dev.state_reason = reason[:64] if reason is not None else None
 
     def _heartbeat(
         self,
