@@ -3,15 +3,18 @@ path read differently (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Sequence
 
+import pytest
 import sqlalchemy as sa
 
 from firmware import contract
 from fleet_server.db import Device, Heartbeat, make_engine, make_sessionmaker
 from fleet_server.ingest.deadletter import DeadLetter
-from fleet_server.ingest.registry import Accepted, Registry
+from fleet_server.ingest.registry import Accepted, ApplyStats, Registry
 from fleet_server.ingest.safestore import SafeStore
 from fleet_server.metrics import Metrics
 from fleet_server.migrate import upgrade
@@ -103,3 +106,57 @@ def test_every_string_the_contract_allows_is_stored(database_url: str) -> None:
         errors = db.scalars(sa.select(DeadLetter.error)).all()
     assert [e[:160] for e in errors] == []
     assert done[1] == []
+
+
+def test_every_integer_the_contract_allows_is_stored(database_url: str) -> None:
+    """Heartbeat integers without a range may be anything in 64 bits: stored, never a dead
+    letter because a column is a 32-bit integer."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    safe = SafeStore(Registry(sessions), Metrics(), threading.Event())
+    big = contract.MAX_INT
+    batch = []
+    for seq, n in enumerate((big, -big, 2**31, -(2**31) - 1)):
+        body = {"seq": seq, "kind": "agent", "interval_s": 30, "uptime_s": 1, "mem_free": n,
+                "rssi": n, "frames": n, "outbox": n, "outbox_dropped": n, "invokes": n,
+                "outbox_unreceipted": abs(n) % 2**53, "outbox_refused": abs(n) % 2**53}  # fmt: skip
+        _t, raw, _q, _r = contract.encode("heartbeat", "int-edge", body, 1.8e9 + seq)
+        _d, _k, decoded = contract.decode(contract.topic("int-edge", "heartbeat"), raw)
+        batch.append(Accepted("int-edge", "heartbeat", decoded, time.time(), raw))
+    done = safe.apply(batch)
+    assert done is not None
+    with sessions() as db:
+        errors = db.scalars(sa.select(DeadLetter.error)).all()
+    assert [e[:160] for e in errors] == []
+
+
+class _FailsOn(Registry):
+    """The real registry, except that a heartbeat whose ``camera`` is "fail" fails (the
+    seam: a rule or a column tripping on one payload, as the holes fixed above did)."""
+
+    def apply(self, batch: Sequence[Accepted]) -> ApplyStats:
+        if any(m.body.get("camera") == "fail" for m in batch):
+            raise KeyError("a rule tripped on this payload")
+        return super().apply(batch)
+
+
+def test_dead_letters_are_logged_at_a_bounded_rate(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One device whose every message fails to store: each is set aside and counted, but
+    the log gets one line at once and then summaries, not a line per message."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    metrics = Metrics()
+    safe = SafeStore(_FailsOn(sessions), metrics, threading.Event())
+    caplog.set_level(logging.WARNING, logger="fleet_server.ingest")
+    for n in range(40):
+        body = {"seq": n, "kind": "agent", "interval_s": 30, "uptime_s": 1, "camera": "fail"}
+        _t, raw, _q, _r = contract.encode("heartbeat", "dl-flood", body, 1.8e9 + n)
+        _d, _k, decoded = contract.decode(contract.topic("dl-flood", "heartbeat"), raw)
+        done = safe.apply([Accepted("dl-flood", "heartbeat", decoded, time.time(), raw)])
+        assert done is not None and done[1] == [0]
+    assert metrics.dead_letters._value.get() == 40
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("dl-flood" in line for line in lines)
+    assert len(lines) <= 4, lines[:6]
