@@ -160,3 +160,25 @@ def test_dead_letters_are_logged_at_a_bounded_rate(
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("dl-flood" in line for line in lines)
     assert len(lines) <= 4, lines[:6]
+
+
+def test_refused_images_are_logged_at_a_bounded_rate(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device whose every command answer carries an image that is not a JPEG: each is
+    refused and counted, and the log gets a line at once and then summaries, not one per
+    message (cmd_res's budget is 20/s, burst 500)."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    safe = SafeStore(Registry(sessions), Metrics(), threading.Event())
+    caplog.set_level(logging.WARNING)
+    # the limiter is the process's: a device of its own per database
+    dev = "img-pg" if database_url.startswith("postgresql") else "img-lite"
+    for n in range(40):
+        body = {"cid": f"c-{n}", "ok": True, "result": {"jpeg_b64": "PGI+"}}
+        _t, raw, _q, _r = contract.encode("cmd_res", dev, body, 1.8e9 + n)
+        _d, _k, decoded = contract.decode(contract.topic(dev, "cmd_res"), raw)
+        done = safe.apply([Accepted(dev, "cmd_res", decoded, time.time(), raw)])
+        assert done is not None and done[1] == []
+    lines = [r.getMessage() for r in caplog.records if dev in r.getMessage()]
+    assert 1 <= len(lines) <= 2, lines[:4]

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fleet_server.ingest import gate as ingest_gate
 from fleet_server.ingest.events import Event
 from fleet_server.privacy import policy, store
 
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 SNAPSHOT_KEY = "jpeg"  # a snapshot event's image (base64)
 RESULT_KEY = "jpeg_b64"  # a snapshot command's image (base64)
 MOVED = "moved"
+# refused images are logged like refusals (issue 15): the first of a device and reason at
+# once, then one summary per interval; a device sending a bad image in every event at its
+# full budget no longer writes a log line each (the counts are in the database)
+_REFUSAL_LOG = ingest_gate.RefusalLog()
 
 
 def _decode(text: object) -> bytes:
@@ -62,8 +67,8 @@ def _refuse(
     data.pop(key, None)
     data["image_refused"] = reason
     store.count_refusal(db, device_id, cam.site_id, reason, now)
-    log.warning("image from %s refused: %s (site %s, policy %s)", device_id, reason,
-                cam.site_id, cam.policy)  # fmt: skip
+    detail = f"image refused (site {cam.site_id}, policy {cam.policy})"
+    _REFUSAL_LOG.note(ingest_gate.Refused("image_" + reason, device_id, detail), 0)
 
 
 def screen_events(db: Session, rows: Sequence[dict[str, Any]], now: float) -> int:
