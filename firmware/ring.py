@@ -181,7 +181,8 @@ class Ring:
         return self.sent - self.acked
 
     def peek(self) -> "tuple[int, bytes] | None":
-        """(seq, data) of the oldest unsent event, or None. Unreadable ones count as lost."""
+        """(seq, data) of the oldest unsent event, or None. Unreadable ones count as lost
+        (once the sent events before them are receipted, so that none is skipped)."""
         lost = False
         while self.next - 1 > self.sent:
             seq = self.sent + 1
@@ -193,6 +194,8 @@ class Ring:
                 if lost:
                     self._save()
                 return seq, bytes(data)
+            if self.sent > self.acked:
+                break  # lost only once the sent events before it are receipted
             self._lose(seq)
             lost = True
         if lost:

@@ -1,7 +1,7 @@
 """Launch the MicroPython node (unix port) as a real process for the rig, demo and tests.
 
 ``node_process`` writes the node's JSON config into ``workdir`` and returns an unstarted
-``NodeProcess`` running ``micropython -X heapsize=128k <app>/main.py <workdir>/node.json``
+``NodeProcess`` running ``micropython -X heapsize=144k <app>/main.py <workdir>/node.json``
 (the heap of a small microcontroller). ``<app>`` is the deploy tree that ``make firmware``
 makes (``firmware.build``: the manifest's modules as .mpy, with the simulated board),
 built into ``workdir/app``: what runs is what a board runs, loaded without compiling.
@@ -28,7 +28,7 @@ from firmware.build import build
 from fleet_server.identity.ca import DeviceCredentials
 from hil_tests.procs import REPO, RIG_RECONNECT, Process, micropython_bin
 
-HEAP = "128k"
+HEAP = "144k"
 FIRMWARE = REPO / "firmware"
 MAX_BOOTS = 50  # a node that resets more often than this in one rig run is left down
 

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from fleet_server.db import make_engine, make_sessionmaker
+from fleet_server.health.alerts import Alert, AlertChange
 from fleet_server.ingest.budget import Budget, BudgetSettings, KindBudget
+from fleet_server.ingest.flood import SYSTEM, FloodWatch
 from fleet_server.ingest.gate import RefusalLog, Refused
+from fleet_server.ingest.quarantine import Quarantine
+from fleet_server.migrate import upgrade
 
 
 def _budget(**kw: object) -> Budget:
@@ -59,3 +67,42 @@ def test_refusal_log_writes_one_summary_per_interval(caplog: pytest.LogCaptureFi
     assert lines[0].startswith("refused bad_json from dev-1")
     summed = sum(int(ln.split()[1]) for ln in lines if ln.startswith("refused ") and "more" in ln)
     assert summed == 9_999  # every refusal after the first is in a summary
+
+
+def test_flood_watch_opens_and_resolves_the_alert_and_auto_quarantines(
+    tmp_path: Path,
+) -> None:
+    """FloodWatch on a real SQLite fleet DB: a flood opens one 'flooding' alert, with
+    auto_quarantine the device is quarantined (recorded, refused from then on), and the
+    alert resolves once the flood is over."""
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    upgrade(url)
+    sessions = make_sessionmaker(make_engine(url))
+    budget = _budget(auto_quarantine=True)
+    quarantine = Quarantine(sessions)
+    sent: list[AlertChange] = []
+    watch = FloodWatch(budget, sessions, quarantine, sent.extend)
+    now = time.monotonic()
+    t = now - 12.0
+    while t < now:  # 12 s over budget, no pause
+        budget.take("auto-flood-1", "heartbeat", t)
+        t += 0.05
+    changes = watch.tick()
+    assert [(c.device_id, c.rule, c.state) for c in changes] == [
+        ("auto-flood-1", "flooding", "open")
+    ]
+    assert sent == changes
+    assert quarantine.has("auto-flood-1")
+    assert [r.device_id for r in quarantine.listing()] == ["auto-flood-1"]
+    assert quarantine.listing()[0].automatic
+    assert watch.tick() == []  # still flooding: nothing new
+    budget._floods["auto-flood-1"].last -= 60
+    ended = watch.tick()
+    assert [(c.device_id, c.state) for c in ended] == [("auto-flood-1", "resolved")]
+    with sessions() as db:
+        alerts = db.scalars(select(Alert).where(Alert.device_id == "auto-flood-1")).all()
+    assert [(a.rule, a.state) for a in alerts] == [("flooding", "resolved")]
+    assert quarantine.release("auto-flood-1", SYSTEM)
+    assert not quarantine.has("auto-flood-1")
+    quarantine.refresh(force=True)
+    assert not quarantine.has("auto-flood-1")

@@ -204,7 +204,20 @@ class Outbox:
                 return self._add(event_type, data, ts, cls)
             except sqlite3.Error as exc:
                 self._refused_unsaved += 1
-                raise self._failed("write", exc) from exc
+                err = self._failed("write", exc)
+                self._save_refused()
+                raise err from exc
+
+    def _save_refused(self) -> None:
+        """Persist the refused count if the disk takes it (a restart while full keeps it)."""
+        if not self._refused_unsaved:
+            return
+        try:
+            with self._db:
+                self._bump("refused", self._refused_unsaved)
+            self._refused_unsaved = 0
+        except sqlite3.Error as exc:
+            log.warning("outbox refused count kept in memory: %s", exc)  # saved with the next
 
     def _add(self, event_type: str, data: dict[str, Any], ts: float, cls: str) -> str | None:
         seq = int(self._meta("next_seq"))
@@ -387,4 +400,5 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            self._save_refused()
             self._db.close()

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from firmware import contract
 from fleet_server.commands import store as commands
 from fleet_server.db import Base, Device, Heartbeat, page
 from fleet_server.health import engine as health
@@ -62,8 +63,8 @@ def _insert(db: Session, table: type[Base]) -> Any:
 
 _PG_HEARTBEATS = text(
     "INSERT INTO heartbeats (device_id, seq, ts, received_at, body) "
-    "SELECT e->1->>'id', CAST(e->1->>'seq' AS bigint), CAST(e->1->>'ts' AS float8), "
-    "CAST(e->>0 AS float8), e->1 FROM json_array_elements(CAST(:rows AS json)) AS e "
+    "SELECT e->2->>'id', CAST(e->2->>'seq' AS bigint), CAST(e->>1 AS float8), "
+    "CAST(e->>0 AS float8), e->2 FROM json_array_elements(CAST(:rows AS json)) AS e "
     "ON CONFLICT (device_id, seq, ts) DO NOTHING"
 )
 
@@ -72,14 +73,17 @@ def _insert_heartbeats(db: Session, msgs: Sequence[Accepted]) -> None:
     """Store heartbeats; the unique (device, seq, ts) index drops a redelivery another
     worker stored already.
 
-    On PostgreSQL: one statement with one parameter, a JSON array of [received_at,
-    payload] pairs, the payloads as received (not encoded again); PostgreSQL takes the
+    On PostgreSQL: one statement with one parameter, a JSON array of [received_at, ts,
+    payload] triples, the payloads as received (not encoded again); PostgreSQL takes the
     columns out of it. The contract already checked that ``id`` is the device's, ``seq``
-    an int and ``ts`` a number. Elsewhere: an executemany.
+    an int and ``ts`` a number. ``ts`` is the number as Python read it, not its text: a
+    text such as ``1e-400`` is 0.0 to the contract but out of range for PostgreSQL's float8
+    (the heartbeat became a dead letter). Elsewhere: an executemany.
     """
     if db.get_bind().dialect.name == "postgresql":
         pairs = ",".join(
-            f"[{m.received_at!r},{m.raw.decode() if m.raw is not None else json.dumps(m.body)}]"
+            f"[{m.received_at!r},{float(m.body['ts'])!r},"
+            f"{m.raw.decode() if m.raw is not None else json.dumps(m.body)}]"
             for m in msgs
         )
         db.execute(_PG_HEARTBEATS, {"rows": "[" + pairs + "]"})
@@ -90,6 +94,14 @@ def _insert_heartbeats(db: Session, msgs: Sequence[Accepted]) -> None:
         for m in msgs
     ]  # fmt: skip
     db.execute(_insert(db, Heartbeat).on_conflict_do_nothing(), rows)
+
+
+def _device_kind(body: dict[str, Any]) -> str:
+    """A new device's kind from its first message: only status and heartbeat check their
+    ``kind``; any other kind's is an unknown field, any string (issue 15: one longer than
+    the column made every message of a new device a dead letter)."""
+    kind = body.get("kind")
+    return str(kind) if kind in contract.DEVICE_KINDS else "agent"
 
 
 class Registry:
@@ -158,7 +170,7 @@ class Registry:
         new = [
             {
                 "id": dev_id,
-                "kind": str(first[dev_id].body.get("kind", "agent")),
+                "kind": _device_kind(first[dev_id].body),
                 "state": health.UNKNOWN,
                 "state_ts": 0.0,
                 "state_changed_at": first[dev_id].received_at,
@@ -201,7 +213,8 @@ class Registry:
             dev.state_changed_at = at
             (stats.went_online if state == health.ONLINE else stats.went_offline).append(dev.id)
         dev.state = state
-        dev.state_reason = reason
+        # the column holds 64; a status may say 256 (issue 15: longer was a dead letter)
+        dev.state_reason = reason[:64] if reason is not None else None
 
     def _heartbeat(
         self,

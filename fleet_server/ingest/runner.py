@@ -134,6 +134,7 @@ class Ingest:
                                 notifier.send if notifier is not None else None)  # fmt: skip
         self.refusal_log = gate.RefusalLog(settings.refusal_log_interval_s,
                                            counter=metrics.refusal_log_lines)  # fmt: skip
+        self.safe.refusal_log = self.refusal_log  # dead letters are logged at the same rate
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._pending: list[_Item] = []  # the batch the writer holds (a new writer takes it)
         self._down_since: float | None = time.monotonic()  # the MQTT link; None while up

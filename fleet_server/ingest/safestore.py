@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from fleet_server.ingest import gate
 from fleet_server.ingest.deadletter import payload_text, store_dead_letters
 from fleet_server.ingest.registry import Accepted, ApplyStats, Registry
 from fleet_server.metrics import Metrics
@@ -31,6 +32,8 @@ from fleet_server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 TRANSIENT = (OperationalError, InterfaceError, PoolTimeout)
+DEAD_LETTER = "dead_letter"  # the reason in the (rate-limited) log line of a dead letter
+BATCH_FAILED = "batch_failed"  # the same for a batch that failed (looking for the culprit)
 BUSY_TRIES = 5  # a "busy" error this many times while the DB answers: a message is at fault
 
 
@@ -49,6 +52,10 @@ class SafeStore:
         self.metrics = metrics
         self.stop = stop
         self.dead_letters = 0  # set aside since the start
+        # dead letters are logged like refusals: the first of a device at once, then one
+        # summary per interval (a device whose every message fails to store cannot fill the
+        # disk through the log); the runner shares its own limiter
+        self.refusal_log = gate.RefusalLog()
 
     def database_answers(self) -> bool:
         try:
@@ -78,8 +85,9 @@ class SafeStore:
                             return None
                         delay = min(delay * 2, 10.0)
                         continue
-                log.warning("a batch of %d failed (%s: %s); looking for the message at fault",
-                            len(batch), type(exc).__name__, str(exc)[:200])  # fmt: skip
+                # rate-limited too: a device can make one batch fail per message it sends
+                why = f"a batch of {len(batch)} failed ({type(exc).__name__}: {str(exc)[:200]})"
+                self.refusal_log.note(gate.Refused(BATCH_FAILED, "*", why), len(batch))
             try:
                 return self._isolate(batch)
             except _DatabaseAway:
@@ -127,5 +135,6 @@ class SafeStore:
         self.dead_letters += len(rows)
         self.metrics.dead_letters.inc(len(rows))
         for row in rows:
-            log.error("message %s of %s set aside as a dead letter: %s", row["kind"],
-                      row["device_id"], str(row["error"])[:200])  # fmt: skip
+            detail = f"{row['kind']}: {str(row['error'])[:200]}"
+            self.refusal_log.note(gate.Refused(DEAD_LETTER, str(row["device_id"]), detail),
+                                  len(str(row["payload"])))  # fmt: skip

@@ -114,6 +114,9 @@ def switch_epoch(stream: Stream, epoch: str, out: Outcome) -> bool:
     stream.epoch = epoch
     stream.top = -1
     stream.holes = []
+    # The remembered lost ranges are numbers of the old stream: a number of the new one
+    # is another event and must not take the old stream's loss off the count.
+    stream.lost_ranges = []
     return True
 
 

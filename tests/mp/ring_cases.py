@@ -132,3 +132,27 @@ def test_puback_marks_sent_receipt_delivers_rewind_resends():
     assert r.receipt([[2, 2], [3, 3]]) == 2 and r.acked == 4
     again, _p = _ring(slots=8, path=path)
     assert again.acked == 4 and again.sent == 4 and again.peek() == (5, b"e4")
+
+
+def test_a_torn_slot_after_sent_events_does_not_deliver_them_unreceipted():
+    # attack14: an unreadable slot found while earlier events were sent (PUBACK) but not
+    # receipted moved the delivered mark over them: they left the ring with no receipt.
+    r, path = _ring(slots=8)
+    for i in range(4):
+        r.push(b"e%d" % i)
+    assert r.peek() == (1, b"e0")
+    r.mark_sent(1)
+    assert r.peek() == (2, b"e1")
+    r.mark_sent(2)
+    with open(path, "r+b") as f:  # slot of event 3 torn
+        f.seek(3 * 64 + 8)
+        f.write(b"\xff\xff")
+    assert r.peek() is None, "waits for the receipt of 1..2 before losing 3"
+    assert r.acked == 0 and r.unreceipted() == 2 and r.dropped == 0
+    r.rewind()  # a receipt timeout: 1 and 2 go again
+    assert r.peek() == (1, b"e0")
+    r.mark_sent(1)
+    r.mark_sent(2)
+    assert r.receipt([[0, 1]]) == 2  # wire 0..1 = ring 1..2
+    assert r.peek() == (4, b"e3"), "now 3 is counted lost"
+    assert r.acked == 3 and r.dropped == 1
