@@ -182,3 +182,26 @@ def test_refused_images_are_logged_at_a_bounded_rate(
         assert done is not None and done[1] == []
     lines = [r.getMessage() for r in caplog.records if dev in r.getMessage()]
     assert 1 <= len(lines) <= 2, lines[:4]
+
+
+def test_ignored_update_states_are_logged_at_a_bounded_rate_and_quoted(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """update_state for a campaign the device is not in: ignored, and logged once then in
+    summaries (it was a line per message), with the device's campaign id quoted: a newline
+    in it no longer starts a forged log line."""
+    upgrade(database_url)
+    sessions = make_sessionmaker(make_engine(database_url))
+    safe = SafeStore(Registry(sessions), Metrics(), threading.Event())
+    caplog.set_level(logging.DEBUG)
+    dev = "us-pg" if database_url.startswith("postgresql") else "us-lite"
+    for n in range(40):
+        body = {"campaign": f"c{n}\nERROR forged line", "artifact": "agent", "release": "1",
+                "state": "failed"}  # fmt: skip
+        _t, raw, _q, _r = contract.encode("update_state", dev, body, 1.8e9 + n)
+        _d, _k, decoded = contract.decode(contract.topic(dev, "update_state"), raw)
+        done = safe.apply([Accepted(dev, "update_state", decoded, time.time(), raw)])
+        assert done is not None and done[1] == [] and done[0].ignored == 1
+    lines = [r.getMessage() for r in caplog.records if dev in r.getMessage()]
+    assert 1 <= len(lines) <= 2, lines[:4]
+    assert not any("\n" in line for line in lines), lines[:2]

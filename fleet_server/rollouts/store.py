@@ -23,12 +23,22 @@ from firmware import contract
 from fleet_server.commands.store import Outgoing
 from fleet_server.db import Device
 from fleet_server.identity.model import Commissioning
+from fleet_server.ingest.gate import RefusalLog, Refused
 from fleet_server.inventory import store as inventory
 from fleet_server.rollouts import model as m
 from fleet_server.rollouts import plan
 from fleet_server.rollouts.model import Campaign, CampaignDevice, RolloutClaim
 
 log = logging.getLogger(__name__)
+# ignored update_state reports are logged like refusals (issue 15): the first of a device at
+# once, then one summary per interval, the device's strings quoted (no forged log lines)
+_IGNORED_LOG = RefusalLog()
+
+
+def _ignored(device_id: str, cid: str, why: str) -> None:
+    detail = f"update_state for campaign {cid[:40]!r} ignored: {why}"
+    _IGNORED_LOG.note(Refused("update_state_ignored", device_id, detail), 0)
+
 
 # sites.timezone comes with this feature's migration; the Site class is another feature's
 _SITES = table("sites", column("site_id", String), column("timezone", String))
@@ -267,17 +277,19 @@ def apply_update_state(db: Session, device_id: str, body: dict[str, Any], now: f
     camp = db.get(Campaign, cid) if row is not None else None
     state = str(body["state"])
     if row is None or camp is None:
-        log.info("update_state of %s for campaign %s ignored: not in it", device_id, cid[:40])
+        _ignored(device_id, cid, "not in it")
         return False
     if row.state == state:
         return False  # a repeat (QoS 1 redelivery, or "committed" again): nothing new
     why = None
     if body["artifact"] != camp.artifact or body["release"] != camp.release:
-        why = f"for {body['artifact']} {body['release']}, the campaign is {camp.release}"
+        why = (
+            f"for {body['artifact']} {str(body['release'])[:64]!r}, the campaign is {camp.release}"
+        )
     elif m.RANK[state] <= m.RANK[row.state]:
         why = f"{row.state} -> {state} goes backwards"
     if why is not None:
-        log.info("update_state of %s for campaign %s ignored: %s", device_id, cid[:40], why)
+        _ignored(device_id, cid, why)
         db.execute(
             update(Campaign).where(Campaign.id == camp.id)
             .values(ignored_reports=Campaign.ignored_reports + 1)
