@@ -23,6 +23,7 @@ class Client:
     ) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.suback: list[list[int]] = []
+        self.disconnects = 0  # the broker ended the connection (paho then reconnects)
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
@@ -31,12 +32,16 @@ class Client:
         self.client.tls_set(ca_certs=str(root), certfile=str(cert), keyfile=str(key))
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
         self.client.connect("localhost", port, keepalive=30)
         self.client.loop_start()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append(msg)
+
+    def _on_disconnect(self, *_args: object) -> None:
+        self.disconnects += 1
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object

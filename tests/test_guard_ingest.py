@@ -208,12 +208,14 @@ def test_flood_is_dropped_alerted_and_quarantine_shuts_it_out(
     sent = honest_sent = 0
     try:
         until = time.monotonic() + 3.0  # over budget for longer than flood_after_s (1.5 s)
-        while time.monotonic() < until and sent < 5000:
+        while time.monotonic() < until and sent < 30_000:
             sent += 1
             flooder.publish(*_heartbeat(flood_id, sent))
             if sent % 100 == 0:
                 honest_sent += 1
                 honest.publish(*_heartbeat(honest_id, honest_sent))
+            if sent % 200 == 0:  # paced: a quiet machine sent a fixed count in under 1.5 s
+                time.sleep(0.05)
         wait_for(lambda: _stored(server, honest_id) == honest_sent, 20, what="honest stored")
         wait_for(lambda: bool(_alerts(server, flood_id)), 10, what="a flooding alert")
 
@@ -236,7 +238,8 @@ def test_flood_is_dropped_alerted_and_quarantine_shuts_it_out(
         assert server.post(path, {"reason": "flood"})[0] == 401
         status, body = server.post(path, {"reason": "flood"}, token=operator)
         assert status == 200 and body["disconnected"] is True, body
-        wait_for(lambda: not flooder.client.is_connected(), 10, what="the flooder kicked")
+        # kicked (paho reconnects on its own a second later: count the disconnect)
+        wait_for(lambda: flooder.disconnects > 0, 10, what="the flooder kicked")
         _status, seen = server.get("/api/quarantine")
         assert [q["device_id"] for q in seen["quarantined"]] == [flood_id]
         page = _dashboard(server, operator, f"/ui/devices/{flood_id}")
