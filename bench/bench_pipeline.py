@@ -68,7 +68,9 @@ def _detector(folder: Path) -> Detector:
     return Detector(load_card(DEFAULT_CARD), folder, "litert", THREADS)
 
 
-class _Sink:
+class Sink:
+    """The pipeline's emit callback that keeps what it is given (no outbox, no broker)."""
+
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any], float]] = []
 
@@ -81,7 +83,7 @@ def _throughput(det: Detector, frames: list[np.ndarray]) -> tuple[float, float, 
     """Bare invokes and pipeline frames in alternating chunks of 20, so that both meet the
     same load on this shared machine; the rates are sums over every chunk."""
     settings = PipelineSettings(motion=MotionSettings(always_detect=True))
-    p = Pipeline(settings, det, _Sink(), 0.0)
+    p = Pipeline(settings, det, Sink(), 0.0)
     tensor = det.preprocess(frames[0])
     det.backend.invoke(tensor)
     bare_s = piped_s = 0.0
@@ -105,12 +107,12 @@ def _throughput(det: Detector, frames: list[np.ndarray]) -> tuple[float, float, 
 def _gating(det: Detector) -> tuple[float, int, int, int, int]:
     n = 1000
     static = scenes.Scene([], noise=2.0)
-    p = Pipeline(PipelineSettings(), det, _Sink(), 0.0)
+    p = Pipeline(PipelineSettings(), det, Sink(), 0.0)
     for i in range(n):
         p.process(static.frame(i), i / FPS, 1.8e9 + i / FPS)
     static_invokes = p.invokes
     busy = _busy_scene(n)
-    sink = _Sink()
+    sink = Sink()
     p = Pipeline(PipelineSettings(), det, sink, 0.0)
     for i in range(n):
         p.process(busy.frame(i), i / FPS, 1.8e9 + i / FPS)

@@ -20,6 +20,7 @@ from agent.vision.model_fetch import ensure_model
 from agent.vision.modelcard import DEFAULT_CARD, load_card
 from agent.vision.pipeline import Pipeline
 from agent.vision.settings import PipelineSettings, SceneSettings
+from bench.bench_pipeline import Sink
 from bench.results import Figure
 from hil_tests import scenes, street
 
@@ -27,14 +28,7 @@ FPS = 5.0
 T0 = 1.8e9 - (1.8e9 % 86400)
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any], float]] = []
-
-    def __call__(self, kind: str, data: dict[str, Any], ts: float, _cls: str) -> str:
-        self.events.append((kind, data, ts))
-        return f"e{len(self.events)}"
-
+class _Sink(Sink):
     def of(self, kind: str, label: str | None = None) -> list[tuple[dict[str, Any], float]]:
         return [
             (d, ts)

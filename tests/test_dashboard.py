@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
 from tests.mqtt_helpers import Client
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLEET = [f"dash-{i:02d}" for i in range(8)]
 HOT = "dash-03"  # reports 95 °C: an open temperature alert, shown as degraded
 GONE = "dash-06"  # says offline
@@ -41,7 +39,7 @@ def test_svg_chart_and_map_are_built_from_the_numbers() -> None:
     m = svg.site_map(pts)
     assert m.count("<circle") == 2
     assert 'class="site offline"' in m and "km</text>" in m
-    assert svg._nice(7.3) == 5 and svg._nice(0.23) == 0.2
+    assert svg.nice_step(7.3) == 5 and svg.nice_step(0.23) == 0.2
 
 
 def _publish_fleet(broker: Broker, make: Callable[[str], DeviceCredentials]) -> None:
@@ -84,21 +82,6 @@ def fleet_server(
              what="temperature and offline alerts")  # fmt: skip
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian chromium is not installed (scripts/setup-system.sh installs it)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        yield b
-        b.close()
 
 
 def _sign_in(page: object, token: str) -> None:

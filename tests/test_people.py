@@ -37,7 +37,6 @@ from fleet_server.ingest.jpeg import checked_snapshot, jpeg_problem
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
 from tests.mqtt_helpers import Client
-from tests.test_dashboard import CHROMIUM
 
 COOKIE = "camfleet_session"
 GRACE_S = 2.0  # a superseded certificate's grace in these tests (default: an hour)
@@ -333,19 +332,6 @@ class _OtherOrigin(BaseHTTPRequestHandler):
 
     def log_message(self, *_args: object) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        yield b
-        b.close()
 
 
 def test_in_chromium_a_framed_dashboard_does_not_render_and_sign_out_sticks(

@@ -8,7 +8,6 @@ import base64
 import contextlib
 import io
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from hil_tests import scenes
 from hil_tests.agent import agent_process
 from hil_tests.identity import IdentityServer
 from hil_tests.procs import Broker, wait_for
+from tests.conftest import CHROMIUM
 from tests.privacy_helpers import SiteDevice, commissioned, jpeg
 
 RNG = np.random.default_rng(7)
@@ -36,7 +36,6 @@ THUMB = jpeg(RNG.integers(0, 256, (9, 12, 3), dtype=np.uint8))
 PHOTO = jpeg(RNG.integers(0, 256, (120, 160, 3), dtype=np.uint8))
 SQUARE = [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4], [0.1, 0.4]]
 PHOTO_THUMB = jpeg(np.full((9, 12, 3), 90, np.uint8))
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOP_BAND = [[0.0, 0.0], [1.0, 0.0], [1.0, 0.4], [0.0, 0.4]]
 BASIS = "Decision 12/QD-UBND of the province, traffic police site (Decree 13/2023/ND-CP art. 17)"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -264,22 +263,6 @@ def test_api_refuses_bad_input_and_checks_roles(rig: Rig) -> None:
     status, _ = rig.server.post("/api/sites/no-such-site/timezone", {"timezone": "UTC"},
                                 method="PUT", token=rig.operator)  # fmt: skip
     assert status == 404
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.fail("Debian chromium is not installed (scripts/setup-system.sh installs it)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        yield b
-        b.close()
 
 
 def _sign_in(page: Any, base: str, token: str) -> None:

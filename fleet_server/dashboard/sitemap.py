@@ -16,6 +16,7 @@ from html import escape
 from urllib.parse import quote
 
 from fleet_server.dashboard.i18n import since_html, t
+from fleet_server.dashboard.svg import nice_step
 from fleet_server.ingest.events import snapshot_url
 
 TILE = 256
@@ -69,16 +70,6 @@ def fit(marks: Sequence[Mark], width: int, height: int, pad: int = 40) -> View:
     return View(1, mid.lat, mid.lon)
 
 
-def _nice(x: float) -> float:
-    if x <= 0:
-        return 1.0
-    power = 10 ** math.floor(math.log10(x))
-    for m in (5, 2, 1):
-        if m * power <= x:
-            return float(m * power)
-    return float(power)
-
-
 def _worst(states: Sequence[str]) -> str:
     return max(states, key=lambda s: RANK.get(s, 1))
 
@@ -92,7 +83,7 @@ def _href(view: View) -> str:
 
 def _grid(parts: list[str], view: View, ox: float, oy: float, width: int, height: int) -> None:
     deg_px = 360.0 / (TILE * 2**view.z)
-    step = _nice(deg_px * 110)
+    step = nice_step(deg_px * 110)
     lon = math.floor((view.lon - deg_px * width) / step) * step
     while lon <= view.lon + deg_px * width:
         x = world(view.lat, lon, view.z)[0] - ox
@@ -181,7 +172,7 @@ def render(
         parts.append(f'<text x="{width / 2:.0f}" y="{height / 2:.0f}" text-anchor="middle" '
                      f'id="no-sites">{escape(t("no sites commissioned yet"))}</text>')  # fmt: skip
     m_px = 156543.03392 * math.cos(math.radians(view.lat)) / 2**view.z
-    bar_m = _nice(m_px * 120)
+    bar_m = nice_step(m_px * 120)
     bar_px = bar_m / m_px
     label = f"{bar_m / 1000:g} km" if bar_m >= 1000 else f"{bar_m:g} m"
     parts.append(

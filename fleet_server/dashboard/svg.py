@@ -90,7 +90,7 @@ def site_map(points: Sequence[MapPoint], width: int = 720, height: int = 460) ->
         f'<line x1="{width - 24}" y1="56" x2="{width - 24}" y2="34" class="arrow"/>',
     ]
     km_per_px = 111.32 / scale  # a degree of latitude is ~111.32 km
-    bar_km = _nice(km_per_px * 120)
+    bar_km = nice_step(km_per_px * 120)
     bar_px = bar_km / km_per_px
     parts.append(
         f'<line x1="16" y1="{height - 16}" x2="{_fmt(16 + bar_px)}" y2="{height - 16}" '
@@ -109,7 +109,7 @@ def site_map(points: Sequence[MapPoint], width: int = 720, height: int = 460) ->
     return "".join(parts)
 
 
-def _nice(x: float) -> float:
+def nice_step(x: float) -> float:
     """1, 2 or 5 times a power of ten, not above x (for a scale bar)."""
     if x <= 0:
         return 1.0
